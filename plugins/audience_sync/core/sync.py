@@ -1,0 +1,357 @@
+"""The sync engine: upsert an audience by segment name and bring its membership to the staged group.
+
+Pure orchestration over a :class:`~audience_sync.destinations.base.Destination` and a
+:class:`~audience_sync.core.ledger.StateStore`; no Airflow import. The ledger moves every member
+pending -> in_progress -> sent | failed (and sent -> removed) batch by batch, so a task killed
+mid-upload resumes from the first unconfirmed batch when it is retried.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import tenacity
+
+from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.core.ledger import PendingRow, RegistryEntry, StateStore, utcnow
+from audience_sync.destinations.base import Destination, PlatformAudience, UploadSession
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SYNC_MODES = ("mirror", "add_only", "replace")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for transient platform errors inside a task (Airflow task retries come on top)."""
+
+    attempts: int = 5
+    initial_wait: float = 2.0
+    max_wait: float = 120.0
+
+    def run(self, fn: Callable[[], T], what: str) -> T:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientDestinationError),
+            wait=tenacity.wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait),
+            stop=tenacity.stop_after_attempt(self.attempts),
+            reraise=True,
+            before_sleep=lambda rs: log.warning(
+                "%s: transient error (attempt %s/%s), retrying: %s",
+                what,
+                rs.attempt_number,
+                self.attempts,
+                rs.outcome.exception() if rs.outcome else "",
+            ),
+        )
+        return retrying(fn)
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """Everything one sync task knows about what to do."""
+
+    dag_id: str
+    run_id: str
+    platform: str
+    account: str
+    segment_name: str
+    schema: tuple[str, ...]
+    mode: str = "mirror"
+    description: str = ""
+    logical_date: dt.datetime | None = None
+
+
+@dataclass
+class SyncOutcome:
+    """Counts and facts of one sync, as pushed to XCom and written to the metrics table."""
+
+    audience_id: str
+    audience_action: str  # reused | adopted | created | recreated
+    counts: dict[str, int]
+    requests: int
+    notes: list[str] = field(default_factory=list)
+    backfill: bool = False
+
+    def as_xcom(self) -> dict[str, Any]:
+        return {
+            **self.counts,
+            "audience_id": self.audience_id,
+            "audience_action": self.audience_action,
+            "requests": self.requests,
+            "backfill": self.backfill,
+            "notes": self.notes,
+        }
+
+
+def member_id(key: object) -> str:
+    """The ledger's member id: SHA-256 of the campaign's member key (the key itself is never stored)."""
+    return hashlib.sha256(str(key).strip().encode("utf-8")).hexdigest()
+
+
+def staged_row(mid: str, schema: Sequence[str], values: Sequence[str]) -> tuple[str, str, str]:
+    """(member_id, row_hash, payload_json) for the ledger stage; payload keys keep the schema order."""
+    payload = json.dumps(dict(zip(schema, values, strict=True)), separators=(",", ":"))
+    return mid, hashlib.sha256(payload.encode("utf-8")).hexdigest(), payload
+
+
+def session_id_for(*parts: object) -> int:
+    """A stable positive int64 session id for one upload (same inputs -> same id)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF or 1
+
+
+# --------------------------------------------------------------------------- audience
+def resolve_audience(
+    dest: Destination, store: StateStore, req: SyncRequest, retry: RetryPolicy
+) -> tuple[RegistryEntry, str]:
+    """Upsert by segment name: registry, else exact name on the platform (oldest wins), else create.
+
+    :return: the registry entry and what happened: reused, adopted, created or recreated.
+    """
+    entry = store.get_registry(req.platform, dest.account, req.segment_name)
+    if entry is not None:
+        live = retry.run(lambda: dest.get_audience(entry.audience_id), "read audience")
+        if live is not None:
+            return entry, "reused"
+        created = retry.run(
+            lambda: dest.create_audience(req.segment_name, req.description), "create audience"
+        )
+        note = f"audience {entry.audience_id} was deleted on the platform; re-created as {created.id}"
+        log.warning("Segment %s: %s; re-sending the full membership", req.segment_name, note)
+        entry = store.replace_audience_id(entry, created.id, "recreated", note)
+        store.reset_for_new_audience(entry.id)
+        return entry, "recreated"
+
+    existing = retry.run(lambda: dest.find_audiences(req.segment_name), "find audience by name")
+    if existing:
+        chosen = existing[0]
+        note = ""
+        if len(existing) > 1:
+            note = (
+                f"{len(existing)} audiences named {req.segment_name!r} on {dest.account}: "
+                f"{', '.join(a.id for a in existing)}; adopted the oldest, {chosen.id}"
+            )
+            log.warning("%s", note)
+        entry, inserted = store.register(
+            req.platform, dest.account, req.segment_name, chosen.id, "adopted", note
+        )
+        return entry, "adopted" if inserted else "reused"
+
+    created = retry.run(lambda: dest.create_audience(req.segment_name, req.description), "create audience")
+    entry, inserted = store.register(req.platform, dest.account, req.segment_name, created.id, "created")
+    if not inserted:
+        # Another run registered the name between our lookup and our create: use theirs.
+        log.warning(
+            "Segment %s was registered concurrently as %s; audience %s created by this run is unused",
+            req.segment_name,
+            entry.audience_id,
+            created.id,
+        )
+        return entry, "reused"
+    return entry, "created"
+
+
+# ------------------------------------------------------------------------------ sync
+def sync_audience(
+    dest: Destination,
+    store: StateStore,
+    req: SyncRequest,
+    staged: Iterable[tuple[str, str, str]],
+    *,
+    retry: RetryPolicy | None = None,
+    progress: Callable[[dict[str, int]], None] | None = None,
+) -> SyncOutcome:
+    """Upsert the audience and bring it to the staged group; return the counts from the ledger."""
+    retry = retry or RetryPolicy()
+    if req.mode not in SYNC_MODES:
+        raise ValueError(f"unknown sync mode {req.mode!r}; use one of {', '.join(SYNC_MODES)}")
+    requests_before = dest.requests_made
+    entry, action = resolve_audience(dest, store, req, retry)
+    notes: list[str] = []
+    if action != "reused":
+        notes.append(f"audience {action}: {entry.audience_id}")
+
+    mode = req.mode
+    backfill = bool(
+        req.logical_date and entry.last_logical_date and req.logical_date < entry.last_logical_date
+    )
+    if backfill:
+        assert entry.last_logical_date is not None  # noqa: S101 - implied by backfill
+        note = (
+            f"backfill: logical date {req.logical_date:%Y-%m-%d} is older than the newest synced "
+            f"({entry.last_logical_date:%Y-%m-%d}); sending adds only, no removals"
+        )
+        log.warning("%s", note)
+        notes.append(note)
+        mode = "add_only"
+
+    key = store.stage_members(staged)
+    try:
+        store.apply_stage(entry.id, key, req.run_id, removals=(mode == "mirror"))
+        engine = _Uploader(dest, store, entry, req, retry, progress)
+        if mode == "replace":
+            engine.replace(key)
+        else:
+            engine.removals()
+            engine.adds()
+        group = store.plan_counts(entry.id, key, removals=False)["group"]
+    finally:
+        store.drop_stage(key)
+    if req.logical_date and not backfill:
+        store.set_last_logical_date(entry.id, req.logical_date)
+    counts = store.ledger_counts(entry.id)
+    counts["total"] = group
+    return SyncOutcome(
+        audience_id=entry.audience_id,
+        audience_action=action,
+        counts=counts,
+        requests=dest.requests_made - requests_before,
+        notes=notes,
+        backfill=backfill,
+    )
+
+
+class _Uploader:
+    """Send ledger work in batches, moving statuses batch by batch."""
+
+    def __init__(
+        self,
+        dest: Destination,
+        store: StateStore,
+        entry: RegistryEntry,
+        req: SyncRequest,
+        retry: RetryPolicy,
+        progress: Callable[[dict[str, int]], None] | None,
+    ) -> None:
+        self.dest, self.store, self.entry, self.req, self.retry = dest, store, entry, req, retry
+        self.progress = progress
+        self.started = utcnow().isoformat()
+
+    def _session(self, op: str) -> Callable[[bool], UploadSession]:
+        """A factory of consecutive batches of one upload session for ``op``."""
+        sid = session_id_for(self.req.run_id, self.entry.id, op, self.started)
+        total = self.store.count_work(self.entry.id, op)
+        seq = 0
+
+        def nxt(last: bool) -> UploadSession:
+            nonlocal seq
+            seq += 1
+            return UploadSession(session_id=sid, batch_seq=seq, last_batch=last, estimated_total=total)
+
+        return nxt
+
+    def _send(
+        self,
+        fn: Callable[..., Any],
+        schema: Sequence[str],
+        rows: list[list[str]],
+        sess: UploadSession,
+        what: str,
+    ) -> Any:
+        return self.retry.run(lambda: fn(self.entry.audience_id, schema, rows, sess), what)
+
+    def removals(self) -> None:
+        """Remove members that left the group, and the old hashes of members whose identifiers changed."""
+        rid = self.entry.id
+        nxt = self._session("remove")
+        for batch, last in _lookahead(self.store.iter_work(rid, "remove", self.dest.max_remove_rows)):
+            ids = [r.member_id for r in batch]
+            self.store.mark(rid, ids, "in_progress", self.req.run_id)
+            sess = nxt(last)
+            for schema, rows in _by_schema((r.sent_payload or r.payload) for r in batch):
+                self._guard(
+                    ids, lambda s=schema, rw=rows: self._send(self.dest.remove_members, s, rw, sess, "remove")
+                )
+            self.store.mark(rid, ids, "removed", self.req.run_id, confirm="remove")
+            self._report()
+
+    def adds(self) -> None:
+        rid = self.entry.id
+        nxt = self._session("add")
+        for batch, last in _lookahead(self.store.iter_work(rid, "add", self.dest.max_batch_rows)):
+            ids = [r.member_id for r in batch]
+            self.store.mark(rid, ids, "in_progress", self.req.run_id)
+            stale = [r.sent_payload for r in batch if r.sent_payload and r.sent_payload != r.payload]
+            for i in range(0, len(stale), self.dest.max_remove_rows):
+                rsess = UploadSession(session_id_for(self.req.run_id, rid, "restate", i), 1, True, len(stale))
+                for schema, rows in _by_schema(stale[i : i + self.dest.max_remove_rows]):
+                    self._guard(
+                        ids,
+                        lambda s=schema, rw=rows, ss=rsess: self._send(
+                            self.dest.remove_members, s, rw, ss, "remove changed"
+                        ),
+                    )
+            sess = nxt(last)
+            failed: list[str] = []
+            for schema, rows, members in _by_schema_with_ids(batch):
+                result = self._guard(
+                    ids, lambda s=schema, rw=rows: self._send(self.dest.add_members, s, rw, sess, "add")
+                )
+                failed.extend(members[i] for i in result.invalid_rows if i < len(members))
+            ok = [m for m in ids if m not in set(failed)]
+            self.store.mark(rid, ok, "sent", self.req.run_id, confirm="add")
+            if failed:
+                log.warning("%d member(s) rejected by the platform as invalid entries", len(failed))
+                self.store.mark(rid, failed, "failed", self.req.run_id, error_code="invalid_entry")
+            self._report()
+
+    def replace(self, key: str) -> None:
+        raise NotImplementedError("replace mode is not implemented yet")
+
+    def _guard(self, ids: list[str], call: Callable[[], T]) -> T:
+        """Run one platform call; on a permanent error mark the batch failed with the platform's code."""
+        try:
+            return call()
+        except PermanentDestinationError as exc:
+            self.store.mark(
+                self.entry.id, ids, "failed", self.req.run_id, error_code=str(exc.code or "error")
+            )
+            raise
+        except TransientDestinationError:
+            # retries exhausted: leave the batch in_progress; the next attempt re-sends it
+            raise
+
+    def _report(self) -> None:
+        if self.progress:
+            self.progress(self.store.ledger_counts(self.entry.id))
+
+
+def _lookahead(batches: Iterable[list[PendingRow]]) -> Iterator[tuple[list[PendingRow], bool]]:
+    it = iter(batches)
+    prev = next(it, None)
+    while prev is not None:
+        cur = next(it, None)
+        yield prev, cur is None
+        prev = cur
+
+
+def _by_schema(payloads: Iterable[dict[str, str]]) -> Iterator[tuple[list[str], list[list[str]]]]:
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for p in payloads:
+        groups.setdefault(tuple(p), []).append(list(p.values()))
+    for schema, rows in groups.items():
+        yield list(schema), rows
+
+
+def _by_schema_with_ids(
+    batch: Sequence[PendingRow],
+) -> Iterator[tuple[list[str], list[list[str]], list[str]]]:
+    groups: dict[tuple[str, ...], tuple[list[list[str]], list[str]]] = {}
+    for r in batch:
+        rows, ids = groups.setdefault(tuple(r.payload), ([], []))
+        rows.append(list(r.payload.values()))
+        ids.append(r.member_id)
+    for schema, (rows, ids) in groups.items():
+        yield list(schema), rows, ids
+
+
+def describe(audience: PlatformAudience) -> str:
+    return f"{audience.name} ({audience.id})"

@@ -1,0 +1,3 @@
+"""destinations."""
+
+from __future__ import annotations

@@ -1,0 +1,254 @@
+"""Meta custom audiences through the real facebook-business SDK.
+
+The SDK's own normaliser deviates from Meta's rules (see the Meta reference §1.5), so rows arrive here
+already normalised and hashed by :mod:`audience_sync.core.normalize` and go out with ``is_raw: true``
+in the multi-key list schema. Removals are sent the way the SDK sends them (payload in the URL), in
+batches small enough for real front ends (§1.8).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import requests
+from facebook_business.adobjects.adaccount import AdAccount
+from facebook_business.adobjects.customaudience import CustomAudience
+from facebook_business.api import FacebookAdsApi
+from facebook_business.exceptions import FacebookError, FacebookRequestError
+from facebook_business.session import FacebookSession
+
+from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.destinations.base import Destination, PlatformAudience, UploadResult, UploadSession
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_GRAPH_URL = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v26.0"
+
+#: Meta error codes worth a retry with backoff (reference §1.6)
+TRANSIENT_CODES = {1, 2, 4, 17, 341, 613, 80003}
+#: 2650 with these subcodes means "audience busy" (a replace or upload is running)
+BUSY_SUBCODES = {1870145, 1870158}
+
+AUDIENCE_FIELDS = [
+    "id",
+    "name",
+    "time_created",
+    "approximate_count_lower_bound",
+    "approximate_count_upper_bound",
+    "operation_status",
+]
+
+
+def make_meta_api(
+    access_token: str,
+    *,
+    app_secret: str | None = None,
+    graph_url: str | None = None,
+    api_version: str = DEFAULT_API_VERSION,
+    timeout: float = 60.0,
+) -> FacebookAdsApi:
+    """Build an API object without ``FacebookAdsApi.init()`` (no global default, no crash reporter)."""
+    session = FacebookSession(access_token=access_token, app_secret=app_secret, timeout=timeout)
+    if graph_url:
+        session.GRAPH = graph_url.rstrip("/")
+    return FacebookAdsApi(session, api_version=api_version)
+
+
+def normalize_account_id(account: str) -> str:
+    """``act_123`` or ``123`` -> ``act_123``."""
+    account = str(account).strip()
+    return account if account.startswith("act_") else f"act_{account}"
+
+
+class MetaDestination(Destination):
+    """One Meta ad account.
+
+    :param api: a :class:`FacebookAdsApi` (see :func:`make_meta_api`).
+    :param ad_account_id: with or without the ``act_`` prefix.
+    :param conn_label: the Airflow connection id, named in error messages so operators know what to fix.
+    """
+
+    platform = "meta"
+    max_batch_rows = 10_000
+    #: DELETE puts the payload in the URL: one multi-key row is up to ~400 bytes of JSON hashes,
+    #: and real front ends drop URLs past a few tens of KB (python-sdk#717 breaks at ~300 rows).
+    max_remove_rows = 100
+
+    def __init__(self, api: FacebookAdsApi, ad_account_id: str, conn_label: str = "meta_default") -> None:
+        self.api = api
+        self.account = normalize_account_id(ad_account_id)
+        self.conn_label = conn_label
+
+    @property
+    def requests_made(self) -> int:  # type: ignore[override]
+        return int(self.api.get_num_requests_attempted())
+
+    # ------------------------------------------------------------ audiences
+    def find_audiences(self, name: str) -> list[PlatformAudience]:
+        def _list() -> list[PlatformAudience]:
+            cursor = AdAccount(self.account, api=self.api).get_custom_audiences(
+                fields=AUDIENCE_FIELDS, params={"limit": 200}
+            )
+            return [_audience(a) for a in cursor if a.get("name") == name]
+
+        found = self._call(_list, "list custom audiences")
+        return sorted(found, key=lambda a: (a.created_time, _id_key(a.id)))
+
+    def get_audience(self, audience_id: str) -> PlatformAudience | None:
+        try:
+            obj = self._call(
+                lambda: CustomAudience(audience_id, api=self.api).api_get(fields=AUDIENCE_FIELDS),
+                f"read audience {audience_id}",
+            )
+        except PermanentDestinationError as exc:
+            if exc.code == 100 and exc.subcode == 33:
+                return None
+            raise
+        return _audience(obj)
+
+    def create_audience(self, name: str, description: str) -> PlatformAudience:
+        obj = self._call(
+            lambda: AdAccount(self.account, api=self.api).create_custom_audience(
+                params={
+                    "name": name,
+                    "subtype": "CUSTOM",
+                    "description": description,
+                    "customer_file_source": "USER_PROVIDED_ONLY",
+                }
+            ),
+            f"create audience in {self.account}",
+        )
+        return PlatformAudience(id=str(obj["id"]), name=name)
+
+    # -------------------------------------------------------------- members
+    def add_members(
+        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
+    ) -> UploadResult:
+        params = self._params(schema, rows, session, self.max_batch_rows)
+        resp = self._call(lambda: CustomAudience(audience_id, api=self.api).create_user(params=params), "add")
+        return _result(resp, len(rows))
+
+    def remove_members(
+        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
+    ) -> UploadResult:
+        params = self._params(schema, rows, session, self.max_remove_rows)
+        resp = self._call(
+            lambda: CustomAudience(audience_id, api=self.api).delete_users(params=params), "remove"
+        )
+        return _result(resp, len(rows))
+
+    def replace_members(
+        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
+    ) -> UploadResult:
+        params = self._params(schema, rows, session, self.max_batch_rows)
+        resp = self._call(
+            lambda: CustomAudience(audience_id, api=self.api).create_users_replace(params=params), "replace"
+        )
+        return _result(resp, len(rows))
+
+    # ------------------------------------------------------------- helpers
+    @staticmethod
+    def _params(
+        schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession, limit: int
+    ) -> dict[str, Any]:
+        if len(rows) > limit:
+            raise ValueError(f"batch of {len(rows)} rows exceeds the limit of {limit}")
+        return {
+            "payload": {"schema": list(schema), "data": [list(r) for r in rows], "is_raw": True},
+            "session": {
+                "session_id": session.session_id,
+                "batch_seq": session.batch_seq,
+                "last_batch_flag": session.last_batch,
+                "estimated_num_total": session.estimated_total,
+            },
+        }
+
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        try:
+            return fn()
+        except FacebookRequestError as exc:
+            raise self._classify(exc, what) from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientDestinationError(
+                f"Meta {what}: connection problem ({type(exc).__name__}); will retry"
+            ) from None
+        except FacebookError as exc:
+            raise PermanentDestinationError(f"Meta {what}: {exc}") from None
+
+    def _classify(self, exc: FacebookRequestError, what: str) -> Exception:
+        code, sub = exc.api_error_code(), exc.api_error_subcode()
+        status = exc.http_status() or 0
+        detail = f"Meta {what} failed: {exc.api_error_message()} (code {code}, subcode {sub}, HTTP {status})"
+        act = self.account
+        digits = act.removeprefix("act_")
+        if code in TRANSIENT_CODES or (code == 2650 and sub in BUSY_SUBCODES) or status >= 500:
+            return TransientDestinationError(detail + "; will retry with backoff", code=code, subcode=sub)
+        if code == 190:
+            fix = (
+                f"The access token in Airflow connection '{self.conn_label}' is invalid or expired. "
+                "Create a new system-user token with ads_management and store it as the connection's password."
+            )
+        elif code in (10, 200, 294):
+            fix = (
+                f"The token of connection '{self.conn_label}' lacks permission on {act}. Grant ads_management "
+                "and add the system user to the ad account as Admin."
+            )
+        elif code in (2655, 2663):
+            fix = (
+                f"The Custom Audience terms are not accepted for {act}. Accept them at "
+                f"https://www.facebook.com/customaudiences/app/tos/?act={digits} and re-run."
+            )
+        elif code == 100 and sub == 1713230:
+            fix = (
+                "Meta flagged this audience (its name or data may suggest health or financial status) and "
+                "blocks uploads. Use a neutral segment name or ask Meta for a review."
+            )
+        elif code == 100 and sub == 33:
+            fix = f"The object does not exist or the token of '{self.conn_label}' cannot see it on {act}."
+        else:
+            fix = "Check the request and the account settings; retrying will not help."
+        return PermanentDestinationError(f"{detail}. {fix}", code=code, subcode=sub)
+
+
+def _audience(obj: Any) -> PlatformAudience:
+    size = obj.get("approximate_count_lower_bound")
+    status = obj.get("operation_status")
+    return PlatformAudience(
+        id=str(obj["id"]),
+        name=str(obj.get("name", "")),
+        created_time=_epoch(obj.get("time_created")),
+        size=int(size) if size is not None else None,
+        status=str(status.get("description")) if isinstance(status, dict) else None,
+    )
+
+
+def _epoch(value: Any) -> int:
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        import datetime as dt
+
+        try:
+            return int(dt.datetime.fromisoformat(str(value).replace("+0000", "+00:00")).timestamp())
+        except ValueError:
+            return 0
+
+
+def _id_key(audience_id: str) -> tuple[int, str]:
+    return (len(audience_id), audience_id)
+
+
+def _result(resp: Any, n: int) -> UploadResult:
+    data = resp.export_all_data() if hasattr(resp, "export_all_data") else dict(resp or {})
+    received = int(data.get("num_received", n) or 0)
+    invalid = int(data.get("num_invalid_entries", 0) or 0)
+    samples = data.get("invalid_entry_samples") or {}
+    rows = sorted(int(k) for k in samples if str(k).isdigit()) if isinstance(samples, dict) else []
+    return UploadResult(received=received, invalid=invalid, invalid_rows=rows)

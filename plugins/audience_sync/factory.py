@@ -1,0 +1,143 @@
+"""Build one Airflow DAG per campaign file: extract >> sync per destination >> record metrics.
+
+Parse-time work is local only: YAML and SQL files are read, nothing connects to a database, an API
+or Airflow Variables. A broken campaign file never stops the others: :func:`build_dags` skips it (and
+logs why), and :func:`raise_campaign_errors` — called from its own DAG file — turns every broken file
+into an Airflow import error naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG
+
+from audience_sync.core.campaign import Campaign, load_campaigns
+from audience_sync.core.errors import AudienceSyncError
+from audience_sync.operators.extract import ExtractAudienceOperator
+from audience_sync.operators.metrics import RecordMetricsOperator
+from audience_sync.operators.sync import SyncAudienceOperator
+
+log = logging.getLogger(__name__)
+
+STRICT_ENV = "AUDIENCE_SYNC_STRICT"
+SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly"}
+
+
+class CampaignLoadError(AudienceSyncError):
+    """One or more campaign files are invalid (shown as an Airflow import error)."""
+
+
+def _strict() -> bool:
+    return os.environ.get(STRICT_ENV, "").lower() in ("1", "true", "yes")
+
+
+def sync_task_id(platform: str, index: int, count: int) -> str:
+    return f"sync_{platform}" if count == 1 else f"sync_{platform}_{index + 1}"
+
+
+def build_dag(c: Campaign) -> DAG:
+    """The DAG of one campaign."""
+    tz = pendulum.timezone(c.timezone)
+    start = pendulum.datetime(c.duration.start.year, c.duration.start.month, c.duration.start.day, tz=tz)
+    end = None
+    if c.duration.end:
+        e = c.duration.end
+        end = pendulum.datetime(e.year, e.month, e.day, 23, 59, 59, tz=tz)
+    group = c.audience_group
+    platforms = sorted({d.platform for d in c.destinations})
+    doc = (
+        f"### {c.campaign}\n\nAds campaign **{c.ads_campaign_name}**, segment `{c.segment_name}` "
+        f"({c.sync_mode}) to {', '.join(f'{d.platform} {d.ad_account_id}' for d in c.destinations)}.\n\n"
+        f"Campaign file: `{c.path.name}`. Audience group: {group.source} "
+        f"{'(' + str(group.conn_id) + ')' if group.conn_id else ''}."
+    )
+    with DAG(
+        dag_id=c.dag_id,
+        description=c.campaign,
+        schedule=c.schedule,
+        start_date=start,
+        end_date=end,
+        catchup=False,
+        max_active_runs=1,
+        tags=["audience-sync", *platforms, *c.tags],
+        default_args={
+            "owner": c.owner,
+            "retries": c.retries,
+            "retry_delay": dt.timedelta(minutes=c.retry_delay_minutes),
+            "retry_exponential_backoff": True,
+        },
+        doc_md=doc,
+        params={},
+    ) as dag:
+        extract = ExtractAudienceOperator(
+            task_id="extract",
+            source_path=str(group.source_path) if group.source == "list" else None,
+            sql=group.sql_query() if group.source == "sql" else None,
+            conn_id=group.conn_id,
+            key=group.key,
+            identifiers=dict(group.identifiers),
+            platforms=platforms,
+            default_country=group.default_country,
+            consent_column=group.consent.column if group.consent else None,
+        )
+        dests: list[dict[str, str]] = []
+        syncs = []
+        for i, d in enumerate(c.destinations):
+            same = [x for x in c.destinations if x.platform == d.platform]
+            task_id = sync_task_id(d.platform, same.index(d), len(same))
+            syncs.append(
+                SyncAudienceOperator(
+                    task_id=task_id,
+                    platform=d.platform,
+                    ad_account_id=d.ad_account_id,
+                    conn_id=d.conn_id,
+                    segment_name=c.segment_name,
+                    sync_mode=c.sync_mode,
+                    description=f"{c.ads_campaign_name} (audience-sync campaign {c.stem})",
+                )
+            )
+            dests.append(
+                {
+                    "task_id": task_id,
+                    "platform": d.platform,
+                    "account": d.ad_account_id,
+                    "segment_name": c.segment_name,
+                }
+            )
+        metrics = RecordMetricsOperator(task_id="record_metrics", destinations=dests)
+        extract >> syncs >> metrics
+    return dag
+
+
+def build_dags(
+    namespace: MutableMapping[str, Any] | None = None, folder: str | Path | None = None
+) -> dict[str, DAG]:
+    """Build every valid campaign's DAG; broken files are skipped here (see :func:`raise_campaign_errors`).
+
+    With ``AUDIENCE_SYNC_STRICT=1`` (the test suite) any broken file raises instead.
+    """
+    campaigns, errors = load_campaigns(folder, strict=_strict())
+    for path, err in errors.items():
+        log.error("Skipping campaign %s: %s", path, err)
+    dags: dict[str, DAG] = {}
+    for c in campaigns:
+        dag = build_dag(c)
+        dags[dag.dag_id] = dag
+        if namespace is not None:
+            namespace[dag.dag_id] = dag
+    return dags
+
+
+def raise_campaign_errors(folder: str | Path | None = None) -> None:
+    """Raise one error listing every broken campaign file (file, field, fix); do nothing when all are valid."""
+    _, errors = load_campaigns(folder)
+    if errors:
+        text = "\n\n".join(str(e) for e in errors.values())
+        raise CampaignLoadError(f"{len(errors)} campaign file(s) are invalid and have no DAG:\n\n{text}")

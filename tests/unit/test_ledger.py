@@ -1,0 +1,146 @@
+"""The state store on SQLite and on a real PostgreSQL server: registry, ledger transitions, metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+
+from audience_sync.core.ledger import StateStore
+from audience_sync.core.sync import member_id, staged_row
+
+SCHEMA = ("EMAIL", "PHONE")
+
+
+def rows(keys: list[int], salt: str = "") -> list[tuple[str, str, str]]:
+    return [staged_row(member_id(k), SCHEMA, [f"{k:064x}", f"{k + 7:063x}{salt or 'a'}"]) for k in keys]
+
+
+@pytest.fixture
+def store(state_url: str) -> StateStore:
+    s = StateStore(state_url)
+    yield s
+    s.engine.dispose()
+
+
+def test_schema_is_created_once_and_versioned(store: StateStore) -> None:
+    store.ensure_schema()  # second call is a no-op
+    import sqlalchemy as sa
+
+    with store.engine.connect() as c:
+        assert c.execute(sa.text("SELECT COUNT(*) FROM as_schema_version")).scalar() == 1
+
+
+def test_registry_is_unique_per_platform_account_segment(store: StateStore) -> None:
+    first, inserted = store.register("meta", "act_1", "vip_users", "111", "created")
+    again, inserted_again = store.register("meta", "act_1", "vip_users", "222", "created")
+    assert inserted and not inserted_again
+    assert again.audience_id == "111" == first.audience_id
+    other, _ = store.register("meta", "act_2", "vip_users", "333", "created")
+    assert other.audience_id == "333"
+
+
+def test_concurrent_registration_keeps_one_audience(store: StateStore) -> None:
+    results: list[str] = []
+
+    def worker(n: int) -> None:
+        entry, _ = store.register("meta", "act_9", "race_users", f"id{n}", "created")
+        results.append(entry.audience_id)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1
+
+
+def _send_all(store: StateStore, rid: int, op: str, run: str) -> list[str]:
+    sent: list[str] = []
+    for batch in store.iter_work(rid, op, 3):
+        ids = [r.member_id for r in batch]
+        store.mark(rid, ids, "removed" if op == "remove" else "sent", run, confirm=op)
+        sent.extend(ids)
+    return sent
+
+
+def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None:
+    entry, _ = store.register("meta", "act_1", "seg_users", "1", "created")
+    key = store.stage_members(rows([1, 2, 3, 4, 5]))
+    assert store.plan_counts(entry.id, key, removals=True) == {
+        "group": 5, "adds": 5, "new": 5, "removes": 0, "unchanged": 0,
+    }
+    store.apply_stage(entry.id, key, "r1", removals=True)
+    store.drop_stage(key)
+    assert store.ledger_counts(entry.id)["pending"] == 5
+    assert len(_send_all(store, entry.id, "add", "r1")) == 5
+    assert store.ledger_counts(entry.id)["sent"] == 5
+
+    # run 2: 1 and 2 left, 6 joined, 3 changed its hashes, 4 and 5 unchanged
+    staged = rows([4, 5, 6]) + rows([3], salt="b")
+    key = store.stage_members(staged)
+    plan = store.plan_counts(entry.id, key, removals=True)
+    assert plan == {"group": 4, "adds": 2, "new": 1, "removes": 2, "unchanged": 2}
+    store.apply_stage(entry.id, key, "r2", removals=True)
+    store.drop_stage(key)
+    removals = list(store.iter_work(entry.id, "remove", 100))[0]
+    assert {r.member_id for r in removals} == {member_id(1), member_id(2)}
+    assert all(r.sent_payload for r in removals)  # removal uses what was added
+    adds = list(store.iter_work(entry.id, "add", 100))[0]
+    changed = [r for r in adds if r.member_id == member_id(3)][0]
+    assert changed.sent_payload is not None and changed.sent_payload != changed.payload
+    _send_all(store, entry.id, "remove", "r2")
+    _send_all(store, entry.id, "add", "r2")
+    counts = store.ledger_counts(entry.id)
+    assert counts["sent"] == 4 and counts["removed"] == 2 and counts["pending"] == 0
+
+    # run 3: nothing changed -> no work at all
+    key = store.stage_members(staged)
+    store.apply_stage(entry.id, key, "r3", removals=True)
+    store.drop_stage(key)
+    assert store.count_work(entry.id, "add") == 0 and store.count_work(entry.id, "remove") == 0
+
+
+def test_add_only_never_queues_removals(store: StateStore) -> None:
+    entry, _ = store.register("meta", "act_1", "add_only_users", "1", "created")
+    key = store.stage_members(rows([1, 2]))
+    store.apply_stage(entry.id, key, "r1", removals=False)
+    _send_all(store, entry.id, "add", "r1")
+    key = store.stage_members(rows([3]))
+    store.apply_stage(entry.id, key, "r2", removals=False)
+    assert store.count_work(entry.id, "remove") == 0
+    assert store.ledger_counts(entry.id)["sent"] == 2
+
+
+def test_in_progress_batch_is_resent_after_a_crash(store: StateStore) -> None:
+    entry, _ = store.register("meta", "act_1", "crash_users", "1", "created")
+    key = store.stage_members(rows(list(range(10))))
+    store.apply_stage(entry.id, key, "r1", removals=True)
+    batches = store.iter_work(entry.id, "add", 4)
+    first = next(batches)
+    store.mark(entry.id, [r.member_id for r in first], "sent", "r1", confirm="add")
+    second = next(batches)
+    store.mark(entry.id, [r.member_id for r in second], "in_progress", "r1")  # then the task dies
+    # the retry re-applies the same stage: confirmed members stay sent, the rest is work again
+    store.apply_stage(entry.id, key, "r1", removals=True)
+    todo = [r.member_id for b in store.iter_work(entry.id, "add", 100) for r in b]
+    assert len(todo) == 6 and not set(todo) & {r.member_id for r in first}
+
+
+def test_last_logical_date_never_moves_backwards(store: StateStore) -> None:
+    entry, _ = store.register("meta", "act_1", "dated_users", "1", "created")
+    newer = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+    store.set_last_logical_date(entry.id, newer)
+    store.set_last_logical_date(entry.id, dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    got = store.get_registry("meta", "act_1", "dated_users")
+    assert got is not None and got.last_logical_date == newer
+
+
+def test_metrics_rows_are_upserted(store: StateStore) -> None:
+    row = {"dag_id": "d", "run_id": "r", "destination": "meta:act_1", "segment_name": "s", "sent": 3,
+           "total": 3, "outcome": "success"}
+    store.write_metrics(row)
+    store.write_metrics({**row, "sent": 4, "total": 4})
+    got = store.read_metrics("d", "r")
+    assert len(got) == 1 and got[0]["sent"] == 4
