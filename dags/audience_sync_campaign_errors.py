@@ -1,4 +1,4 @@
-"""Shows every invalid campaign file as an Airflow import error (file, field, fix); the valid ones still load."""
+"""Shows each invalid campaign file as an Airflow import error (file, field, fix); valid DAGs still load."""
 
 from __future__ import annotations
 

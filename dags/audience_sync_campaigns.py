@@ -1,4 +1,4 @@
-"""One DAG per campaign file in include/campaigns/ (or $AUDIENCE_SYNC_CAMPAIGNS_DIR)."""
+"""Airflow DAGs: one per campaign file in include/campaigns/ (or $AUDIENCE_SYNC_CAMPAIGNS_DIR)."""
 
 from __future__ import annotations
 

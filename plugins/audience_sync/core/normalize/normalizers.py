@@ -1,0 +1,304 @@
+"""Per-identifier normalisers, parameterised where platforms differ.
+
+A normaliser is ``fn(value, region) -> str | tuple[str, ...]``:
+
+- ``value`` is already coerced by :func:`~audience_sync.core.normalize.values.coerce`: non-empty trimmed text,
+  or a :class:`~datetime.date` (only date of birth uses that).
+- ``region`` is the ISO alpha-2 country (uppercase) of the row, or the default, or ``None``. It is the region
+  for national phone numbers and picks the US/UK rules for state and ZIP.
+- It returns the normalised value (a tuple for multi-key identifiers such as Meta's DOBY/DOBM/DOBD) or raises
+  :class:`~audience_sync.core.normalize.values.InvalidValue` with a reason that never contains the value.
+
+Platform tables (``platforms.py``) pick and configure these; nothing here knows a platform name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import date
+
+import phonenumbers
+
+from audience_sync.core.normalize.values import (
+    InvalidValue,
+    collapse_spaces,
+    letters_only,
+    nfc_lower,
+    normalize_country,
+    strip_punctuation,
+    us_state_code,
+)
+
+Normalizer = Callable[[object, "str | None"], "str | tuple[str, ...]"]
+
+_UK_REGIONS = frozenset({"GB", "GG", "JE", "IM"})  # Crown Dependencies use Royal Mail postcodes
+
+
+def _text(value: object) -> str:
+    # Dates only make sense for date of birth; anywhere else treat them as their ISO text (which then fails).
+    return value if isinstance(value, str) else str(value)
+
+
+# --------------------------------------------------------------------------------------------- email
+
+# One '@', a non-empty local part, a dotted domain with non-empty labels, no whitespace anywhere.
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+_GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def make_email(*, remove_inner_whitespace: bool, gmail_canonical: bool, drop_plus_suffix: bool) -> Normalizer:
+    """Email normaliser: trim, lowercase, validate, then the platform's optional rewrites.
+
+    :param remove_inner_whitespace: delete whitespace inside the address before validating (Google, TikTok);
+        when false an address with inner whitespace is invalid (Meta).
+    :param gmail_canonical: for ``gmail.com``/``googlemail.com`` only, drop every ``.`` and any ``+suffix`` in
+        the local part (Google Data Manager rule, accepted by the Ads API).
+    :param drop_plus_suffix: drop ``+suffix`` from the local part for every domain (TikTok).
+    """
+
+    def normalize_email(value: object, region: str | None) -> str:
+        text = _text(value).lower()
+        if remove_inner_whitespace:
+            text = "".join(text.split())
+        if len(text) > 254 or _EMAIL_RE.fullmatch(text) is None:
+            raise InvalidValue("not a valid email address")
+        local, _, domain = text.partition("@")
+        if gmail_canonical and domain in _GMAIL_DOMAINS:
+            local = local.split("+", 1)[0].replace(".", "")
+        elif drop_plus_suffix:
+            local = local.split("+", 1)[0]
+        if not local:
+            raise InvalidValue("email local part is empty after normalisation")
+        return f"{local}@{domain}"
+
+    return normalize_email
+
+
+# --------------------------------------------------------------------------------------------- phone
+
+_NON_DIGITS_RE = re.compile(r"\D")
+
+
+def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber:
+    if region is None and not text.startswith("+"):
+        # No region to read a national number with: the digits must already start with the country code
+        # (typical for numbers stored as integers). "00" is the common international call prefix.
+        digits = _NON_DIGITS_RE.sub("", text)
+        text = "+" + (digits[2:] if digits.startswith("00") else digits)
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is None or not phonenumbers.is_valid_number(number):
+        if region is None:
+            raise InvalidValue("not a valid phone number (no country code, and no country to read it with)")
+        raise InvalidValue(f"not a valid phone number for region {region}")
+    return number
+
+
+def make_phone(*, plus: bool) -> Normalizer:
+    """Phone normaliser: parse with ``phonenumbers`` (row/default region, or the number's own ``+CC``).
+
+    Requires ``is_valid_number``. The result is the E.164 number (country code + national significant
+    number, trunk ``0`` removed, Italian leading zero kept), with or without the leading ``+``. Extensions
+    are dropped.
+
+    :param plus: keep the ``+`` (Google: E.164) or not (Meta, TikTok: digits only).
+    """
+    prefix = "+" if plus else ""
+
+    def normalize_phone(value: object, region: str | None) -> str:
+        number = _parse_phone(_text(value), region)
+        return f"{prefix}{number.country_code}{phonenumbers.national_significant_number(number)}"
+
+    return normalize_phone
+
+
+# --------------------------------------------------------------------------------------------- names, places
+
+
+def letters_name(value: object, region: str | None) -> str:
+    """Meta FN/LN/CT: lowercase letters of any script only (NFC); no digits, punctuation or whitespace."""
+    result = letters_only(_text(value))
+    if not result:
+        raise InvalidValue("contains no letters")
+    return result
+
+
+def google_first_name(value: object, region: str | None) -> str:
+    """Google ``hashed_first_name``: lowercase; remove extra spaces before, after and in between."""
+    result = collapse_spaces(nfc_lower(_text(value)))
+    if not result:
+        raise InvalidValue("contains no letters")
+    return result
+
+
+def google_last_name(value: object, region: str | None) -> str:
+    """Google ``hashed_last_name``: lowercase, no punctuation, extra spaces removed."""
+    result = collapse_spaces(strip_punctuation(nfc_lower(_text(value))))
+    if not result:
+        raise InvalidValue("contains no letters")
+    return result
+
+
+def meta_state(value: object, region: str | None) -> str:
+    """Meta ST: US → 2-letter code, lowercase (``California``/``CA`` → ``ca``); elsewhere letters only."""
+    text = _text(value)
+    if region == "US":
+        code = us_state_code(text)
+        if code is None:
+            raise InvalidValue("not a US state name or code")
+        return code.lower()
+    return letters_name(text, region)
+
+
+def make_country(*, upper: bool) -> Normalizer:
+    """ISO 3166-1 alpha-2 country, from a code, alpha-3, numeric code or English name."""
+
+    def normalize_country_field(value: object, region: str | None) -> str:
+        code = normalize_country(_text(value))
+        if code is None:
+            raise InvalidValue("not a recognised country")
+        return code if upper else code.lower()
+
+    return normalize_country_field
+
+
+# --------------------------------------------------------------------------------------------- zip
+
+_US_ZIP_RE = re.compile(r"(\d{5})(?:[-\s]?\d{4})?")
+_US_ZIP4_RE = re.compile(r"(\d{5})[-\s]?\d{4}")
+# Outward code (area + district), then optionally the sector digit and the two unit letters.
+_UK_POSTCODE_RE = re.compile(r"([A-Z]{1,2}\d[A-Z\d]?)(?:\s*(\d)([A-Z]{2})?)?")
+_UK_FULL_POSTCODE_RE = re.compile(r"([A-Z]{1,2}\d[A-Z\d]?)\s*(\d)([A-Z]{2})")
+_ZIP_STRIP_RE = re.compile(r"[\s\-]+")
+
+
+def _us_zip5(text: str) -> str:
+    match = _US_ZIP_RE.fullmatch(text)
+    if match is not None:
+        return match.group(1)
+    if text.isdigit() and 3 <= len(text) < 5:
+        return text.zfill(5)  # leading zeros lost by a spreadsheet or an integer column (02134 -> 2134)
+    raise InvalidValue("not a US ZIP code")
+
+
+def meta_zip(value: object, region: str | None) -> str:
+    """Meta ZIP: lowercase, no spaces. US: first 5 digits. UK: area+district+sector (``SW1A 1AA``→``sw1a1``).
+
+    Without a region, a ZIP+4 (``94025-1234``) is read as US and a full UK postcode as UK. Elsewhere spaces
+    and dashes are removed.
+    """
+    text = _text(value)
+    if region == "US":
+        return _us_zip5(text)
+    upper = text.upper()
+    if region in _UK_REGIONS:
+        match = _UK_POSTCODE_RE.fullmatch(upper)
+        if match is None:
+            raise InvalidValue("not a UK postcode")
+        return (match.group(1) + (match.group(2) or "")).lower()
+    if region is None:
+        match = _US_ZIP4_RE.fullmatch(text)
+        if match is not None:
+            return match.group(1)
+        match = _UK_FULL_POSTCODE_RE.fullmatch(upper)
+        if match is not None:
+            return (match.group(1) + match.group(2)).lower()
+    result = _ZIP_STRIP_RE.sub("", text).lower()
+    if not result:
+        raise InvalidValue("empty postal code")
+    return result
+
+
+def google_zip(value: object, region: str | None) -> str:
+    """Google ``postal_code`` (sent unhashed): US 5 digits; UK ``SW1A 1AA``; else uppercase, single spaces."""
+    text = _text(value)
+    if region == "US":
+        return _us_zip5(text)
+    upper = collapse_spaces(text.upper())
+    if region in _UK_REGIONS:
+        match = _UK_FULL_POSTCODE_RE.fullmatch(upper)
+        if match is None:
+            raise InvalidValue("not a full UK postcode")
+        return f"{match.group(1)} {match.group(2)}{match.group(3)}"
+    if region is None:
+        match = _US_ZIP4_RE.fullmatch(text)
+        if match is not None:
+            return match.group(1)
+        match = _UK_FULL_POSTCODE_RE.fullmatch(upper)
+        if match is not None:
+            return f"{match.group(1)} {match.group(2)}{match.group(3)}"
+    return upper
+
+
+# --------------------------------------------------------------------------------------------- gender, dob
+
+_GENDERS = {"m": "m", "male": "m", "f": "f", "female": "f"}
+
+
+def meta_gender(value: object, region: str | None) -> str:
+    """Meta GEN: ``m``/``f`` from m, male, f, female (any case). Anything else is invalid."""
+    result = _GENDERS.get(_text(value).lower())
+    if result is None:
+        raise InvalidValue("gender must be one of m, male, f, female")
+    return result
+
+
+_ISO_DATE_RE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ].*)?")
+_COMPACT_DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})")
+
+
+def meta_date_of_birth(value: object, region: str | None) -> tuple[str, str, str]:
+    """Meta DOBY/DOBM/DOBD from a ``date``/``datetime``, ``YYYY-MM-DD`` (time part ignored) or ``YYYYMMDD``.
+
+    The year must be 1900..current year; the date must exist.
+    """
+    if isinstance(value, date):
+        year, month, day = value.year, value.month, value.day
+    else:
+        text = _text(value)
+        match = _ISO_DATE_RE.fullmatch(text) or _COMPACT_DATE_RE.fullmatch(text)
+        if match is None:
+            raise InvalidValue("date of birth must be YYYY-MM-DD or YYYYMMDD")
+        year, month, day = (int(part) for part in match.groups())
+        try:
+            date(year, month, day)
+        except ValueError:
+            raise InvalidValue("date of birth is not a real calendar date") from None
+    this_year = date.today().year
+    if not 1900 <= year <= this_year:
+        raise InvalidValue(f"birth year must be between 1900 and {this_year}")
+    return f"{year:04d}", f"{month:02d}", f"{day:02d}"
+
+
+# --------------------------------------------------------------------------------------------- ids
+
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+
+
+def make_madid(*, lower: bool) -> Normalizer:
+    """Mobile advertising ID (IDFA/AAID): a UUID, returned in hyphenated 8-4-4-4-12 form.
+
+    The all-zero ID (what devices report when ad tracking is limited) is invalid.
+
+    :param lower: lowercase it (Meta, TikTok); otherwise keep the case as given (Google wants the raw ID).
+    """
+
+    def normalize_madid(value: object, region: str | None) -> str:
+        text = _text(value)
+        if _UUID_RE.fullmatch(text) is None:
+            raise InvalidValue("not a mobile advertising ID (expected an IDFA/AAID UUID)")
+        hex_digits = text.replace("-", "")
+        if hex_digits.count("0") == 32:
+            raise InvalidValue("all-zero mobile advertising ID (ad tracking limited)")
+        h = hex_digits.lower() if lower else hex_digits
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    return normalize_madid
+
+
+def external_id(value: object, region: str | None) -> str:
+    """Advertiser's own customer ID: trimmed, otherwise unchanged (no case change)."""
+    return _text(value)

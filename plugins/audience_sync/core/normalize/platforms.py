@@ -1,0 +1,183 @@
+"""One rules table per platform, all behind :class:`PlatformRules`.
+
+To add a platform, build one more :class:`PlatformRules` from the normalisers in ``normalizers.py`` (add a
+normaliser there only if no existing one fits) and register it in :data:`RULES`. Nothing else changes:
+``normalize_field`` and ``RowHasher`` only read these tables.
+
+Choices where the platforms' documents are ambiguous (see ``docs`` in each table and the package docstring):
+
+- Meta ZIP for the UK: postcode *sector* (area + district + sector digit), ``SW1A 1AA`` → ``sw1a1``.
+- Meta row validity: email, phone, MADID or external ID on its own, or first+last name together with
+  ZIP, city+state, city+country, or date of birth.
+- Google ``third_party_user_id`` and ``mobile_id``: sent unhashed (the proto names every hashed field
+  ``hashed_*``); external ID trimmed only.
+- Google address (first name, last name, country, ZIP) is all-or-nothing: a partial address is blanked.
+- TikTok email: ``+suffix`` removed for every domain, dots kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from audience_sync.core.normalize import normalizers as n
+from audience_sync.core.normalize.values import sha256_hex
+
+IDENTIFIER_TYPES: tuple[str, ...] = (
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "city",
+    "state",
+    "zip",
+    "country",
+    "gender",
+    "date_of_birth",
+    "madid",
+    "external_id",
+)
+
+Applied = tuple[tuple[str, ...], tuple[str, ...]]  # (normalised parts, sent parts), aligned to FieldRule.keys
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """How one identifier type becomes one or more platform keys.
+
+    :param keys: platform key names this identifier fills, in order (Meta date of birth → DOBY, DOBM, DOBD).
+    :param normalize: the normaliser (``fn(value, region)``), see ``normalizers.py``.
+    :param hashed: send the SHA-256 hex of the normalised value (else the normalised value itself).
+    :param cached: memoise normalise+hash; worth it for low-cardinality fields (names, city, country, ...).
+    """
+
+    keys: tuple[str, ...]
+    normalize: n.Normalizer
+    hashed: bool = True
+    cached: bool = False
+    apply: Callable[[object, str | None], Applied] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        normalize, hashed = self.normalize, self.hashed
+
+        def apply(value: object, region: str | None) -> Applied:
+            result = normalize(value, region)
+            parts = result if isinstance(result, tuple) else (result,)
+            return parts, (tuple(sha256_hex(part) for part in parts) if hashed else parts)
+
+        object.__setattr__(self, "apply", lru_cache(maxsize=65536)(apply) if self.cached else apply)
+
+
+@dataclass(frozen=True)
+class PlatformRules:
+    """Everything that differs between platforms, as data.
+
+    :param name: platform id used in campaign files (``meta``, ``google_ads``, ``tiktok``).
+    :param fields: identifier type → rule, in the platform's key order (this order is the row schema order).
+    :param standalone: identifier types that make a row matchable on their own.
+    :param combos: alternative sets of identifier types that together make a row matchable.
+    :param all_or_nothing: groups of identifier types the platform only accepts complete (Google's address);
+        when a row has only part of a group, that part is blanked (not an error).
+    """
+
+    name: str
+    fields: Mapping[str, FieldRule]
+    standalone: frozenset[str]
+    combos: tuple[frozenset[str], ...] = ()
+    all_or_nothing: tuple[frozenset[str], ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.fields) - set(IDENTIFIER_TYPES)
+        if unknown:
+            raise ValueError(f"platform {self.name!r}: unknown identifier types {sorted(unknown)}")
+
+    def rule(self, identifier: str) -> FieldRule:
+        """The rule for ``identifier``; :class:`ValueError` if unknown or unsupported on this platform."""
+        rule = self.fields.get(identifier)
+        if rule is None:
+            if identifier not in IDENTIFIER_TYPES:
+                raise ValueError(
+                    f"unknown identifier type {identifier!r}; expected one of {', '.join(IDENTIFIER_TYPES)}"
+                )
+            raise ValueError(
+                f"identifier type {identifier!r} is not supported by platform {self.name!r}; "
+                f"supported: {', '.join(self.fields)}"
+            )
+        return rule
+
+
+META = PlatformRules(
+    name="meta",
+    # Meta multi-key schema. MADID and EXTERN_ID are sent unhashed; everything else SHA-256.
+    fields={
+        "email": FieldRule(
+            ("EMAIL",),
+            n.make_email(remove_inner_whitespace=False, gmail_canonical=False, drop_plus_suffix=False),
+        ),
+        "phone": FieldRule(("PHONE",), n.make_phone(plus=False)),
+        "first_name": FieldRule(("FN",), n.letters_name, cached=True),
+        "last_name": FieldRule(("LN",), n.letters_name, cached=True),
+        "city": FieldRule(("CT",), n.letters_name, cached=True),
+        "state": FieldRule(("ST",), n.meta_state, cached=True),
+        "zip": FieldRule(("ZIP",), n.meta_zip, cached=True),
+        "country": FieldRule(("COUNTRY",), n.make_country(upper=False), cached=True),
+        "gender": FieldRule(("GEN",), n.meta_gender, cached=True),
+        "date_of_birth": FieldRule(("DOBY", "DOBM", "DOBD"), n.meta_date_of_birth, cached=True),
+        "madid": FieldRule(("MADID",), n.make_madid(lower=True), hashed=False),
+        "external_id": FieldRule(("EXTERN_ID",), n.external_id, hashed=False),
+    },
+    standalone=frozenset({"email", "phone", "madid", "external_id"}),
+    combos=(
+        frozenset({"first_name", "last_name", "zip"}),
+        frozenset({"first_name", "last_name", "city", "state"}),
+        frozenset({"first_name", "last_name", "city", "country"}),
+        frozenset({"first_name", "last_name", "date_of_birth"}),
+    ),
+)
+
+GOOGLE_ADS = PlatformRules(
+    name="google_ads",
+    # Keys are the v26 UserIdentifier / OfflineUserAddressInfo field names.
+    fields={
+        "email": FieldRule(
+            ("hashed_email",),
+            n.make_email(remove_inner_whitespace=True, gmail_canonical=True, drop_plus_suffix=False),
+        ),
+        "phone": FieldRule(("hashed_phone_number",), n.make_phone(plus=True)),
+        "first_name": FieldRule(("hashed_first_name",), n.google_first_name, cached=True),
+        "last_name": FieldRule(("hashed_last_name",), n.google_last_name, cached=True),
+        "country": FieldRule(("country_code",), n.make_country(upper=True), hashed=False, cached=True),
+        "zip": FieldRule(("postal_code",), n.google_zip, hashed=False, cached=True),
+        "madid": FieldRule(("mobile_id",), n.make_madid(lower=False), hashed=False),
+        "external_id": FieldRule(("third_party_user_id",), n.external_id, hashed=False),
+    },
+    standalone=frozenset({"email", "phone", "madid", "external_id"}),
+    combos=(frozenset({"first_name", "last_name", "country", "zip"}),),
+    all_or_nothing=(frozenset({"first_name", "last_name", "country", "zip"}),),
+)
+
+TIKTOK = PlatformRules(
+    name="tiktok",
+    # Keys are the customer-file / calculate_type names.
+    fields={
+        "email": FieldRule(
+            ("EMAIL_SHA256",),
+            n.make_email(remove_inner_whitespace=True, gmail_canonical=False, drop_plus_suffix=True),
+        ),
+        "phone": FieldRule(("PHONE_SHA256",), n.make_phone(plus=False)),
+        "madid": FieldRule(("MAID_SHA256",), n.make_madid(lower=True)),
+    },
+    standalone=frozenset({"email", "phone", "madid"}),
+)
+
+RULES: Mapping[str, PlatformRules] = {rules.name: rules for rules in (META, GOOGLE_ADS, TIKTOK)}
+PLATFORMS: tuple[str, ...] = tuple(RULES)
+
+
+def get_rules(platform: str) -> PlatformRules:
+    """The rules table for ``platform``; :class:`ValueError` if unknown."""
+    rules = RULES.get(platform)
+    if rules is None:
+        raise ValueError(f"unknown platform {platform!r}; expected one of {', '.join(PLATFORMS)}")
+    return rules
