@@ -50,10 +50,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
             bad += 1
             print(f"INVALID {exc}")
             continue
-        print(f"OK      {f}: DAG {c.dag_id}, segment {c.segment_name}, {len(c.destinations)} destination(s)")
+        print(
+            f"OK      {_shown(f)}: DAG {c.dag_id}, segment {c.segment_name}, {len(c.destinations)} destination(s)"
+        )
     if bad:
         print(f"{bad} of {len(files)} campaign file(s) invalid", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(_project_root()))
+    except ValueError:
+        return str(path)
 
 
 # --------------------------------------------------------------------------------- hash
@@ -62,10 +71,19 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
     rc = 0
     for value in args.values:
-        result = normalize_field(args.platform, args.field, value, country=args.country)
-        if result.error:
+        try:
+            out = normalize_field(args.platform, args.field, value, country=args.country).as_dict()
+        except ValueError as exc:  # unknown platform, field or country: the same shape, with the reason
+            out = {
+                "platform": args.platform,
+                "field": args.field,
+                "normalized": None,
+                "sent": None,
+                "error": str(exc),
+            }
+        if out["error"]:
             rc = 1
-        print(json.dumps(result.as_dict(), ensure_ascii=False))
+        print(json.dumps(out, ensure_ascii=False))
     return rc
 
 
@@ -168,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8990)
     s.add_argument("--state-file", default=None, help="keep audiences across restarts in this JSON file")
-    s.add_argument("--token", default=None, help="access token to accept (default $AUDIENCE_SYNC_SANDBOX_TOKEN)")
+    s.add_argument(
+        "--token", default=None, help="access token to accept (default $AUDIENCE_SYNC_SANDBOX_TOKEN)"
+    )
     s.set_defaults(func=cmd_sandbox)
 
     d = sub.add_parser("demo", help="generate demo data, start the sandbox, run the demo campaign, summarise")
