@@ -85,8 +85,10 @@ def extract_and_stage(
     out_dir.mkdir(parents=True, exist_ok=True)
     hashers = {p: RowHasher(p, identifiers, default_country) for p in platforms}
     writers: dict[str, pq.ParquetWriter] = {}
-    schemas = {p: pa.schema([("member_id", pa.string())] + [(k, pa.string()) for k in h.schema])
-               for p, h in hashers.items()}
+    schemas = {
+        p: pa.schema([("member_id", pa.string())] + [(k, pa.string()) for k in h.schema])
+        for p, h in hashers.items()
+    }
     per_platform = Counter[str]()
     seen: set[bytes] = set()
     counts = ExtractCounts()

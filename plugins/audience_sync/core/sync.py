@@ -262,7 +262,8 @@ class _Uploader:
         """Remove members that left the group, and the old hashes of members whose identifiers changed."""
         rid = self.entry.id
         nxt = self._session("remove")
-        for batch, last in _lookahead(self.store.iter_work(rid, "remove", self.dest.max_remove_rows)):
+        size = self.dest.remove_batch_rows(len(self.req.schema))
+        for batch, last in _lookahead(self.store.iter_work(rid, "remove", size)):
             ids = [r.member_id for r in batch]
             self.store.mark(rid, ids, "in_progress", self.req.run_id)
             sess = nxt(last)
@@ -280,9 +281,10 @@ class _Uploader:
             ids = [r.member_id for r in batch]
             self.store.mark(rid, ids, "in_progress", self.req.run_id)
             stale = [r.sent_payload for r in batch if r.sent_payload and r.sent_payload != r.payload]
-            for i in range(0, len(stale), self.dest.max_remove_rows):
+            size = self.dest.remove_batch_rows(len(self.req.schema))
+            for i in range(0, len(stale), size):
                 rsess = UploadSession(session_id_for(self.req.run_id, rid, "restate", i), 1, True, len(stale))
-                for schema, rows in _by_schema(stale[i : i + self.dest.max_remove_rows]):
+                for schema, rows in _by_schema(stale[i : i + size]):
                     self._guard(
                         ids,
                         lambda s=schema, rw=rows, ss=rsess: self._send(

@@ -61,6 +61,10 @@ class Destination(abc.ABC):
     account: str
     requests_made: int = 0
 
+    def remove_batch_rows(self, n_keys: int) -> int:
+        """Most rows one remove request may carry for a schema of ``n_keys`` keys."""
+        return self.max_remove_rows
+
     @abc.abstractmethod
     def find_audiences(self, name: str) -> list[PlatformAudience]:
         """Every audience of the account with exactly this name, oldest first (all pages)."""

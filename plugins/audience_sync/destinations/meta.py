@@ -75,9 +75,10 @@ class MetaDestination(Destination):
 
     platform = "meta"
     max_batch_rows = 10_000
-    #: DELETE puts the payload in the URL: one multi-key row is up to ~400 bytes of JSON hashes,
-    #: and real front ends drop URLs past a few tens of KB (python-sdk#717 breaks at ~300 rows).
-    max_remove_rows = 100
+    #: DELETE puts the payload in the URL; python-sdk#717 breaks at 300 single-key rows (~21 KB) and
+    #: works at 250 (~18 KB). Removal batches are sized so the encoded payload stays under this budget.
+    max_remove_rows = 250
+    url_budget_bytes = 12_000
 
     def __init__(self, api: FacebookAdsApi, ad_account_id: str, conn_label: str = "meta_default") -> None:
         self.api = api
@@ -87,6 +88,11 @@ class MetaDestination(Destination):
     @property
     def requests_made(self) -> int:  # type: ignore[override]
         return int(self.api.get_num_requests_attempted())
+
+    def remove_batch_rows(self, n_keys: int) -> int:
+        # one URL-encoded hash: 64 hex + %22..%22 + %2C = 73 bytes; a row adds %5B..%5D%2C
+        per_row = 73 * max(1, n_keys) + 9
+        return max(1, min(self.max_remove_rows, self.url_budget_bytes // per_row))
 
     # ------------------------------------------------------------ audiences
     def find_audiences(self, name: str) -> list[PlatformAudience]:
@@ -136,7 +142,7 @@ class MetaDestination(Destination):
     def remove_members(
         self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
     ) -> UploadResult:
-        params = self._params(schema, rows, session, self.max_remove_rows)
+        params = self._params(schema, rows, session, self.remove_batch_rows(len(schema)))
         resp = self._call(
             lambda: CustomAudience(audience_id, api=self.api).delete_users(params=params), "remove"
         )

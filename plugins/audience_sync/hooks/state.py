@@ -56,7 +56,9 @@ class AudienceSyncStateHook(BaseHook):
         kind = (conn.conn_type or "").lower()
         if kind == "sqlite":
             if not conn.host:
-                raise AirflowException(f"Connection '{self.state_conn_id}' (sqlite) needs the file path as host.")
+                raise AirflowException(
+                    f"Connection '{self.state_conn_id}' (sqlite) needs the file path as host."
+                )
             Path(conn.host).parent.mkdir(parents=True, exist_ok=True)
             return sa.URL.create("sqlite", database=conn.host)
         if kind in ("postgres", "postgresql"):

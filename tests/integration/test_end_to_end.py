@@ -1,0 +1,154 @@
+"""End to end: a campaign's DAG through Airflow's dag.test(), the real facebook-business SDK against the
+local sandbox, and a real state database (SQLite here; PostgreSQL in test_end_to_end_postgres)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import pendulum
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from audience_sync.core.campaign import load_campaign
+from audience_sync.core.ledger import StateStore
+from audience_sync.core.normalize import RowHasher
+from audience_sync.demo_data import write_demo_db
+
+ROOT = Path(__file__).resolve().parents[2]
+CAMPAIGN = ROOT / "include" / "campaigns" / "demo_abandoned_cart.yaml"
+DAG_ID = "ads_audience__demo_abandoned_cart"
+
+
+@pytest.fixture
+def crm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "crm.db"
+    write_demo_db(path, n=800, seed=11)
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    return path
+
+
+@pytest.fixture
+def state_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    path = tmp_path / "state.db"
+    monkeypatch.setenv("AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    return f"sqlite:///{path}"
+
+
+def run_dag(logical_date: pendulum.DateTime):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).dags[DAG_ID]
+    return dag.test(logical_date=logical_date)
+
+
+def xcoms(run_id: str) -> dict[str, object]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        rows = s.query(XComModel).filter_by(dag_id=DAG_ID, run_id=run_id, key="return_value").all()
+        return {r.task_id: r.value for r in rows}
+
+
+def expected_members(crm: Path, before: str) -> set[frozenset[tuple[str, str]]]:
+    """The valid group's hashes, computed independently of the DAG from the CRM and the campaign."""
+    group = load_campaign(CAMPAIGN).audience_group
+    hasher = RowHasher("meta", dict(group.identifiers), group.default_country)
+    con = sqlite3.connect(crm)
+    con.row_factory = sqlite3.Row
+    rows = con.execute(
+        "SELECT * FROM customers WHERE cart_abandoned_at IS NOT NULL AND cart_abandoned_at < ?", (before,)
+    ).fetchall()
+    out = set()
+    for row in rows:
+        r = hasher.hash_row(dict(row))
+        if r.valid:
+            out.add(frozenset((k, v) for k, v in zip(hasher.schema, r.values, strict=True) if v))
+    return out
+
+
+def sandbox_members(sandbox, audience_id: str) -> set[frozenset[tuple[str, str]]]:
+    return {frozenset((k, v) for k, v in m.items() if v) for m in sandbox.meta.members(audience_id)}
+
+
+@pytest.mark.timeout(300)
+def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
+    airflow_db, fresh_sandbox, crm: Path, state_db: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sandbox = fresh_sandbox
+    first = run_dag(pendulum.datetime(2026, 12, 1, tz="UTC"))
+    assert first.state == "success"
+    x1 = xcoms(first.run_id)
+    sync = x1["sync_meta"]
+    extract = x1["extract"]
+
+    # the sandbox audience holds exactly the valid members' hashes
+    auds = [a for a in sandbox.meta.audiences("act_1234567890") if a["name"] == "abandoned_cart_users"]
+    assert len(auds) == 1
+    audience_id = auds[0]["id"]
+    assert sync["audience_id"] == audience_id and sync["audience_action"] == "created"
+    want = expected_members(crm, "2026-12-02T00:00:00")
+    assert want and sandbox_members(sandbox, audience_id) == want
+    assert extract["invalid"] > 0 and extract["valid"] == len(want) == sync["total"] == sync["sent"]
+    assert sync["pending"] == sync["in_progress"] == sync["failed"] == 0
+
+    # counts in XCom, the metrics table and the ledger agree
+    store = StateStore(state_db)
+    entry = store.get_registry("meta", "act_1234567890", "abandoned_cart_users")
+    assert entry is not None and entry.audience_id == audience_id
+    ledger = store.ledger_counts(entry.id)
+    (metrics,) = store.read_metrics(DAG_ID, first.run_id)
+    for k in ("sent", "pending", "in_progress", "failed", "removed"):
+        assert sync[k] == ledger[k] == metrics[k], k
+    assert metrics["total"] == sync["total"] and metrics["invalid"] == extract["invalid"]
+    assert metrics["outcome"] == "success" and metrics["requests"] == sync["requests"] > 0
+
+    # a second run of the same group: same audience, no member request at all
+    seq = max(e["seq"] for e in sandbox.meta.requests_log())
+    second = run_dag(pendulum.datetime(2026, 12, 2, tz="UTC"))
+    assert second.state == "success"
+    x2 = xcoms(second.run_id)["sync_meta"]
+    assert x2["audience_id"] == audience_id and x2["audience_action"] == "reused"
+    assert len([a for a in sandbox.meta.audiences("act_1234567890") if a["name"] == "abandoned_cart_users"]) == 1
+    later = [e for e in sandbox.meta.requests_log() if e["seq"] > seq]
+    assert later and not [e for e in later if e["path"].endswith(("/users", "/usersreplace"))]
+    assert x2["sent"] == sync["sent"]
+    assert len(store.read_metrics(DAG_ID)) == 2
+
+    # no raw email or phone from the input anywhere: logs, XCom, state DB, staged files
+    out, err = capfd.readouterr()
+    con = sqlite3.connect(crm)
+    raw: set[str] = set()
+    for email, phone in con.execute("SELECT email, mobile FROM customers"):
+        if email and "@" in email:
+            raw.add(email.strip().lower())
+        if phone:
+            digits = re.sub(r"\D", "", str(phone))
+            if len(digits) >= 9:
+                raw.add(str(phone).strip())
+                raw.add(digits)
+    assert len(raw) > 500
+    assert "audience group:" in (out + err).lower()  # the task logs were captured
+    haystacks = {"logs": (out + err).lower(), "xcom": json.dumps([x1, xcoms(second.run_id)]).lower()}
+    with sa.create_engine(state_db).connect() as c:
+        dump = []
+        for table in ("as_audience_registry", "as_member_ledger", "as_run_metrics"):
+            dump += [str(tuple(r)) for r in c.execute(sa.text(f"SELECT * FROM {table}"))]
+    haystacks["state db"] = "\n".join(dump).lower()
+    staged = Path(extract["staged"]["meta"]["path"])
+    table = pq.read_table(staged)
+    assert table.num_rows == len(want)
+    haystacks["staged file"] = staged.read_bytes().decode("latin-1").lower() + str(table.to_pylist()).lower()
+    logs_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"
+    if logs_dir.exists():
+        haystacks["task log files"] = "\n".join(
+            p.read_text(errors="replace") for p in logs_dir.rglob("*") if p.is_file()
+        ).lower()
+    for where, text in haystacks.items():
+        leaked = [v for v in raw if v.lower() in text]
+        assert not leaked, f"{len(leaked)} raw identifier(s) found in {where}"
