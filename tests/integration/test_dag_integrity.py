@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CAMPAIGNS = sorted(p for p in (ROOT / "include" / "campaigns").glob("*.y*ml") if not p.name.startswith(("_", ".")))
+CAMPAIGNS = sorted(
+    p for p in (ROOT / "include" / "campaigns").glob("*.y*ml") if not p.name.startswith(("_", "."))
+)
 
 
 def _bag(folder: str | None = None):
@@ -72,7 +74,9 @@ def test_parsing_touches_no_connection_variable_or_database(monkeypatch: pytest.
     assert touched == []
 
 
-def test_a_broken_campaign_fails_alone_with_file_field_and_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_campaign_fails_alone_with_file_field_and_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "campaigns"
     folder.mkdir()
     shutil.copy(CAMPAIGNS[0], folder / "good_one.yaml")

@@ -35,7 +35,9 @@ def crm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def state_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     path = tmp_path / "state.db"
-    monkeypatch.setenv("AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps({"conn_type": "sqlite", "host": str(path)})
+    )
     return f"sqlite:///{path}"
 
 
@@ -114,7 +116,9 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     assert second.state == "success"
     x2 = xcoms(second.run_id)["sync_meta"]
     assert x2["audience_id"] == audience_id and x2["audience_action"] == "reused"
-    assert len([a for a in sandbox.meta.audiences("act_1234567890") if a["name"] == "abandoned_cart_users"]) == 1
+    assert (
+        len([a for a in sandbox.meta.audiences("act_1234567890") if a["name"] == "abandoned_cart_users"]) == 1
+    )
     later = [e for e in sandbox.meta.requests_log() if e["seq"] > seq]
     assert later and not [e for e in later if e["path"].endswith(("/users", "/usersreplace"))]
     assert x2["sent"] == sync["sent"]
