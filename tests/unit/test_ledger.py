@@ -69,7 +69,12 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
     entry, _ = store.register("meta", "act_1", "seg_users", "1", "created")
     key = store.stage_members(rows([1, 2, 3, 4, 5]))
     assert store.plan_counts(entry.id, key, removals=True) == {
-        "group": 5, "adds": 5, "new": 5, "removes": 0, "unchanged": 0,
+        "group": 5,
+        "adds": 5,
+        "new": 5,
+        "changed": 0,
+        "removes": 0,
+        "unchanged": 0,
     }
     store.apply_stage(entry.id, key, "r1", removals=True)
     store.drop_stage(key)
@@ -81,7 +86,7 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
     staged = rows([4, 5, 6]) + rows([3], salt="b")
     key = store.stage_members(staged)
     plan = store.plan_counts(entry.id, key, removals=True)
-    assert plan == {"group": 4, "adds": 2, "new": 1, "removes": 2, "unchanged": 2}
+    assert plan == {"group": 4, "adds": 2, "new": 1, "changed": 1, "removes": 2, "unchanged": 2}
     store.apply_stage(entry.id, key, "r2", removals=True)
     store.drop_stage(key)
     removals = list(store.iter_work(entry.id, "remove", 100))[0]
@@ -138,8 +143,15 @@ def test_last_logical_date_never_moves_backwards(store: StateStore) -> None:
 
 
 def test_metrics_rows_are_upserted(store: StateStore) -> None:
-    row = {"dag_id": "d", "run_id": "r", "destination": "meta:act_1", "segment_name": "s", "sent": 3,
-           "total": 3, "outcome": "success"}
+    row = {
+        "dag_id": "d",
+        "run_id": "r",
+        "destination": "meta:act_1",
+        "segment_name": "s",
+        "sent": 3,
+        "total": 3,
+        "outcome": "success",
+    }
     store.write_metrics(row)
     store.write_metrics({**row, "sent": 4, "total": 4})
     got = store.read_metrics("d", "r")

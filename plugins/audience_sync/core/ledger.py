@@ -13,12 +13,15 @@ Tables (created on first use, versioned in ``as_schema_version``):
   ``status`` is pending / in_progress / sent / failed / removed and ``op`` the operation it is
   waiting for (``add`` or ``remove``).
 - ``as_run_metrics``: one row per (dag, run, destination) with the counts of that run.
+- ``as_locks``: one row per audience being synced (platform, account, segment), with a lease, so no two
+  runs upload to one audience at once. A retry of the same task takes its own lock over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +29,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from audience_sync.core.errors import AudienceSyncError
 
 SCHEMA_VERSION = 1
 
@@ -81,6 +86,15 @@ stage = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
 )
 
+locks = sa.Table(
+    "as_locks",
+    metadata,
+    sa.Column("lock_key", sa.String(300), primary_key=True),
+    sa.Column("owner", sa.String(500), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 metrics = sa.Table(
     "as_run_metrics",
     metadata,
@@ -106,6 +120,10 @@ metrics = sa.Table(
 )
 
 COUNT_KEYS = ("total", "sent", "in_progress", "pending", "failed", "removed", "invalid", "excluded")
+
+
+class LockTimeout(AudienceSyncError):
+    """Another run kept the audience's lock for longer than we were willing to wait."""
 
 
 def utcnow() -> dt.datetime:
@@ -276,26 +294,31 @@ class StateStore:
             conn.execute(stage.delete().where(stage.c.stage_key == key))
 
     def plan_counts(self, registry_id: int, key: str, *, removals: bool) -> dict[str, int]:
-        """What applying a stage would do, without changing anything: adds, changed, removes, unchanged."""
+        """What applying a stage would do, without changing anything.
+
+        ``adds``: members to send (new, changed, or not yet confirmed); ``new``: unknown to the ledger;
+        ``changed``: confirmed on the platform with other hashes (the old ones get removed first);
+        ``removes``: members the platform may hold that left the group; ``unchanged``: nothing to do.
+        """
         s, lg = stage.alias("s"), ledger.alias("l")
         join = s.outerjoin(lg, sa.and_(lg.c.registry_id == registry_id, lg.c.member_id == s.c.member_id))
+        same = sa.and_(lg.c.status == "sent", lg.c.row_hash == s.c.row_hash)
         in_stage = (
             sa.select(
                 sa.func.count().label("n"),
                 sa.func.sum(sa.case((lg.c.member_id.is_(None), 1), else_=0)).label("new"),
+                sa.func.sum(sa.case((same, 1), else_=0)).label("unchanged"),
                 sa.func.sum(
                     sa.case(
-                        (sa.and_(lg.c.status == "sent", lg.c.row_hash == s.c.row_hash), 1),
-                        else_=0,
+                        (sa.and_(lg.c.sent_payload.is_not(None), lg.c.row_hash != s.c.row_hash), 1), else_=0
                     )
-                ).label("unchanged"),
+                ).label("changed"),
             )
             .select_from(join)
             .where(s.c.stage_key == key)
         )
         with self.engine.connect() as conn:
-            n, new, unchanged = conn.execute(in_stage).one()
-            n, new, unchanged = int(n or 0), int(new or 0), int(unchanged or 0)
+            n, new, unchanged, changed = (int(v or 0) for v in conn.execute(in_stage).one())
             removes = 0
             if removals:
                 removes = conn.execute(
@@ -303,7 +326,12 @@ class StateStore:
                     .select_from(ledger)
                     .where(
                         ledger.c.registry_id == registry_id,
-                        ledger.c.status.in_(("sent", "in_progress")),
+                        sa.or_(
+                            ledger.c.status.in_(("sent", "in_progress")),
+                            sa.and_(
+                                ledger.c.status.in_(("pending", "failed")), ledger.c.sent_payload.is_not(None)
+                            ),
+                        ),
                         ~sa.exists().where(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id),
                     )
                 ).scalar_one()
@@ -311,9 +339,29 @@ class StateStore:
             "group": n,
             "adds": n - unchanged,
             "new": new,
+            "changed": changed,
             "removes": int(removes),
             "unchanged": unchanged,
         }
+
+    def members_on_platform(self, registry_id: int, member_ids: set[str]) -> int:
+        """How many of these members the platform may hold (for planning consent removals)."""
+        ids = list(member_ids)
+        n = 0
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 900):
+                n += conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(ledger)
+                    .where(
+                        ledger.c.registry_id == registry_id,
+                        ledger.c.member_id.in_(ids[i : i + 900]),
+                        sa.or_(
+                            ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None)
+                        ),
+                    )
+                ).scalar_one()
+        return n
 
     def apply_stage(self, registry_id: int, key: str, run_id: str, *, removals: bool) -> None:
         """Turn the staged group into pending ledger work, in bulk SQL.
@@ -547,6 +595,160 @@ class StateStore:
         )
         with self.engine.connect() as conn:
             return {r[0] for r in conn.execute(q)}
+
+    def exclude_from_stage(self, key: str, platform: str, account: str, segment_names: Sequence[str]) -> int:
+        """Drop from a stage every member currently on the platform in one of these segments' audiences."""
+        if not segment_names:
+            return 0
+        holders = (
+            sa.select(ledger.c.member_id)
+            .join(registry, registry.c.id == ledger.c.registry_id)
+            .where(
+                registry.c.platform == platform,
+                registry.c.account == account,
+                registry.c.segment_name.in_(list(segment_names)),
+                ledger.c.status.in_(("sent", "in_progress")),
+            )
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(
+                stage.delete().where(stage.c.stage_key == key, stage.c.member_id.in_(holders))
+            ).rowcount
+
+    def queue_removals(self, registry_id: int, member_ids: Iterable[str], run_id: str) -> int:
+        """Mark these members for removal if the platform may hold them (e.g. consent withdrawn)."""
+        ids = list(member_ids)
+        n = 0
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for i in range(0, len(ids), 900):
+                chunk = ids[i : i + 900]
+                mine = sa.and_(ledger.c.registry_id == registry_id, ledger.c.member_id.in_(chunk))
+                n += conn.execute(
+                    ledger.update()
+                    .where(
+                        mine,
+                        sa.or_(
+                            ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None)
+                        ),
+                    )
+                    .values(
+                        status="pending",
+                        op="remove",
+                        sent_payload=sa.func.coalesce(ledger.c.sent_payload, ledger.c.payload),
+                        last_run_id=run_id,
+                        updated_at=now,
+                    )
+                ).rowcount
+                conn.execute(
+                    ledger.update()
+                    .where(mine, ledger.c.status.in_(("pending", "failed")), ledger.c.sent_payload.is_(None))
+                    .values(status="removed", op=None, last_run_id=run_id, updated_at=now)
+                )
+        return n
+
+    def iter_stage(self, key: str, batch_rows: int) -> Iterator[list[tuple[str, dict[str, str]]]]:
+        """Yield (member_id, payload) batches of a stage in member id order (keyset pagination)."""
+        last = ""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(stage.c.member_id, stage.c.payload)
+                    .where(stage.c.stage_key == key, stage.c.member_id > last)
+                    .order_by(stage.c.member_id)
+                    .limit(batch_rows)
+                ).all()
+            if not rows:
+                return
+            last = rows[-1].member_id
+            yield [(r.member_id, json.loads(r.payload)) for r in rows]
+
+    def finish_replace(self, registry_id: int, key: str, run_id: str) -> None:
+        """After a completed replace: the stage is exactly what the platform holds."""
+        now = utcnow()
+        in_stage = sa.exists().where(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id)
+        with self.engine.begin() as conn:
+            conn.execute(
+                ledger.update()
+                .where(ledger.c.registry_id == registry_id, in_stage)
+                .values(
+                    status="sent",
+                    op=None,
+                    sent_payload=ledger.c.payload,
+                    last_run_id=run_id,
+                    last_error_code=None,
+                    updated_at=now,
+                )
+            )
+            conn.execute(
+                ledger.update()
+                .where(ledger.c.registry_id == registry_id, ~in_stage, ledger.c.status != "removed")
+                .values(status="removed", op=None, sent_payload=None, last_run_id=run_id, updated_at=now)
+            )
+
+    def stage_size(self, key: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(stage).where(stage.c.stage_key == key)
+            ).scalar_one()
+
+    # ------------------------------------------------------------------- locks
+    def acquire_lock(
+        self,
+        lock_key: str,
+        owner: str,
+        *,
+        lease_seconds: float = 1800,
+        wait_seconds: float = 600,
+        poll: float = 0.5,
+    ) -> None:
+        """Take the lock, waiting while another owner holds an unexpired lease.
+
+        The same owner (a retry of the same task) takes its own lock over at once.
+        :raises LockTimeout: when the lock stays held for ``wait_seconds``.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            now = utcnow()
+            expires = now + dt.timedelta(seconds=lease_seconds)
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        locks.insert().values(
+                            lock_key=lock_key, owner=owner, acquired_at=now, expires_at=expires
+                        )
+                    )
+                return
+            except sa.exc.IntegrityError:
+                pass
+            with self.engine.begin() as conn:
+                taken = conn.execute(
+                    locks.update()
+                    .where(
+                        locks.c.lock_key == lock_key, sa.or_(locks.c.owner == owner, locks.c.expires_at < now)
+                    )
+                    .values(owner=owner, acquired_at=now, expires_at=expires)
+                ).rowcount
+                holder = conn.execute(sa.select(locks.c.owner).where(locks.c.lock_key == lock_key)).scalar()
+            if taken:
+                return
+            if time.monotonic() > deadline:
+                raise LockTimeout(
+                    f"audience {lock_key} is being synced by {holder}; gave up after {wait_seconds:.0f}s"
+                )
+            time.sleep(poll)
+
+    def refresh_lock(self, lock_key: str, owner: str, lease_seconds: float = 1800) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                locks.update()
+                .where(locks.c.lock_key == lock_key, locks.c.owner == owner)
+                .values(expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
+            )
+
+    def release_lock(self, lock_key: str, owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(locks.delete().where(locks.c.lock_key == lock_key, locks.c.owner == owner))
 
     # ----------------------------------------------------------------- metrics
     def write_metrics(self, row: Mapping[str, Any]) -> None:

@@ -28,6 +28,9 @@ T = TypeVar("T")
 
 SYNC_MODES = ("mirror", "add_only", "replace")
 
+#: ledger rows handled per removal step (the destination cuts them into request-sized chunks)
+REMOVE_LEDGER_BATCH = 2_000
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -67,6 +70,7 @@ class SyncRequest:
     mode: str = "mirror"
     description: str = ""
     logical_date: dt.datetime | None = None
+    exclude_segments: tuple[str, ...] = ()
 
 
 @dataclass
@@ -160,19 +164,56 @@ def resolve_audience(
 
 
 # ------------------------------------------------------------------------------ sync
+def lock_key(req: SyncRequest, account: str) -> str:
+    return f"{req.platform}|{account}|{req.segment_name}"
+
+
+def is_backfill(req: SyncRequest, entry: RegistryEntry | None) -> bool:
+    """A run for a logical date older than the newest one synced must not roll the audience back."""
+    return bool(
+        entry and req.logical_date and entry.last_logical_date and req.logical_date < entry.last_logical_date
+    )
+
+
 def sync_audience(
     dest: Destination,
     store: StateStore,
     req: SyncRequest,
     staged: Iterable[tuple[str, str, str]],
     *,
+    revoked: Iterable[str] = (),
     retry: RetryPolicy | None = None,
     progress: Callable[[dict[str, int]], None] | None = None,
+    lock_wait_seconds: float = 600,
 ) -> SyncOutcome:
-    """Upsert the audience and bring it to the staged group; return the counts from the ledger."""
+    """Upsert the audience and bring it to the staged group; return the counts from the ledger.
+
+    :param staged: (member_id, row_hash, payload_json) of every valid, consenting member of the group.
+    :param revoked: member ids that lost consent: removed from the platform in every mode.
+    """
     retry = retry or RetryPolicy()
     if req.mode not in SYNC_MODES:
         raise ValueError(f"unknown sync mode {req.mode!r}; use one of {', '.join(SYNC_MODES)}")
+    owner = f"{req.dag_id}|{req.run_id}"
+    key_lock = lock_key(req, dest.account)
+    store.acquire_lock(key_lock, owner, wait_seconds=lock_wait_seconds)
+    try:
+        return _sync_locked(dest, store, req, staged, list(revoked), retry, progress, key_lock, owner)
+    finally:
+        store.release_lock(key_lock, owner)
+
+
+def _sync_locked(
+    dest: Destination,
+    store: StateStore,
+    req: SyncRequest,
+    staged: Iterable[tuple[str, str, str]],
+    revoked: list[str],
+    retry: RetryPolicy,
+    progress: Callable[[dict[str, int]], None] | None,
+    key_lock: str,
+    owner: str,
+) -> SyncOutcome:
     requests_before = dest.requests_made
     entry, action = resolve_audience(dest, store, req, retry)
     notes: list[str] = []
@@ -180,14 +221,12 @@ def sync_audience(
         notes.append(f"audience {action}: {entry.audience_id}")
 
     mode = req.mode
-    backfill = bool(
-        req.logical_date and entry.last_logical_date and req.logical_date < entry.last_logical_date
-    )
+    backfill = is_backfill(req, entry)
     if backfill:
-        assert entry.last_logical_date is not None  # noqa: S101 - implied by backfill
+        assert entry.last_logical_date is not None  # noqa: S101 - implied by is_backfill
         note = (
             f"backfill: logical date {req.logical_date:%Y-%m-%d} is older than the newest synced "
-            f"({entry.last_logical_date:%Y-%m-%d}); sending adds only, no removals"
+            f"({entry.last_logical_date:%Y-%m-%d}); sending adds only, no removals or replace"
         )
         log.warning("%s", note)
         notes.append(note)
@@ -195,20 +234,34 @@ def sync_audience(
 
     key = store.stage_members(staged)
     try:
+        excluded = store.exclude_from_stage(key, req.platform, dest.account, req.exclude_segments)
+        if excluded:
+            notes.append(f"{excluded} member(s) excluded: already in {', '.join(req.exclude_segments)}")
         store.apply_stage(entry.id, key, req.run_id, removals=(mode == "mirror"))
-        engine = _Uploader(dest, store, entry, req, retry, progress)
+        if revoked and mode != "replace":
+            n = store.queue_removals(entry.id, revoked, req.run_id)
+            if n:
+                notes.append(f"{n} member(s) without consent queued for removal")
+
+        def heartbeat(counts: dict[str, int]) -> None:
+            store.refresh_lock(key_lock, owner)
+            if progress:
+                progress(counts)
+
+        engine = _Uploader(dest, store, entry, req, retry, heartbeat)
         if mode == "replace":
             engine.replace(key)
         else:
             engine.removals()
             engine.adds()
-        group = store.plan_counts(entry.id, key, removals=False)["group"]
+        group = store.stage_size(key)
     finally:
         store.drop_stage(key)
     if req.logical_date and not backfill:
         store.set_last_logical_date(entry.id, req.logical_date)
     counts = store.ledger_counts(entry.id)
     counts["total"] = group
+    counts["excluded"] = excluded
     return SyncOutcome(
         audience_id=entry.audience_id,
         audience_action=action,
@@ -217,6 +270,132 @@ def sync_audience(
         notes=notes,
         backfill=backfill,
     )
+
+
+# ------------------------------------------------------------------------------ plan
+#: words that may get an audience flagged by Meta as suggesting health or financial status (reference §1.2)
+SENSITIVE_TERMS = (
+    "health",
+    "medical",
+    "disease",
+    "diabet",
+    "cancer",
+    "hiv",
+    "aids",
+    "pregnan",
+    "fertility",
+    "depress",
+    "anxiety",
+    "mental",
+    "therapy",
+    "pharma",
+    "drug",
+    "addict",
+    "alcohol",
+    "obes",
+    "weight_loss",
+    "disab",
+    "income",
+    "salary",
+    "wealth",
+    "rich",
+    "debt",
+    "loan",
+    "credit",
+    "bankrupt",
+    "mortgage",
+    "insolven",
+    "poverty",
+    "welfare",
+    "benefit",
+)
+
+
+def plan_warnings(dest: Destination, segment_name: str, group: int) -> list[str]:
+    warnings: list[str] = []
+    if dest.min_useful_size and group < dest.min_useful_size:
+        warnings.append(
+            f"group of {group} is below {dest.platform}'s useful minimum (~{dest.min_useful_size} matched "
+            "members); the audience may be too small to deliver"
+        )
+    hits = [t for t in SENSITIVE_TERMS if t in segment_name.lower()]
+    if hits and dest.platform == "meta":
+        warnings.append(
+            f"segment name {segment_name!r} contains {', '.join(repr(h) for h in hits)}: Meta may flag audiences "
+            "whose names suggest health conditions or financial status and then block uploads"
+        )
+    return warnings
+
+
+def plan_sync(
+    dest: Destination,
+    store: StateStore,
+    req: SyncRequest,
+    staged: Iterable[tuple[str, str, str]],
+    *,
+    revoked: Iterable[str] = (),
+    retry: RetryPolicy | None = None,
+) -> dict[str, Any]:
+    """What :func:`sync_audience` would do, without sending or recording anything (read-only on the platform)."""
+    retry = retry or RetryPolicy()
+    entry = store.get_registry(req.platform, dest.account, req.segment_name)
+    audience: dict[str, Any]
+    if entry is not None:
+        live = retry.run(lambda: dest.get_audience(entry.audience_id), "read audience")
+        audience = (
+            {"id": entry.audience_id, "action": "reuse"}
+            if live
+            else {"id": None, "action": "would re-create (deleted on the platform) and re-send everyone"}
+        )
+    else:
+        found = retry.run(lambda: dest.find_audiences(req.segment_name), "find audience by name")
+        audience = (
+            {
+                "id": found[0].id,
+                "action": "adopt" + (f" (oldest of {len(found)} with this name)" if len(found) > 1 else ""),
+            }
+            if found
+            else {"id": None, "action": "would create"}
+        )
+    backfill = is_backfill(req, entry)
+    mode = "add_only" if backfill else req.mode
+    key = store.stage_members(staged)
+    try:
+        excluded = store.exclude_from_stage(key, req.platform, dest.account, req.exclude_segments)
+        group = store.stage_size(key)
+        if entry is not None and audience["id"]:
+            pc = store.plan_counts(entry.id, key, removals=mode in ("mirror", "replace"))
+            revoked_ids = set(revoked)
+            on_platform = (
+                store.members_on_platform(entry.id, revoked_ids) if revoked_ids and mode != "replace" else 0
+            )
+            adds, removes, unchanged, changed = (
+                pc["adds"],
+                pc["removes"] + on_platform,
+                pc["unchanged"],
+                pc["changed"],
+            )
+            if mode == "replace":
+                adds, unchanged = group, 0
+        else:
+            adds, removes, unchanged, changed = group, 0, 0, 0
+    finally:
+        store.drop_stage(key)
+    return {
+        "platform": req.platform,
+        "account": dest.account,
+        "segment_name": req.segment_name,
+        "mode": mode,
+        "backfill": backfill,
+        "audience": audience,
+        "group": group,
+        "excluded_by_segments": excluded,
+        "adds": adds,
+        "changed": changed,
+        "removes": removes,
+        "unchanged": unchanged,
+        "warnings": plan_warnings(dest, req.segment_name, group),
+    }
 
 
 class _Uploader:
@@ -258,39 +437,47 @@ class _Uploader:
     ) -> Any:
         return self.retry.run(lambda: fn(self.entry.audience_id, schema, rows, sess), what)
 
+    def _remove(
+        self,
+        ids: list[str],
+        payloads: Sequence[dict[str, str]],
+        nxt: Callable[[bool], UploadSession],
+        last: bool,
+    ) -> None:
+        """Remove these payloads in as many requests as the destination needs (all of one session)."""
+        parts = [
+            (schema, chunk)
+            for schema, rows in _by_schema(payloads)
+            for chunk in self.dest.split_removals(schema, rows)
+        ]
+        for i, (schema, chunk) in enumerate(parts):
+            sess = nxt(last and i == len(parts) - 1)
+            self._guard(
+                ids,
+                lambda s=schema, c=chunk, ss=sess: self._send(self.dest.remove_members, s, c, ss, "remove"),
+            )
+
     def removals(self) -> None:
-        """Remove members that left the group, and the old hashes of members whose identifiers changed."""
+        """Remove members that left the group (with the schema and hashes that were added)."""
         rid = self.entry.id
         nxt = self._session("remove")
-        size = self.dest.remove_batch_rows(len(self.req.schema))
-        for batch, last in _lookahead(self.store.iter_work(rid, "remove", size)):
+        for batch, last in _lookahead(self.store.iter_work(rid, "remove", REMOVE_LEDGER_BATCH)):
             ids = [r.member_id for r in batch]
             self.store.mark(rid, ids, "in_progress", self.req.run_id)
-            sess = nxt(last)
-            for schema, rows in _by_schema((r.sent_payload or r.payload) for r in batch):
-                self._guard(
-                    ids, lambda s=schema, rw=rows: self._send(self.dest.remove_members, s, rw, sess, "remove")
-                )
+            self._remove(ids, [r.sent_payload or r.payload for r in batch], nxt, last)
             self.store.mark(rid, ids, "removed", self.req.run_id, confirm="remove")
             self._report()
 
     def adds(self) -> None:
         rid = self.entry.id
         nxt = self._session("add")
+        restate = self._session("restate")
         for batch, last in _lookahead(self.store.iter_work(rid, "add", self.dest.max_batch_rows)):
             ids = [r.member_id for r in batch]
             self.store.mark(rid, ids, "in_progress", self.req.run_id)
             stale = [r.sent_payload for r in batch if r.sent_payload and r.sent_payload != r.payload]
-            size = self.dest.remove_batch_rows(len(self.req.schema))
-            for i in range(0, len(stale), size):
-                rsess = UploadSession(session_id_for(self.req.run_id, rid, "restate", i), 1, True, len(stale))
-                for schema, rows in _by_schema(stale[i : i + size]):
-                    self._guard(
-                        ids,
-                        lambda s=schema, rw=rows, ss=rsess: self._send(
-                            self.dest.remove_members, s, rw, ss, "remove changed"
-                        ),
-                    )
+            if stale:  # identifiers changed: take the old hashes off first
+                self._remove(ids, stale, restate, last)
             sess = nxt(last)
             failed: list[str] = []
             for schema, rows, members in _by_schema_with_ids(batch):
@@ -298,15 +485,38 @@ class _Uploader:
                     ids, lambda s=schema, rw=rows: self._send(self.dest.add_members, s, rw, sess, "add")
                 )
                 failed.extend(members[i] for i in result.invalid_rows if i < len(members))
-            ok = [m for m in ids if m not in set(failed)]
-            self.store.mark(rid, ok, "sent", self.req.run_id, confirm="add")
+            rejected = set(failed)
+            self.store.mark(
+                rid, [m for m in ids if m not in rejected], "sent", self.req.run_id, confirm="add"
+            )
             if failed:
                 log.warning("%d member(s) rejected by the platform as invalid entries", len(failed))
                 self.store.mark(rid, failed, "failed", self.req.run_id, error_code="invalid_entry")
             self._report()
 
     def replace(self, key: str) -> None:
-        raise NotImplementedError("replace mode is not implemented yet")
+        """Full refresh: one replace session across batches; afterwards the ledger equals the group."""
+        rid = self.entry.id
+        total = self.store.stage_size(key)
+        sid = session_id_for(self.req.run_id, rid, "replace", self.started)
+        batches = (
+            _lookahead(self.store.iter_stage(key, self.dest.max_batch_rows)) if total else iter([([], True)])
+        )
+        for seq, (batch, last) in enumerate(batches, start=1):
+            ids = [m for m, _ in batch]
+            self.store.mark(rid, ids, "in_progress", self.req.run_id)
+            sess = UploadSession(session_id=sid, batch_seq=seq, last_batch=last, estimated_total=total)
+            payloads = [p for _, p in batch]
+            groups = list(_by_schema(payloads)) or [(list(self.req.schema), [])]
+            if len(groups) > 1:
+                raise ValueError("replace needs one schema for the whole group")
+            schema, rows = groups[0]
+            self._guard(
+                ids, lambda s=schema, rw=rows: self._send(self.dest.replace_members, s, rw, sess, "replace")
+            )
+            self._report()
+        self.store.finish_replace(rid, key, self.req.run_id)
+        self._report()
 
     def _guard(self, ids: list[str], call: Callable[[], T]) -> T:
         """Run one platform call; on a permanent error mark the batch failed with the platform's code."""

@@ -57,13 +57,18 @@ class Destination(abc.ABC):
     max_batch_rows: ClassVar[int]
     #: most member rows one remove request may carry (Meta puts removals in the URL)
     max_remove_rows: ClassVar[int]
+    #: below this many members an audience is unlikely to deliver (0: no known minimum)
+    min_useful_size: ClassVar[int] = 0
 
     account: str
     requests_made: int = 0
 
-    def remove_batch_rows(self, n_keys: int) -> int:
-        """Most rows one remove request may carry for a schema of ``n_keys`` keys."""
-        return self.max_remove_rows
+    def split_removals(
+        self, schema: Sequence[str], rows: Sequence[Sequence[str]]
+    ) -> list[list[Sequence[str]]]:
+        """Cut rows to remove into request-sized chunks (default: ``max_remove_rows`` rows each)."""
+        n = self.max_remove_rows
+        return [list(rows[i : i + n]) for i in range(0, len(rows), n)]
 
     @abc.abstractmethod
     def find_audiences(self, name: str) -> list[PlatformAudience]:

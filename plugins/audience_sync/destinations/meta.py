@@ -8,9 +8,11 @@ batches small enough for real front ends (§1.8).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote_plus, urlencode
 
 import requests
 from facebook_business.adobjects.adaccount import AdAccount
@@ -75,6 +77,7 @@ class MetaDestination(Destination):
 
     platform = "meta"
     max_batch_rows = 10_000
+    min_useful_size = 100  # Meta's help centre: avoid customer lists of fewer than 100 people
     #: DELETE puts the payload in the URL; python-sdk#717 breaks at 300 single-key rows (~21 KB) and
     #: works at 250 (~18 KB). Removal batches are sized so the encoded payload stays under this budget.
     max_remove_rows = 250
@@ -89,10 +92,32 @@ class MetaDestination(Destination):
     def requests_made(self) -> int:  # type: ignore[override]
         return int(self.api.get_num_requests_attempted())
 
-    def remove_batch_rows(self, n_keys: int) -> int:
-        # one URL-encoded hash: 64 hex + %22..%22 + %2C = 73 bytes; a row adds %5B..%5D%2C
-        per_row = 73 * max(1, n_keys) + 9
-        return max(1, min(self.max_remove_rows, self.url_budget_bytes // per_row))
+    def split_removals(
+        self, schema: Sequence[str], rows: Sequence[Sequence[str]]
+    ) -> list[list[Sequence[str]]]:
+        """Pack removal rows by their URL-encoded size, so every DELETE stays within ``url_budget_bytes``.
+
+        Unhashed EXTERN_ID / MADID values can be long, so rows are measured, not counted.
+        """
+        budget = self.url_budget_bytes - _encoded_len(list(schema)) - 300  # schema, session, token
+        chunks: list[list[Sequence[str]]] = []
+        cur: list[Sequence[str]] = []
+        used = 0
+        for row in rows:
+            size = _encoded_len(list(row)) + 3  # %2C between rows
+            if size > budget:
+                raise ValueError(
+                    f"one removal row is {size} bytes once URL-encoded, over the {self.url_budget_bytes}-byte "
+                    "budget of a DELETE request; shorten the unhashed identifiers (external_id, madid)"
+                )
+            if cur and (used + size > budget or len(cur) >= self.max_remove_rows):
+                chunks.append(cur)
+                cur, used = [], 0
+            cur.append(row)
+            used += size
+        if cur:
+            chunks.append(cur)
+        return chunks
 
     # ------------------------------------------------------------ audiences
     def find_audiences(self, name: str) -> list[PlatformAudience]:
@@ -142,7 +167,15 @@ class MetaDestination(Destination):
     def remove_members(
         self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
     ) -> UploadResult:
-        params = self._params(schema, rows, session, self.remove_batch_rows(len(schema)))
+        params = self._params(schema, rows, session, self.max_remove_rows)
+        url_bytes = len(
+            urlencode({k: json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in params.items()})
+        )
+        if url_bytes > self.url_budget_bytes:
+            raise ValueError(
+                f"removal of {len(rows)} rows needs a {url_bytes}-byte URL, over the {self.url_budget_bytes}-byte "
+                "budget; cut it with split_removals()"
+            )
         resp = self._call(
             lambda: CustomAudience(audience_id, api=self.api).delete_users(params=params), "remove"
         )
@@ -245,6 +278,10 @@ def _epoch(value: Any) -> int:
             return int(dt.datetime.fromisoformat(str(value).replace("+0000", "+00:00")).timestamp())
         except ValueError:
             return 0
+
+
+def _encoded_len(value: Any) -> int:
+    return len(quote_plus(json.dumps(value, separators=(",", ":"))))
 
 
 def _id_key(audience_id: str) -> tuple[int, str]:

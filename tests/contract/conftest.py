@@ -1,0 +1,339 @@
+"""Per-platform harnesses for the destination contract suite (``test_destination_contract.py``).
+
+A *harness* wires one platform's :class:`~audience_sync.destinations.base.Destination` to that
+platform's local sandbox through the real SDK, and gives the tests what they need to look behind the
+destination's back: the audience's members as the sandbox stores them, deleting or creating audiences
+"by hand", injecting faults, and reading the sandbox's request log. It also carries the platform's
+facts the tests check against (batch limit, list page size, error codes and what their messages must
+say) and a factory of valid hashed rows.
+
+To add a platform: subclass :class:`Harness` and register it in :data:`HARNESSES`. Every test of the
+suite then runs against it too (tests are parametrized over ``platform``).
+
+Each test gets a fresh, unique ad account, so tests never see each other's audiences, and the
+platform's fault rules are cleared before and after each test.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import hashlib
+import itertools
+import secrets
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+from facebook_business.adobjects.customaudience import CustomAudience
+
+from audience_sync.destinations.base import Destination
+from audience_sync.destinations.meta import MetaDestination, make_meta_api
+from tests.conftest import SANDBOX_TOKEN
+
+Member = frozenset[tuple[str, str]]
+Row = tuple[str, ...]
+
+_accounts = itertools.count(10**14 + secrets.randbelow(10**13) * 10)
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def as_members(schema: Sequence[str], rows: Sequence[Sequence[str]]) -> set[Member]:
+    """What the platform should hold after these rows were added: each row's non-empty (key, value) pairs."""
+    return {frozenset((k, v) for k, v in zip(schema, row, strict=True) if v) for row in rows}
+
+
+@functools.lru_cache(maxsize=64)
+def _rows(schema: tuple[str, ...], n: int, start: int, tag: str, sparse: bool) -> tuple[Row, ...]:
+    out = []
+    for i in range(start, start + n):
+        row = [sha(f"{tag}:{key}:{i}") for key in schema]
+        if sparse and len(schema) > 1 and i % 5 == 4:
+            row[-1] = ""  # some customers lack the last identifier
+        out.append(tuple(row))
+    return tuple(out)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    """A platform error to inject, and what the destination must make of it.
+
+    ``says``: fragments the exception message must contain (case-insensitive); ``{account}`` and
+    ``{digits}`` are replaced by the test's ad account (``act_123``) and its digits (``123``).
+    """
+
+    code: int
+    subcode: int | None = None
+    http_status: int | None = None
+    says: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        text = str(self.code) if self.subcode is None else f"{self.code}/{self.subcode}"
+        return text if self.http_status is None else f"{text}-http{self.http_status}"
+
+
+class Harness(abc.ABC):
+    """One platform's destination wired to its sandbox, plus the tools to inspect and disturb it."""
+
+    platform: ClassVar[str]
+    #: what the destination's ``max_batch_rows`` must be (the platform's documented limit)
+    max_batch_rows: ClassVar[int]
+    #: page size the destination lists audiences with (tests create more than two pages' worth)
+    list_page_size: ClassVar[int]
+    #: the sample schema most tests use
+    schema: ClassVar[tuple[str, ...]]
+    #: every hashed identifier key of the platform, for multi-key schemas
+    hashed_keys: ClassVar[tuple[str, ...]]
+    #: errors a retry can fix -> TransientDestinationError
+    transient_errors: ClassVar[tuple[ErrorCase, ...]]
+    #: errors a retry cannot fix -> PermanentDestinationError, with what the message must say
+    permanent_errors: ClassVar[tuple[ErrorCase, ...]]
+    #: the error a wrong/expired token yields
+    auth_error: ClassVar[ErrorCase]
+    #: an identifier key sent as-is (not hashed), so its values can be longer than a hash; None if none
+    unhashed_id_key: ClassVar[str | None] = None
+
+    destination: Destination
+    account: str
+    token: str
+
+    @property
+    def account_digits(self) -> str:
+        return "".join(c for c in self.account if c.isdigit())
+
+    def says(self, case: ErrorCase) -> list[str]:
+        return [s.format(account=self.account, digits=self.account_digits) for s in case.says]
+
+    # ---------------------------------------------------------------- rows
+    def schema_of(self, n_keys: int | None) -> tuple[str, ...]:
+        """A schema of the first ``n_keys`` hashed keys (all of them for None)."""
+        return self.hashed_keys if n_keys is None else self.hashed_keys[:n_keys]
+
+    def rows(
+        self,
+        n: int,
+        *,
+        start: int = 0,
+        schema: Sequence[str] | None = None,
+        tag: str = "row",
+        sparse: bool = True,
+    ) -> tuple[Row, ...]:
+        """``n`` valid hashed rows (64-hex sha256 of synthetic strings), aligned to ``schema``.
+
+        With ``sparse`` every fifth row leaves its last value empty. Rows are cached (immutable)."""
+        return _rows(tuple(schema or self.schema), n, start, tag, sparse)
+
+    def long_id_rows(self, n: int, length: int) -> tuple[Row, ...]:
+        """``n`` one-value rows for the schema ``(unhashed_id_key,)``, each id ``length`` ASCII chars."""
+        return tuple((f"{i:06d}-" + "x" * (length - 7),) for i in range(n))
+
+    def bad_row(self, i: int, schema: Sequence[str] | None = None) -> Row:
+        """A row whose first value is not a valid hash (the rest are valid)."""
+        schema = tuple(schema or self.schema)
+        bad = (f"not-a-hash-{i}", sha(f"bad:{i}")[:63], sha(f"bad:{i}").upper())[i % 3]
+        return (bad, *(sha(f"bad:{k}:{i}") for k in schema[1:]))
+
+    # ---------------------------------------------------------------- platform side
+    @abc.abstractmethod
+    def members(self, audience_id: str) -> set[Member]:
+        """The audience's members on the platform, each as its non-empty (key, value) pairs."""
+
+    @abc.abstractmethod
+    def delete_audience(self, audience_id: str) -> None:
+        """Delete the audience on the platform, behind the destination's back."""
+
+    @abc.abstractmethod
+    def create_by_hand(
+        self, name: str, *, created_time: int | None = None, other_account: bool = False
+    ) -> str:
+        """Create an audience outside our code (as in the platform's UI); returns its id."""
+
+    @abc.abstractmethod
+    def inject_error(self, case: ErrorCase, *, skip: int = 0, times: int = 1) -> None:
+        """Make the next ``times`` platform requests (after ``skip``) answer with this error."""
+
+    @abc.abstractmethod
+    def inject_drop(self, *, apply: bool) -> None:
+        """Cut the connection of the next platform request without an answer; with ``apply`` the
+        platform applies the request first (the answer is lost on the way back)."""
+
+    @abc.abstractmethod
+    def inject_delay(self, seconds: float) -> None:
+        """Hold the next platform request this long before the platform handles it."""
+
+    @abc.abstractmethod
+    def another_destination(self, *, token: str | None = None, timeout: float | None = None) -> Destination:
+        """Another destination on the same account (optionally another token or client timeout)."""
+
+    @abc.abstractmethod
+    def unreachable(self) -> Destination:
+        """A destination whose platform endpoint refuses connections."""
+
+    @abc.abstractmethod
+    def request_mark(self) -> int:
+        """A position in the sandbox's request log (see :meth:`requests_since`)."""
+
+    @abc.abstractmethod
+    def requests_since(self, mark: int) -> list[dict[str, Any]]:
+        """Platform requests the sandbox received after ``mark``; each has ``method``, ``path`` and
+        ``status`` (None when the connection was cut without an answer)."""
+
+    @abc.abstractmethod
+    def session_received(self, audience_id: str, session_id: int) -> int:
+        """How many rows the platform counted for this upload session of the audience."""
+
+    @abc.abstractmethod
+    def reset_faults(self) -> None:
+        """Remove every injected fault of this platform."""
+
+
+class MetaHarness(Harness):
+    platform = "meta"
+    max_batch_rows = 10_000
+    list_page_size = 200  # MetaDestination.find_audiences lists with limit=200 (sandbox caps at 500)
+    schema = ("EMAIL", "PHONE")
+    hashed_keys = (
+        "EMAIL",
+        "PHONE",
+        "FN",
+        "LN",
+        "CT",
+        "ST",
+        "ZIP",
+        "COUNTRY",
+        "GEN",
+        "DOBY",
+        "DOBM",
+        "DOBD",
+        "FI",
+    )
+    transient_errors = (
+        ErrorCase(1),
+        ErrorCase(2),
+        ErrorCase(4),
+        ErrorCase(17),
+        ErrorCase(17, 2446079),
+        ErrorCase(341),
+        ErrorCase(613),
+        ErrorCase(80003),
+        ErrorCase(2650, 1870145),
+        ErrorCase(2650, 1870158),
+        ErrorCase(131000, http_status=503),  # any 5xx
+    )
+    _permission = ("permission", "ads_management", "Admin", "{account}")
+    _tos = ("https://www.facebook.com/customaudiences/app/tos/?act={digits}",)
+    auth_error = ErrorCase(190, says=("access token", "meta_default"))
+    permanent_errors = (
+        auth_error,
+        ErrorCase(190, 460, says=auth_error.says),
+        ErrorCase(200, says=_permission),
+        ErrorCase(10, says=_permission),
+        ErrorCase(2655, says=_tos),
+        ErrorCase(2663, says=_tos),
+        ErrorCase(100, 1713230, says=("flagged", "neutral")),
+        ErrorCase(100, 33, says=("does not exist", "meta_default")),
+        ErrorCase(2650, says=("2650",)),  # "failed to update" without a busy subcode: not retryable
+    )
+    unhashed_id_key = "EXTERN_ID"
+
+    def __init__(self, srv: Any, account: str) -> None:
+        self.srv = srv
+        self.account = account
+        self.other_account = f"act_{next(_accounts)}"
+        self.token = SANDBOX_TOKEN
+        self.destination = MetaDestination(
+            make_meta_api(SANDBOX_TOKEN, graph_url=srv.url, timeout=10), account
+        )
+        self._admin = make_meta_api(SANDBOX_TOKEN, graph_url=srv.url, timeout=10)
+
+    def members(self, audience_id: str) -> set[Member]:
+        return {frozenset((k, v) for k, v in m.items() if v) for m in self.srv.meta.members(audience_id)}
+
+    def delete_audience(self, audience_id: str) -> None:
+        CustomAudience(audience_id, api=self._admin).api_delete()  # DELETE /{id}/ over HTTP, like Ads Manager
+
+    def create_by_hand(
+        self, name: str, *, created_time: int | None = None, other_account: bool = False
+    ) -> str:
+        meta = self.srv.meta
+        account = self.other_account if other_account else self.account
+        if created_time is None:
+            return meta.create_audience(account, name)
+        clock = meta.clock
+        meta.clock = lambda: float(created_time)
+        try:
+            return meta.create_audience(account, name)
+        finally:
+            meta.clock = clock
+
+    def inject_error(self, case: ErrorCase, *, skip: int = 0, times: int = 1) -> None:
+        self.srv.meta.add_fault(
+            code=case.code, subcode=case.subcode, http_status=case.http_status, skip=skip, times=times
+        )
+
+    def inject_drop(self, *, apply: bool) -> None:
+        self.srv.meta.add_fault(action="drop", apply=apply, times=1)
+
+    def inject_delay(self, seconds: float) -> None:
+        self.srv.meta.add_fault(action="delay", delay_seconds=seconds, times=1)
+
+    def another_destination(self, *, token: str | None = None, timeout: float | None = None) -> Destination:
+        api = make_meta_api(token or self.token, graph_url=self.srv.url, timeout=timeout or 10)
+        return MetaDestination(api, self.account)
+
+    def unreachable(self) -> Destination:
+        url = f"http://127.0.0.1:{_closed_port()}"
+        return MetaDestination(make_meta_api(self.token, graph_url=url, timeout=5), self.account)
+
+    def request_mark(self) -> int:
+        return int(self.srv.journal.log.last_seq)
+
+    def requests_since(self, mark: int) -> list[dict[str, Any]]:
+        return list(self.srv.meta.requests_log(since=mark))
+
+    def session_received(self, audience_id: str, session_id: int) -> int:
+        for s in self.srv.meta.audience(audience_id)["sessions"]:
+            if s["session_id"] == str(session_id):
+                return int(s["num_received"])
+        return 0
+
+    def reset_faults(self) -> None:
+        self.srv.meta.clear_faults()
+
+
+#: platform -> harness class; Google Ads and TikTok add theirs here
+HARNESSES: dict[str, type[Harness]] = {"meta": MetaHarness}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``platform`` over :data:`HARNESSES`; ``transient_case`` / ``permanent_case`` over
+    each platform's own error cases."""
+    if "platform" not in metafunc.fixturenames:
+        return
+    for argname, attr in (("transient_case", "transient_errors"), ("permanent_case", "permanent_errors")):
+        if argname in metafunc.fixturenames:
+            pairs = [(p, c) for p, h in HARNESSES.items() for c in getattr(h, attr)]
+            ids = [f"{p}-{c.label}" for p, c in pairs]
+            metafunc.parametrize(("platform", argname), pairs, ids=ids)
+            return
+    metafunc.parametrize("platform", list(HARNESSES))
+
+
+@pytest.fixture
+def harness(platform: str, sandbox: Any) -> Iterator[Harness]:
+    h = HARNESSES[platform](sandbox, f"act_{next(_accounts)}")
+    h.reset_faults()
+    yield h
+    h.reset_faults()
