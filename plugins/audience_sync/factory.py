@@ -1,4 +1,4 @@
-"""Build one Airflow DAG per campaign file: extract >> sync per destination >> record metrics.
+"""Build one Airflow DAG per campaign file: extract >> plan >> sync per destination >> record metrics.
 
 Parse-time work is local only: YAML and SQL files are read, nothing connects to a database, an API
 or Airflow Variables. A broken campaign file never stops the others: :func:`build_dags` skips it (and
@@ -22,7 +22,7 @@ from audience_sync.core.campaign import Campaign, load_campaigns
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.operators.extract import ExtractAudienceOperator
 from audience_sync.operators.metrics import RecordMetricsOperator
-from audience_sync.operators.sync import SyncAudienceOperator
+from audience_sync.operators.sync import PlanAudienceOperator, SyncAudienceOperator
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def build_dag(c: Campaign) -> DAG:
                     conn_id=d.conn_id,
                     segment_name=c.segment_name,
                     sync_mode=c.sync_mode,
+                    exclude_segments=group.exclude_segments,
                     description=f"{c.ads_campaign_name} (audience-sync campaign {c.stem})",
                 )
             )
@@ -108,11 +109,19 @@ def build_dag(c: Campaign) -> DAG:
                     "task_id": task_id,
                     "platform": d.platform,
                     "account": d.ad_account_id,
+                    "conn_id": d.conn_id,
                     "segment_name": c.segment_name,
                 }
             )
+        plan = PlanAudienceOperator(
+            task_id="plan",
+            destinations=dests,
+            segment_name=c.segment_name,
+            sync_mode=c.sync_mode,
+            exclude_segments=group.exclude_segments,
+        )
         metrics = RecordMetricsOperator(task_id="record_metrics", destinations=dests)
-        extract >> syncs >> metrics
+        extract >> plan >> syncs >> metrics
     return dag
 
 

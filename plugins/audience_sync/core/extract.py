@@ -51,6 +51,7 @@ class ExtractCounts:
     invalid_by_reason: Counter[str] = field(default_factory=Counter)
     field_errors: Counter[str] = field(default_factory=Counter)
     staged: dict[str, dict[str, Any]] = field(default_factory=dict)
+    no_consent_path: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class ExtractCounts:
             "invalid_by_reason": dict(sorted(self.invalid_by_reason.items())),
             "field_errors": dict(sorted(self.field_errors.items())),
             "staged": self.staged,
+            "no_consent_path": self.no_consent_path,
         }
 
 
@@ -92,6 +94,7 @@ def extract_and_stage(
     per_platform = Counter[str]()
     seen: set[bytes] = set()
     counts = ExtractCounts()
+    no_consent: list[str] = []
     try:
         for chunk in chunks:
             cols: dict[str, dict[str, list[str]]] = {
@@ -113,6 +116,7 @@ def extract_and_stage(
                 seen.add(short)
                 if consent_column and not consent_given(row.get(consent_column)):
                     counts.excluded_no_consent += 1
+                    no_consent.append(mid)  # only the hashed key: to remove them if they were sent before
                     continue
                 results = {p: hashers[p].hash_row(row) for p in platforms}
                 usable = [p for p, r in results.items() if r.valid]
@@ -146,6 +150,9 @@ def extract_and_stage(
         if p not in writers:  # nothing valid: stage an empty file so the sync still reconciles
             pq.write_table(schemas[p].empty_table(), path)
         counts.staged[p] = {"path": str(path), "rows": per_platform[p], "schema": list(hashers[p].schema)}
+    revoked = out_dir / "no_consent.parquet"
+    pq.write_table(pa.table({"member_id": pa.array(no_consent, pa.string())}), revoked)
+    counts.no_consent_path = str(revoked)
     return counts
 
 
@@ -159,6 +166,13 @@ def read_staged(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tupl
         columns = [data[n] for n in schema]
         for i, mid in enumerate(ids):
             yield mid, schema, [c[i] or "" for c in columns]
+
+
+def read_member_ids(path: str | Path | None) -> list[str]:
+    """Member ids from a staged id list (e.g. members without consent)."""
+    if not path or not Path(path).exists():
+        return []
+    return [str(v) for v in pq.read_table(path, columns=["member_id"]).column("member_id").to_pylist()]
 
 
 def staged_schema(path: str | Path) -> list[str]:

@@ -1,17 +1,17 @@
-"""Sync task: upsert one platform audience by segment name and send the membership delta."""
+"""Plan and sync tasks: upsert each platform audience by segment name and send the membership delta."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
-from audience_sync.core.extract import read_staged
-from audience_sync.core.ledger import utcnow
-from audience_sync.core.sync import RetryPolicy, SyncRequest, staged_row, sync_audience
+from audience_sync.core.extract import read_member_ids, read_staged
+from audience_sync.core.ledger import LockTimeout, utcnow
+from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, staged_row, sync_audience
 from audience_sync.destinations.base import Destination
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
 
@@ -29,6 +29,26 @@ def _meta(conn_id: str, account: str) -> Destination:
 DESTINATIONS: dict[str, Callable[[str, str], Destination]] = {"meta": _meta}
 
 
+def staged_rows(staged: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(member_id, row_hash, payload) rows of one platform's staged file."""
+    return (staged_row(mid, schema, values) for mid, schema, values in read_staged(staged["path"]))
+
+
+def build_request(
+    context: Context, *, platform: str, account: str, segment_name: str, schema: Sequence[str], **kw: Any
+) -> SyncRequest:
+    return SyncRequest(
+        dag_id=context["dag"].dag_id,
+        run_id=context["run_id"],
+        platform=platform,
+        account=account,
+        segment_name=segment_name,
+        schema=tuple(schema),
+        logical_date=context.get("logical_date"),
+        **kw,
+    )
+
+
 class SyncAudienceOperator(BaseOperator):
     """Upsert the audience named ``segment_name`` on one platform account and sync its members.
 
@@ -41,6 +61,7 @@ class SyncAudienceOperator(BaseOperator):
     :param conn_id: the platform connection (default per platform, e.g. ``meta_default``).
     :param segment_name: the audience name on the platform (templated).
     :param sync_mode: ``mirror`` | ``add_only`` | ``replace``.
+    :param exclude_segments: members currently in these segments' audiences are left out.
     :return: counts ``{total, sent, in_progress, pending, failed, removed, invalid, excluded}`` and the
         audience id, read back from the ledger.
     """
@@ -56,6 +77,7 @@ class SyncAudienceOperator(BaseOperator):
         segment_name: str,
         conn_id: str | None = None,
         sync_mode: str = "mirror",
+        exclude_segments: Sequence[str] = (),
         description: str = "",
         extract_task_id: str = "extract",
         state_conn_id: str = DEFAULT_CONN_ID,
@@ -70,6 +92,7 @@ class SyncAudienceOperator(BaseOperator):
         self.conn_id = conn_id or f"{platform}_default"
         self.segment_name = segment_name
         self.sync_mode = sync_mode
+        self.exclude_segments = tuple(exclude_segments)
         self.description = description
         self.extract_task_id = extract_task_id
         self.state_conn_id = state_conn_id
@@ -77,41 +100,48 @@ class SyncAudienceOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         started = utcnow()
-        ti = context["ti"]
-        extracted = ti.xcom_pull(task_ids=self.extract_task_id)
+        extracted = context["ti"].xcom_pull(task_ids=self.extract_task_id)
         staged = extracted["staged"][self.platform]
         dest = DESTINATIONS[self.platform](self.conn_id, self.ad_account_id)
         store = AudienceSyncStateHook(self.state_conn_id).store
-        req = SyncRequest(
-            dag_id=self.dag_id,
-            run_id=context["run_id"],
+        req = build_request(
+            context,
             platform=self.platform,
             account=dest.account,
             segment_name=self.segment_name,
-            schema=tuple(staged["schema"]),
+            schema=staged["schema"],
             mode=self.sync_mode,
             description=self.description,
-            logical_date=context.get("logical_date"),
+            exclude_segments=self.exclude_segments,
         )
-        rows = (staged_row(mid, schema, values) for mid, schema, values in read_staged(staged["path"]))
         try:
-            outcome = sync_audience(dest, store, req, rows, retry=self.retry_policy, progress=self._progress)
+            outcome = sync_audience(
+                dest,
+                store,
+                req,
+                staged_rows(staged),
+                revoked=read_member_ids(extracted.get("no_consent_path")),
+                retry=self.retry_policy,
+                progress=self._progress,
+            )
         except PermanentDestinationError as exc:
             raise AirflowFailException(str(exc)) from None
-        except TransientDestinationError as exc:
-            raise AirflowException(
-                f"{exc} (retries inside the task exhausted; Airflow will retry the task)"
-            ) from None
+        except (TransientDestinationError, LockTimeout) as exc:
+            raise AirflowException(f"{exc} (Airflow will retry the task)") from None
         result = outcome.as_xcom()
         result["invalid"] = int(extracted.get("invalid", 0))
-        result["excluded"] = int(extracted.get("excluded_no_consent", 0)) + int(extracted.get("excluded", 0))
-        result["started_at"] = started.isoformat()
-        result["finished_at"] = utcnow().isoformat()
-        result["account"] = dest.account
-        result["segment_name"] = self.segment_name
+        result["excluded_no_consent"] = int(extracted.get("excluded_no_consent", 0))
+        result["excluded"] = result["excluded"] + result["excluded_no_consent"]
+        result.update(
+            started_at=started.isoformat(),
+            finished_at=utcnow().isoformat(),
+            account=dest.account,
+            segment_name=self.segment_name,
+            mode=self.sync_mode,
+        )
         self.log.info(
             "%s %s audience %s (%s): total %s, sent %s, in progress %s, pending %s, failed %s, removed %s, "
-            "invalid %s; %s requests",
+            "invalid %s, excluded %s; %s requests",
             self.platform,
             dest.account,
             outcome.audience_id,
@@ -123,6 +153,7 @@ class SyncAudienceOperator(BaseOperator):
             result["failed"],
             result["removed"],
             result["invalid"],
+            result["excluded"],
             result["requests"],
         )
         for note in outcome.notes:
@@ -138,3 +169,74 @@ class SyncAudienceOperator(BaseOperator):
             counts["failed"],
             counts["removing"],
         )
+
+
+class PlanAudienceOperator(BaseOperator):
+    """Compute, without sending anything, what each destination's sync would do (the dry-run plan).
+
+    :param destinations: one dict per sync task: ``task_id``, ``platform``, ``account``, ``conn_id``.
+    :return: ``{sync task id: plan}`` with the audience it would use, adds, removes, unchanged, warnings.
+    """
+
+    template_fields: Sequence[str] = ("segment_name",)
+    ui_color = "#fdf3e1"
+
+    def __init__(
+        self,
+        *,
+        destinations: Sequence[Mapping[str, str]],
+        segment_name: str,
+        sync_mode: str = "mirror",
+        exclude_segments: Sequence[str] = (),
+        extract_task_id: str = "extract",
+        state_conn_id: str = DEFAULT_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.destinations = [dict(d) for d in destinations]
+        self.segment_name = segment_name
+        self.sync_mode = sync_mode
+        self.exclude_segments = tuple(exclude_segments)
+        self.extract_task_id = extract_task_id
+        self.state_conn_id = state_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        extracted = context["ti"].xcom_pull(task_ids=self.extract_task_id)
+        store = AudienceSyncStateHook(self.state_conn_id).store
+        revoked = read_member_ids(extracted.get("no_consent_path"))
+        plans: dict[str, Any] = {}
+        for d in self.destinations:
+            staged = extracted["staged"][d["platform"]]
+            dest = DESTINATIONS[d["platform"]](d["conn_id"], d["account"])
+            req = build_request(
+                context,
+                platform=d["platform"],
+                account=dest.account,
+                segment_name=self.segment_name,
+                schema=staged["schema"],
+                mode=self.sync_mode,
+                exclude_segments=self.exclude_segments,
+            )
+            try:
+                plan = plan_sync(dest, store, req, staged_rows(staged), revoked=revoked)
+            except PermanentDestinationError as exc:
+                raise AirflowFailException(str(exc)) from None
+            plan["invalid"] = int(extracted.get("invalid", 0))
+            plan["excluded_no_consent"] = int(extracted.get("excluded_no_consent", 0))
+            plans[d["task_id"]] = plan
+            self.log.info("plan %s: %s", d["task_id"], format_plan(plan))
+        return plans
+
+
+def format_plan(plan: Mapping[str, Any]) -> str:
+    aud = plan["audience"]
+    text = (
+        f"{plan['platform']} {plan['account']} segment {plan['segment_name']} ({plan['mode']}): audience "
+        f"{aud['id'] or '-'} [{aud['action']}]; group {plan['group']}, adds {plan['adds']} "
+        f"(changed {plan['changed']}), removes {plan['removes']}, unchanged {plan['unchanged']}, "
+        f"invalid {plan.get('invalid', 0)}, excluded: no consent {plan.get('excluded_no_consent', 0)}, "
+        f"by segments {plan['excluded_by_segments']}"
+    )
+    for w in plan["warnings"]:
+        text += f"\n  warning: {w}"
+    return text
