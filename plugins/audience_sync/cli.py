@@ -147,6 +147,102 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result["state"] == "success" else 1
 
 
+# --------------------------------------------------------------------------------- plan
+def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
+    """The dry-run plan of one campaign: extract to a temporary folder, then plan every destination."""
+    prepare_airflow_env()
+    import tempfile
+
+    import jinja2
+    import pendulum
+
+    from audience_sync.core.campaign import campaigns_dir, load_campaign
+    from audience_sync.core.extract import extract_and_stage, read_member_ids
+    from audience_sync.core.sync import SyncRequest, plan_sync
+    from audience_sync.hooks.state import AudienceSyncStateHook
+    from audience_sync.operators.extract import read_group
+    from audience_sync.operators.sync import DESTINATIONS, staged_rows
+
+    path = next(
+        (p for p in (campaigns_dir() / f"{stem}.yaml", campaigns_dir() / f"{stem}.yml") if p.exists()), None
+    )
+    if path is None:
+        raise SystemExit(f"no campaign file {stem}.yaml in {campaigns_dir()}")
+    c = load_campaign(path)
+    when = pendulum.parse(logical_date, tz="UTC") if logical_date else pendulum.now("UTC")
+    g = c.audience_group
+    sql = None
+    if g.source == "sql":
+        ctx = {
+            "data_interval_start": when,
+            "data_interval_end": when,
+            "logical_date": when,
+            "ds": when.to_date_string(),
+            "ts": when.isoformat(),
+        }
+        sql = jinja2.Template(g.sql_query()).render(**ctx)
+    platforms = sorted({d.platform for d in c.destinations})
+    store = AudienceSyncStateHook().store
+    with tempfile.TemporaryDirectory(prefix="audience-sync-plan-") as tmp:
+        counts = extract_and_stage(
+            read_group(str(g.source_path) if g.source == "list" else None, sql, g.conn_id),
+            key=g.key,
+            identifiers=dict(g.identifiers),
+            platforms=platforms,
+            staging_dir=tmp,
+            default_country=g.default_country,
+            consent_column=g.consent.column if g.consent else None,
+        )
+        revoked = read_member_ids(counts.no_consent_path)
+        plans = []
+        for d in c.destinations:
+            dest = DESTINATIONS[d.platform](d.conn_id, d.ad_account_id)
+            staged = counts.staged[d.platform]
+            req = SyncRequest(
+                dag_id=c.dag_id,
+                run_id="plan",
+                platform=d.platform,
+                account=dest.account,
+                segment_name=c.segment_name,
+                schema=tuple(staged["schema"]),
+                mode=c.sync_mode,
+                logical_date=when,
+                exclude_segments=tuple(g.exclude_segments),
+            )
+            plans.append(plan_sync(dest, store, req, staged_rows(staged), revoked=revoked))
+    ext = counts.as_dict()
+    ext.pop("staged", None)
+    ext.pop("no_consent_path", None)
+    return {
+        "campaign": stem,
+        "dag_id": c.dag_id,
+        "logical_date": when.isoformat(),
+        "group": ext,
+        "destinations": plans,
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from audience_sync.operators.sync import format_plan
+
+    result = plan_campaign(args.campaign, args.logical_date)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    g = result["group"]
+    print(f"{result['dag_id']} plan as of {result['logical_date']} (nothing is sent)")
+    print(
+        f"  group: {g['rows']} rows, {g['valid']} valid, {g['invalid']} invalid {g['invalid_by_reason']}, "
+        f"{g['duplicates']} duplicate keys, {g['excluded_no_consent']} excluded (no consent)"
+    )
+    for plan in result["destinations"]:
+        print(
+            "  "
+            + format_plan({**plan, "invalid": g["invalid"], "excluded_no_consent": g["excluded_no_consent"]})
+        )
+    return 0
+
+
 # ------------------------------------------------------------------------------ sandbox
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from audience_sync.sandbox.server import serve_forever
@@ -181,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("campaign", help="campaign file stem, e.g. demo_abandoned_cart")
     r.add_argument("--logical-date", default=None, help="YYYY-MM-DD (default: now)")
     r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="print what the next run would send, without sending anything")
+    pl.add_argument("campaign", help="campaign file stem")
+    pl.add_argument("--logical-date", default=None, help="YYYY-MM-DD (default: now)")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("sandbox", help="serve the local platform sandbox until interrupted")
     s.add_argument("--host", default="127.0.0.1")

@@ -95,33 +95,41 @@ class ExtractAudienceOperator(BaseOperator):
         return result
 
     def _chunks(self) -> Iterator[list[dict[str, Any]]]:
-        if self.sql is not None:
-            yield from self._sql_chunks()
-            return
-        path = Path(str(self.source_path))
-        if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
+        return read_group(self.source_path, self.sql, self.conn_id, self.chunk_rows)
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=self.chunk_rows):
-                yield batch.to_pylist()
-        else:
-            import pandas as pd
 
-            for frame in pd.read_csv(path, dtype=str, chunksize=self.chunk_rows, keep_default_na=False):
-                yield frame.to_dict("records")
+def read_group(
+    source_path: str | None, sql: str | None, conn_id: str | None, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[list[dict[str, Any]]]:
+    """Yield the audience group in chunks of row dicts, from a CSV/Parquet list or a SQL query."""
+    if sql is not None:
+        yield from _sql_chunks(sql, str(conn_id), chunk_rows)
+        return
+    path = Path(str(source_path))
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
 
-    def _sql_chunks(self) -> Iterator[list[dict[str, Any]]]:
-        hook = BaseHook.get_connection(str(self.conn_id)).get_hook()
-        conn = hook.get_conn()
-        try:
-            cur = conn.cursor()
-            cur.execute(self.sql)
-            names = [d[0] for d in cur.description]
-            while True:
-                rows = cur.fetchmany(self.chunk_rows)
-                if not rows:
-                    break
-                yield [dict(zip(names, r, strict=True)) for r in rows]
-            cur.close()
-        finally:
-            conn.close()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pylist()
+    else:
+        import pandas as pd
+
+        for frame in pd.read_csv(path, dtype=str, chunksize=chunk_rows, keep_default_na=False):
+            yield frame.to_dict("records")
+
+
+def _sql_chunks(sql: str, conn_id: str, chunk_rows: int) -> Iterator[list[dict[str, Any]]]:
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    conn = hook.get_conn()
+    try:
+        cur = conn.cursor()
+        cur.execute(sql)
+        names = [d[0] for d in cur.description]
+        while True:
+            rows = cur.fetchmany(chunk_rows)
+            if not rows:
+                break
+            yield [dict(zip(names, r, strict=True)) for r in rows]
+        cur.close()
+    finally:
+        conn.close()

@@ -627,9 +627,12 @@ class MetaSandbox(PlatformApp):
             trace_id=trace,
         )
         headers = {"x-fb-trace-id": trace, **rule.headers}
-        return SandboxResponse(
-            status=status, body=body, headers=headers, log={"error_code": code, "error_subcode": rule.subcode}
-        )
+        log: dict[str, Any] = {"error_code": code, "error_subcode": rule.subcode}
+        try:  # record which upload batch the fault hit, so retries can be checked for the same session/seq
+            log["session"] = parse_session(request.param("session"))
+        except (GraphError, TypeError, ValueError):
+            pass
+        return SandboxResponse(status=status, body=body, headers=headers, log=log)
 
     def handle(self, request: SandboxRequest) -> SandboxResponse:
         log_fields: dict[str, Any] = {}
