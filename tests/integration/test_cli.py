@@ -107,3 +107,41 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
     assert platform == "meta" and account == "act_1234567890"
     assert int(group) == int(sent) == int(size) > 0 and int(pending) == int(failed) == 0
     assert "sandbox stopped" in r.stdout
+
+
+@pytest.mark.timeout(300)
+def test_plan_prints_without_sending_and_matches_the_next_run(fresh_sandbox, tmp_path: Path) -> None:
+    from tests.conftest import SANDBOX_TOKEN
+
+    crm = tmp_path / "crm.db"
+    write_demo_db(crm, n=200, seed=5)
+    env = os.environ.copy()
+    for k in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__UNIT_TEST_MODE"):
+        env.pop(k, None)
+    env["AIRFLOW_HOME"] = str(tmp_path / "home")
+    env["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
+    env["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
+        {"conn_type": "generic", "host": fresh_sandbox.url, "password": SANDBOX_TOKEN}
+    )
+    r = cli("plan", "demo_abandoned_cart", "--logical-date", "2026-12-01", "--json", env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    plan = json.loads(r.stdout)
+    (dest,) = plan["destinations"]
+    assert dest["audience"] == {"id": None, "action": "would create"}
+    assert dest["adds"] == dest["group"] == plan["group"]["valid"] > 0
+    assert plan["group"]["excluded_no_consent"] > 0 and "invalid_by_reason" in plan["group"]
+    assert any("100" in w for w in dest["warnings"])  # a demo-sized group is below Meta's useful minimum
+    assert fresh_sandbox.meta.audiences() == []  # nothing created, nothing sent
+    assert not [e for e in fresh_sandbox.meta.requests_log() if e["method"] != "GET"]
+
+    r = cli("run", "demo_abandoned_cart", "--logical-date", "2026-12-01", env=env)
+    assert r.returncode == 0, r.stdout[-3000:]
+    (aud,) = fresh_sandbox.meta.audiences()
+    assert aud["count"] == dest["adds"]
+    text = cli("plan", "demo_abandoned_cart", "--logical-date", "2026-12-02", env=env)
+    assert text.returncode == 0
+    assert (
+        f"audience {aud['id']} [reuse]" in text.stdout
+        and "adds 0 " in text.stdout
+        and "removes 0" in text.stdout
+    )

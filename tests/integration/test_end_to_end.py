@@ -33,12 +33,21 @@ def crm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def state_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    path = tmp_path / "state.db"
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps({"conn_type": "sqlite", "host": str(path)})
-    )
-    return f"sqlite:///{path}"
+def state_db(state_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The state database as the DAG sees it: the ``audience_sync_db`` connection (SQLite or PostgreSQL)."""
+    u = sa.make_url(state_url)
+    if u.get_backend_name() == "sqlite":
+        conn = {"conn_type": "sqlite", "host": u.database}
+    else:
+        conn = {
+            "conn_type": "postgres",
+            "host": u.host,
+            "port": u.port,
+            "login": u.username,
+            "schema": u.database,
+        }
+    monkeypatch.setenv("AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps(conn))
+    return state_url
 
 
 def run_dag(logical_date: pendulum.DateTime):
@@ -68,6 +77,8 @@ def expected_members(crm: Path, before: str) -> set[frozenset[tuple[str, str]]]:
     ).fetchall()
     out = set()
     for row in rows:
+        if not row["ads_consent"]:
+            continue
         r = hasher.hash_row(dict(row))
         if r.valid:
             out.add(frozenset((k, v) for k, v in zip(hasher.schema, r.values, strict=True) if v))
@@ -97,6 +108,7 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     want = expected_members(crm, "2026-12-02T00:00:00")
     assert want and sandbox_members(sandbox, audience_id) == want
     assert extract["invalid"] > 0 and extract["valid"] == len(want) == sync["total"] == sync["sent"]
+    assert extract["excluded_no_consent"] > 0 and sync["excluded"] == extract["excluded_no_consent"]
     assert sync["pending"] == sync["in_progress"] == sync["failed"] == 0
 
     # counts in XCom, the metrics table and the ledger agree
