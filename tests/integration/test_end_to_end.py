@@ -127,6 +127,7 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     second = run_dag(pendulum.datetime(2026, 12, 2, tz="UTC"))
     assert second.state == "success"
     x2 = xcoms(second.run_id)["sync_meta"]
+    x2_extract = xcoms(second.run_id)["extract"]
     assert x2["audience_id"] == audience_id and x2["audience_action"] == "reused"
     assert (
         len([a for a in sandbox.meta.audiences("act_1234567890") if a["name"] == "abandoned_cart_users"]) == 1
@@ -157,9 +158,32 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
             dump += [str(tuple(r)) for r in c.execute(sa.text(f"SELECT * FROM {table}"))]
     haystacks["state db"] = "\n".join(dump).lower()
     staged = Path(extract["staged"]["meta"]["path"])
-    table = pq.read_table(staged)
+    assert not staged.exists()  # removed once every destination was synced
+    staged = Path(x2_extract["staged"]["meta"]["path"])
+    from audience_sync.core.extract import (
+        extract_and_stage,
+    )  # re-stage run 2's group to inspect a staged file
+    from audience_sync.operators.extract import read_group
+
+    campaign = load_campaign(CAMPAIGN).audience_group
+    sql = campaign.sql_query().replace(
+        '{{ data_interval_end.strftime("%Y-%m-%dT%H:%M:%S") }}', "2026-12-02T00:00:00"
+    )
+    staged_dir = staged.parent.parent / "inspect"
+    extract_and_stage(
+        read_group(None, sql, "crm_db"),
+        key=campaign.key,
+        identifiers=dict(campaign.identifiers),
+        platforms=["meta"],
+        staging_dir=staged_dir,
+        default_country=campaign.default_country,
+        consent_column="ads_consent",
+    )
+    table = pq.read_table(staged_dir / "meta.parquet")
     assert table.num_rows == len(want)
-    haystacks["staged file"] = staged.read_bytes().decode("latin-1").lower() + str(table.to_pylist()).lower()
+    haystacks["staged file"] = (staged_dir / "meta.parquet").read_bytes().decode("latin-1").lower() + str(
+        table.to_pylist()
+    ).lower()
     logs_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"
     if logs_dir.exists():
         haystacks["task log files"] = "\n".join(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -86,12 +87,28 @@ class RecordMetricsOperator(BaseOperator):
             store.write_metrics(row)
             summary[dest_key] = {k: row.get(k) for k in (*COUNT_KEYS, "requests", "outcome", "audience_id")}
             self.log.info("metrics %s: %s", dest_key, summary[dest_key])
+        if not failed:
+            self._drop_staging(extracted)
         if failed:
             raise AirflowFailException(
                 f"Sync task(s) {', '.join(failed)} failed; their metrics were recorded as 'failed'. "
                 "See those tasks' logs for the platform error and what to do."
             )
         return summary
+
+    def _drop_staging(self, extracted: dict[str, Any]) -> None:
+        """Every destination is synced: the run's staged hashes are no longer needed."""
+        paths = [Path(s["path"]) for s in (extracted.get("staged") or {}).values()]
+        if extracted.get("no_consent_path"):
+            paths.append(Path(extracted["no_consent_path"]))
+        for p in paths:
+            p.unlink(missing_ok=True)
+        folders = {p.parent for p in paths}
+        for folder in folders:
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
+        if paths:
+            self.log.info("removed the run's staged files (%d)", len(paths))
 
 
 def _ts(value: Any) -> dt.datetime | None:
