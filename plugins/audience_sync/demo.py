@@ -48,7 +48,9 @@ def run_demo(rows: int = 3000) -> int:
 def summary(result: dict, srv: object) -> str:
     """Per-platform table from the sync results (ledger counts) and the sandbox's own audience size."""
     ext = result["xcom"].get("extract") or {}
-    lines = ["platform  account          audience id        group   sent  pending  failed  invalid  size"]
+    lines = [
+        "platform  account          audience id        group   sent  pending  failed  invalid  excluded  size"
+    ]
     for task, x in sorted(result["xcom"].items()):
         if not task.startswith("sync_") or not isinstance(x, dict):
             continue
@@ -58,11 +60,12 @@ def summary(result: dict, srv: object) -> str:
                 size = str(a.get("count", a.get("member_count", "?")))
         lines.append(
             f"{task.removeprefix('sync_'):<9} {x['account']:<16} {x['audience_id']:<18} {x['total']:>5} "
-            f"{x['sent']:>6} {x['pending']:>8} {x['failed']:>7} {ext.get('invalid', 0):>8} {size:>5}"
+            f"{x['sent']:>6} {x['pending']:>8} {x['failed']:>7} {ext.get('invalid', 0):>8} "
+            f"{x.get('excluded', 0):>9} {size:>5}"
         )
     lines.append(
-        "group = valid members of the audience group; size = members the sandbox audience holds "
-        "(real Meta reports a bucketed, delayed estimate)."
+        "group = valid, consenting members of the audience group; excluded = no consent or in an excluded "
+        "segment; size = members the sandbox audience holds (real Meta reports a bucketed, delayed estimate)."
     )
     return "\n".join(lines)
 

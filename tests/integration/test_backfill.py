@@ -5,7 +5,7 @@ Setup (see :mod:`tests.airflow_procs`): a throwaway ``AIRFLOW_HOME`` with a SQLi
 Execution API the task processes talk to, on a free loopback port) and ``airflow scheduler``
 (LocalExecutor, parallelism 2), each its own process group, always stopped at the end (SIGTERM, then
 SIGKILL). The repo's ``dags/`` and ``plugins/`` are used; ``AUDIENCE_SYNC_CAMPAIGNS_DIR`` points at a
-folder holding one test campaign whose SQL keeps carts abandoned in the 90 days before
+folder holding one test campaign whose SQL keeps carts abandoned in the 120 days before
 ``{{ data_interval_end }}`` — so every logical date sees a different group. The campaign's
 ``duration.end`` (2026-11-20) stops the scheduler from creating scheduled runs of its own once the DAG
 is unpaused (``catchup`` is off and the latest interval is past the end), so the only runs are the
@@ -44,7 +44,7 @@ STEM = "backfill_cart"
 DAG_ID = f"ads_audience__{STEM}"
 SEGMENT = "backfill_cart_users"
 ACCOUNT = "act_1234567890"
-WINDOW_DAYS = 90
+WINDOW_DAYS = 120
 NEWER = "2026-11-20"
 BACKFILL_FROM, BACKFILL_TO = "2026-09-01", "2026-09-03"
 TERMINAL = {"success", "failed"}
@@ -214,7 +214,8 @@ def run_scenario(stack: AirflowStack, sandbox, crm: Path, campaign: Path, state_
     }
     all_keys = new_keys.union(*(k for k, _ in groups.values()))
     all_members = new_members.union(*(m for _, m in groups.values()))
-    assert all(0 < len(k) < len(new_keys) for k, _ in groups.values())
+    sizes = sorted(len(k) for k, _ in groups.values())
+    assert 0 < sizes[0] and sizes[-1] < len(new_keys), (sizes, len(new_keys))
     assert all_keys - new_keys, "the backfill dates must bring members the newer run does not have"
     assert new_keys - set.union(*(k for k, _ in groups.values())), "a mirror backfill would remove these"
 

@@ -103,9 +103,10 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
     r = cli("demo", "--rows", "500", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = r.stdout.split("platform  account", 1)[1].splitlines()[1].split()
-    platform, account, audience_id, group, sent, pending, failed, invalid, size = table
+    platform, account, audience_id, group, sent, pending, failed, invalid, excluded, size = table
     assert platform == "meta" and account == "act_1234567890"
     assert int(group) == int(sent) == int(size) > 0 and int(pending) == int(failed) == 0
+    assert int(invalid) > 0 and int(excluded) > 0
     assert "sandbox stopped" in r.stdout
 
 
