@@ -25,12 +25,12 @@ demo: setup ## generate a demo CRM, start the sandbox, run the demo campaign thr
 	$(BIN)/audience-sync demo
 
 test: setup ## lint, then the whole test suite (starts its own PostgreSQL and sandbox)
-	$(BIN)/ruff check dags plugins tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup ## ruff (incl. Airflow AIR rules)
-	$(BIN)/ruff check dags plugins tests bench
-	$(BIN)/ruff format --check dags plugins tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 sandbox: setup ## serve the local platform sandbox on port 8990
 	$(BIN)/audience-sync sandbox --port 8990

@@ -67,6 +67,7 @@ from pydantic import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from audience_sync.core.errors import CampaignError, CampaignErrors
+from audience_sync.core.normalize import IDENTIFIER_TYPES
 
 __all__ = [
     "CAMPAIGNS_DIR_ENV",
@@ -101,21 +102,7 @@ __all__ = [
 # Constants
 # --------------------------------------------------------------------------------------------------
 
-IdentifierType = Literal[
-    "email",
-    "phone",
-    "first_name",
-    "last_name",
-    "city",
-    "state",
-    "zip",
-    "country",
-    "gender",
-    "date_of_birth",
-    "madid",
-    "external_id",
-]
-IDENTIFIER_TYPES: tuple[str, ...] = IdentifierType.__args__
+IdentifierType = Literal[IDENTIFIER_TYPES]  # type: ignore[valid-type]  # the normaliser's list, one source
 
 SyncMode = Literal["mirror", "add_only", "replace"]
 SYNC_MODES: tuple[str, ...] = SyncMode.__args__

@@ -579,23 +579,6 @@ class StateStore:
         with self.engine.connect() as conn:
             return {r.member_id: json.loads(r.payload) for r in conn.execute(q)}
 
-    def members_of_segments(self, platform: str, account: str, segment_names: Sequence[str]) -> set[str]:
-        """member ids currently on the platform in any of these segments (for exclusions)."""
-        if not segment_names:
-            return set()
-        q = (
-            sa.select(ledger.c.member_id)
-            .join(registry, registry.c.id == ledger.c.registry_id)
-            .where(
-                registry.c.platform == platform,
-                registry.c.account == account,
-                registry.c.segment_name.in_(list(segment_names)),
-                ledger.c.status.in_(("sent", "in_progress")),
-            )
-        )
-        with self.engine.connect() as conn:
-            return {r[0] for r in conn.execute(q)}
-
     def exclude_from_stage(self, key: str, platform: str, account: str, segment_names: Sequence[str]) -> int:
         """Drop from a stage every member currently on the platform in one of these segments' audiences."""
         if not segment_names:

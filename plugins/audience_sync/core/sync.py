@@ -318,7 +318,9 @@ def plan_warnings(dest: Destination, segment_name: str, group: int) -> list[str]
             f"group of {group} is below {dest.platform}'s useful minimum (~{dest.min_useful_size} matched "
             "members); the audience may be too small to deliver"
         )
-    hits = [t for t in SENSITIVE_TERMS if t in segment_name.lower()]
+    name = segment_name.lower()
+    words = name.replace("-", "_").replace(" ", "_").split("_")
+    hits = [t for t in SENSITIVE_TERMS if (t in name if "_" in t else any(w.startswith(t) for w in words))]
     if hits and dest.platform == "meta":
         warnings.append(
             f"segment name {segment_name!r} contains {', '.join(repr(h) for h in hits)}: Meta may flag audiences "
