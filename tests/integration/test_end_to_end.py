@@ -111,6 +111,34 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     assert extract["excluded_no_consent"] > 0 and sync["excluded"] == extract["excluded_no_consent"]
     assert sync["pending"] == sync["in_progress"] == sync["failed"] == 0
 
+    # the requests are the ones Meta documents, in order: look up by name, create, upload in sessions
+    log = sandbox.meta.requests_log()
+    calls = [(e["method"], re.sub(r"/\d{6,}/", "/{id}/", e["path"])) for e in log]
+    uploads = [e for e in log if e.get("op") == "add"]
+    lookups = len(calls) - 1 - len(uploads)  # the plan task looks up too (read-only)
+    assert lookups >= 1
+    assert calls == [("GET", "/v26.0/act_1234567890/customaudiences")] * lookups + [
+        ("POST", "/v26.0/act_1234567890/customaudiences")
+    ] + [("POST", "/v26.0/{id}/users")] * len(uploads)
+    assert "name" in log[0]["query"]["fields"].split(",") and log[0]["query"]["access_token"] == "***"
+    assert sum(e["num_rows"] for e in uploads) == len(want)
+    for i, e in enumerate(uploads, start=1):
+        assert e["num_rows"] <= 10_000
+        assert set(e["session"]) == {"session_id", "batch_seq", "last_batch_flag", "estimated_num_total"}
+        assert e["session"]["batch_seq"] == i and e["session"]["last_batch_flag"] == (i == len(uploads))
+    (aud,) = auds
+    assert aud["subtype"] == "CUSTOM" and aud["customer_file_source"] == "USER_PROVIDED_ONLY"
+    assert aud["schema"] == [
+        "EMAIL",
+        "PHONE",
+        "FN",
+        "LN",
+        "CT",
+        "ST",
+        "ZIP",
+        "COUNTRY",
+    ]  # multi-key list form
+
     # counts in XCom, the metrics table and the ledger agree
     store = StateStore(state_db)
     entry = store.get_registry("meta", "act_1234567890", "abandoned_cart_users")
