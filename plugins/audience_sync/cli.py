@@ -138,6 +138,8 @@ def format_run(result: dict[str, Any]) -> str:
                 )
             else:
                 lines.append(f"  {task} [{state}] no result (see the task log)")
+        elif state not in ("success", "skipped"):
+            lines.append(f"  {task} [{state}] (see the task log)")
     return "\n".join(lines)
 
 

@@ -91,7 +91,8 @@ def test_run_executes_the_dag_and_exits_non_zero_on_failure(fresh_sandbox, tmp_p
     )
     r = cli("run", "demo_abandoned_cart", "--logical-date", "2026-12-02", env=env)
     assert r.returncode != 0
-    assert "sync_meta [failed]" in r.stdout
+    assert "plan [failed]" in r.stdout  # the dry run already meets the bad token
+    assert "sync_meta [upstream_failed]" in r.stdout
     assert "wrong-token" not in r.stdout + r.stderr  # the token never reaches the output
 
 
