@@ -34,6 +34,14 @@ T = TypeVar("T")
 _DROP = ("AIRFLOW__CORE__UNIT_TEST_MODE", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_HOME")
 
 
+class ApiError(AssertionError):
+    """The REST API answered with an HTTP error."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def free_port() -> int:
     """A currently free loopback TCP port."""
     with socket.socket() as s:
@@ -48,7 +56,7 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval:
     while True:
         try:
             value = check()
-        except (requests.RequestException, ValueError) as exc:  # server not up yet, half-written JSON
+        except (requests.RequestException, ValueError, ApiError) as exc:  # not up yet, DB busy, ...
             value, last_error = None, exc
         if value is not None:
             return value
@@ -212,7 +220,7 @@ class AirflowStack:
         """Call the public REST API (``/api/v2`` + path); JSON in and out; raise on an HTTP error."""
         r = requests.request(method, f"{self.url}/api/v2{path}", json=body, params=params or None, timeout=30)
         if r.status_code >= 400:
-            raise AssertionError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
+            raise ApiError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}", r.status_code)
         return r.json() if r.content else None
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:

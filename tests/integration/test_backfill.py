@@ -6,7 +6,8 @@ Execution API the task processes talk to, on a free loopback port) and ``airflow
 (LocalExecutor, parallelism 2), each its own process group, always stopped at the end (SIGTERM, then
 SIGKILL). The repo's ``dags/`` and ``plugins/`` are used; ``AUDIENCE_SYNC_CAMPAIGNS_DIR`` points at a
 folder holding one test campaign whose SQL keeps carts abandoned in the 120 days before
-``{{ data_interval_end }}`` — so every logical date sees a different group. The campaign's
+``{{ data_interval_end }}`` — so every logical date sees a different group (Airflow 3's default cron
+timetable gives every run an empty interval ending at its logical date). The campaign's
 ``duration.end`` (2026-11-20) stops the scheduler from creating scheduled runs of its own once the DAG
 is unpaused (``catchup`` is off and the latest interval is past the end), so the only runs are the
 ones this test asks for.
@@ -163,7 +164,7 @@ def run_scenario(stack: AirflowStack, sandbox, crm: Path, campaign: Path, state_
     stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
 
     # 1. the newer run: a manual run for 2026-11-20, executed by the scheduler
-    newer = stack.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": f"{NEWER}T00:00:00Z"})
+    stack.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": f"{NEWER}T00:00:00Z"})
     (newer,) = wait_for("the manual run", lambda: finished_runs(stack, "manual", 1), timeout=90)
     assert newer["state"] == "success", stack.task_instances(DAG_ID, newer["dag_run_id"])
     new_keys, new_members = expected_group(crm, campaign, when(newer["data_interval_end"]))
@@ -216,6 +217,7 @@ def run_scenario(stack: AirflowStack, sandbox, crm: Path, campaign: Path, state_
     all_members = new_members.union(*(m for _, m in groups.values()))
     sizes = sorted(len(k) for k, _ in groups.values())
     assert 0 < sizes[0] and sizes[-1] < len(new_keys), (sizes, len(new_keys))
+    assert len({frozenset(k) for k, _ in groups.values()}) == 3, "each date has its own group"
     assert all_keys - new_keys, "the backfill dates must bring members the newer run does not have"
     assert new_keys - set.union(*(k for k, _ in groups.values())), "a mirror backfill would remove these"
 
