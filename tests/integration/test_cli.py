@@ -31,6 +31,21 @@ def cli(
     )
 
 
+def campaign_env(tmp_path: Path, graph_url: str, token: str, *, rows: int, seed: int) -> dict[str, str]:
+    """The environment of a separate `audience-sync` process: its own Airflow home, a CRM, the sandbox."""
+    crm = tmp_path / "crm.db"
+    write_demo_db(crm, n=rows, seed=seed)
+    env = os.environ.copy()
+    for k in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__UNIT_TEST_MODE"):
+        env.pop(k, None)
+    env["AIRFLOW_HOME"] = str(tmp_path / "home")
+    env["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
+    env["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
+        {"conn_type": "generic", "host": graph_url, "password": token}
+    )
+    return env
+
+
 def test_validate_default_folder_ok() -> None:
     r = cli("validate")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -70,16 +85,7 @@ def test_hash_prints_what_is_sent() -> None:
 def test_run_executes_the_dag_and_exits_non_zero_on_failure(fresh_sandbox, tmp_path: Path) -> None:
     from tests.conftest import SANDBOX_TOKEN
 
-    crm = tmp_path / "crm.db"
-    write_demo_db(crm, n=300, seed=3)
-    env = os.environ.copy()
-    for k in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__UNIT_TEST_MODE"):
-        env.pop(k, None)
-    env["AIRFLOW_HOME"] = str(tmp_path / "home")
-    env["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
-    env["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
-        {"conn_type": "generic", "host": fresh_sandbox.url, "password": SANDBOX_TOKEN}
-    )
+    env = campaign_env(tmp_path, fresh_sandbox.url, SANDBOX_TOKEN, rows=300, seed=3)
     r = cli("run", "demo_abandoned_cart", "--logical-date", "2026-12-01", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "sync_meta [success]" in r.stdout and "sent" in r.stdout
@@ -115,16 +121,7 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
 def test_plan_prints_without_sending_and_matches_the_next_run(fresh_sandbox, tmp_path: Path) -> None:
     from tests.conftest import SANDBOX_TOKEN
 
-    crm = tmp_path / "crm.db"
-    write_demo_db(crm, n=200, seed=5)
-    env = os.environ.copy()
-    for k in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__UNIT_TEST_MODE"):
-        env.pop(k, None)
-    env["AIRFLOW_HOME"] = str(tmp_path / "home")
-    env["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
-    env["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
-        {"conn_type": "generic", "host": fresh_sandbox.url, "password": SANDBOX_TOKEN}
-    )
+    env = campaign_env(tmp_path, fresh_sandbox.url, SANDBOX_TOKEN, rows=200, seed=5)
     r = cli("plan", "demo_abandoned_cart", "--logical-date", "2026-12-01", "--json", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     plan = json.loads(r.stdout)

@@ -326,12 +326,7 @@ class StateStore:
                     .select_from(ledger)
                     .where(
                         ledger.c.registry_id == registry_id,
-                        sa.or_(
-                            ledger.c.status.in_(("sent", "in_progress")),
-                            sa.and_(
-                                ledger.c.status.in_(("pending", "failed")), ledger.c.sent_payload.is_not(None)
-                            ),
-                        ),
+                        _may_be_on_platform(),
                         ~sa.exists().where(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id),
                     )
                 ).scalar_one()
@@ -356,9 +351,7 @@ class StateStore:
                     .where(
                         ledger.c.registry_id == registry_id,
                         ledger.c.member_id.in_(ids[i : i + 900]),
-                        sa.or_(
-                            ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None)
-                        ),
+                        _may_be_on_platform(),
                     )
                 ).scalar_one()
         return n
@@ -434,20 +427,9 @@ class StateStore:
                     .where(
                         mine,
                         gone,
-                        sa.or_(
-                            ledger.c.status.in_(("sent", "in_progress")),
-                            sa.and_(
-                                ledger.c.status.in_(("pending", "failed")), ledger.c.sent_payload.is_not(None)
-                            ),
-                        ),
+                        _may_be_on_platform(),
                     )
-                    .values(
-                        status="pending",
-                        op="remove",
-                        sent_payload=sa.func.coalesce(ledger.c.sent_payload, ledger.c.payload),
-                        last_run_id=run_id,
-                        updated_at=now,
-                    )
+                    .values(**_queue_removal(run_id, now))
                 )
                 # never reached the platform: nothing to remove there
                 conn.execute(
@@ -608,20 +590,7 @@ class StateStore:
                 chunk = ids[i : i + 900]
                 mine = sa.and_(ledger.c.registry_id == registry_id, ledger.c.member_id.in_(chunk))
                 n += conn.execute(
-                    ledger.update()
-                    .where(
-                        mine,
-                        sa.or_(
-                            ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None)
-                        ),
-                    )
-                    .values(
-                        status="pending",
-                        op="remove",
-                        sent_payload=sa.func.coalesce(ledger.c.sent_payload, ledger.c.payload),
-                        last_run_id=run_id,
-                        updated_at=now,
-                    )
+                    ledger.update().where(mine, _may_be_on_platform()).values(**_queue_removal(run_id, now))
                 ).rowcount
                 conn.execute(
                     ledger.update()
@@ -757,6 +726,22 @@ class StateStore:
             q = q.where(metrics.c.run_id == run_id)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q.order_by(metrics.c.started_at))]
+
+
+def _may_be_on_platform() -> sa.ColumnElement[bool]:
+    """Ledger rows the platform may hold: confirmed, in flight, or with hashes sent earlier."""
+    return sa.or_(ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None))
+
+
+def _queue_removal(run_id: str, now: dt.datetime) -> dict[str, Any]:
+    """Ledger values that queue a member's removal, with whatever hashes may be on the platform."""
+    return {
+        "status": "pending",
+        "op": "remove",
+        "sent_payload": sa.func.coalesce(ledger.c.sent_payload, ledger.c.payload),
+        "last_run_id": run_id,
+        "updated_at": now,
+    }
 
 
 def _entry(row: Any) -> RegistryEntry:

@@ -379,17 +379,23 @@ class ParsedPayload:
 # Payload / session validation
 
 
-def parse_payload(raw: Any) -> ParsedPayload:
-    """Validate ``payload``; raise :class:`GraphError` 100 for request-level problems."""
+def _json_object_param(raw: Any, name: str) -> dict[str, Any]:
+    """A required form/query parameter holding a JSON object, as Graph parses it (error 100 otherwise)."""
     if raw is None or raw == "":
-        raise _param_error("The parameter payload is required")
+        raise _param_error(f"The parameter {name} is required")
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise _param_error("Param payload must be a JSON object") from exc
+            raise _param_error(f"Param {name} must be a JSON object") from exc
     if not isinstance(raw, dict):
-        raise _param_error("Param payload must be a JSON object")
+        raise _param_error(f"Param {name} must be a JSON object")
+    return raw
+
+
+def parse_payload(raw: Any) -> ParsedPayload:
+    """Validate ``payload``; raise :class:`GraphError` 100 for request-level problems."""
+    raw = _json_object_param(raw, "payload")
     schema = raw.get("schema")
     data = raw.get("data")
     if isinstance(schema, str):
@@ -438,15 +444,7 @@ def parse_payload(raw: Any) -> ParsedPayload:
 
 
 def parse_session(raw: Any) -> dict[str, Any]:
-    if raw is None or raw == "":
-        raise _param_error("The parameter session is required")
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise _param_error("Param session must be a JSON object") from exc
-    if not isinstance(raw, dict):
-        raise _param_error("Param session must be a JSON object")
+    raw = _json_object_param(raw, "session")
 
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
