@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SYNC_MODES = ("mirror", "add_only", "replace")
+
+#: how often a long upload logs the ledger's counts (the ledger itself moves batch by batch)
+PROGRESS_EVERY_SECONDS = 10.0
 
 #: ledger rows handled per removal step (the destination cuts them into request-sized chunks)
 REMOVE_LEDGER_BATCH = 2_000
@@ -243,17 +247,15 @@ def _sync_locked(
             if n:
                 notes.append(f"{n} member(s) without consent queued for removal")
 
-        def heartbeat(counts: dict[str, int]) -> None:
-            store.refresh_lock(key_lock, owner)
-            if progress:
-                progress(counts)
-
-        engine = _Uploader(dest, store, entry, req, retry, heartbeat)
+        engine = _Uploader(
+            dest, store, entry, req, retry, progress, lambda: store.refresh_lock(key_lock, owner)
+        )
         if mode == "replace":
             engine.replace(key)
         else:
             engine.removals()
             engine.adds()
+            engine.report(final=True)
         group = store.stage_size(key)
     finally:
         store.drop_stage(key)
@@ -411,9 +413,12 @@ class _Uploader:
         req: SyncRequest,
         retry: RetryPolicy,
         progress: Callable[[dict[str, int]], None] | None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.dest, self.store, self.entry, self.req, self.retry = dest, store, entry, req, retry
         self.progress = progress
+        self.heartbeat = heartbeat
+        self._last_report = time.monotonic()
         self.started = utcnow().isoformat()
 
     def _session(self, op: str) -> Callable[[bool], UploadSession]:
@@ -468,7 +473,7 @@ class _Uploader:
             self.store.mark(rid, ids, "in_progress", self.req.run_id)
             self._remove(ids, [r.sent_payload or r.payload for r in batch], nxt, last)
             self.store.mark(rid, ids, "removed", self.req.run_id, confirm="remove")
-            self._report()
+            self.report()
 
     def adds(self) -> None:
         rid = self.entry.id
@@ -494,7 +499,7 @@ class _Uploader:
             if failed:
                 log.warning("%d member(s) rejected by the platform as invalid entries", len(failed))
                 self.store.mark(rid, failed, "failed", self.req.run_id, error_code="invalid_entry")
-            self._report()
+            self.report()
 
     def replace(self, key: str) -> None:
         """Full refresh: one replace session across batches; afterwards the ledger equals the group."""
@@ -516,9 +521,9 @@ class _Uploader:
             self._guard(
                 ids, lambda s=schema, rw=rows: self._send(self.dest.replace_members, s, rw, sess, "replace")
             )
-            self._report()
+            self.report()
         self.store.finish_replace(rid, key, self.req.run_id)
-        self._report()
+        self.report(final=True)
 
     def _guard(self, ids: list[str], call: Callable[[], T]) -> T:
         """Run one platform call; on a permanent error mark the batch failed with the platform's code."""
@@ -533,8 +538,12 @@ class _Uploader:
             # retries exhausted: leave the batch in_progress; the next attempt re-sends it
             raise
 
-    def _report(self) -> None:
-        if self.progress:
+    def report(self, final: bool = False) -> None:
+        """After each batch: extend the audience lock; now and then, report the ledger's counts."""
+        self.heartbeat()
+        now = time.monotonic()
+        if self.progress and (final or now - self._last_report >= PROGRESS_EVERY_SECONDS):
+            self._last_report = now
             self.progress(self.store.ledger_counts(self.entry.id))
 
 
