@@ -75,7 +75,7 @@ ledger = sa.Table(
     sa.Column("last_error_code", sa.String(32), nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
-sa.Index("ix_as_ledger_status", ledger.c.registry_id, ledger.c.status)
+sa.Index("ix_as_ledger_status", ledger.c.registry_id, ledger.c.status, ledger.c.op)
 
 stage = sa.Table(
     "as_stage",
