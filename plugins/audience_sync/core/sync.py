@@ -21,7 +21,7 @@ import tenacity
 
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import PendingRow, RegistryEntry, StateStore, utcnow
-from audience_sync.destinations.base import Destination, PlatformAudience, UploadSession
+from audience_sync.destinations.base import Destination, UploadSession
 
 log = logging.getLogger(__name__)
 
@@ -421,10 +421,13 @@ class _Uploader:
         self._last_report = time.monotonic()
         self.started = utcnow().isoformat()
 
-    def _session(self, op: str) -> Callable[[bool], UploadSession]:
-        """A factory of consecutive batches of one upload session for ``op``."""
+    def _session(self, op: str, work: str | None = None) -> Callable[[bool], UploadSession]:
+        """A factory of consecutive batches of one upload session for ``op``.
+
+        :param work: the ledger operation whose pending count estimates the session's total (default ``op``).
+        """
         sid = session_id_for(self.req.run_id, self.entry.id, op, self.started)
-        total = self.store.count_work(self.entry.id, op)
+        total = self.store.count_work(self.entry.id, work or op)
         seq = 0
 
         def nxt(last: bool) -> UploadSession:
@@ -478,7 +481,7 @@ class _Uploader:
     def adds(self) -> None:
         rid = self.entry.id
         nxt = self._session("add")
-        restate = self._session("restate")
+        restate = self._session("restate", work="add")  # at most every member being added
         for batch, last in _lookahead(self.store.iter_work(rid, "add", self.dest.max_batch_rows)):
             ids = [r.member_id for r in batch]
             self.store.mark(rid, ids, "in_progress", self.req.run_id)
@@ -574,7 +577,3 @@ def _by_schema_with_ids(
         ids.append(r.member_id)
     for schema, (rows, ids) in groups.items():
         yield list(schema), rows, ids
-
-
-def describe(audience: PlatformAudience) -> str:
-    return f"{audience.name} ({audience.id})"
