@@ -12,8 +12,10 @@ help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
 $(BIN)/audience-sync: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
-	@if [ -z "$(UV)" ] && ! [ -x "$(HOME)/.local/bin/uv" ]; then $(PYTHON) -m pip install --quiet --user uv; fi
-	@UVBIN=$$(command -v uv || echo $(HOME)/.local/bin/uv); \
+	@if [ -z "$(UV)" ] && ! [ -x .tools/bin/uv ]; then \
+	  echo "uv not found: installing it into .tools/ from PyPI"; \
+	  $(PYTHON) -m venv .tools && .tools/bin/python -m pip install --quiet uv; fi
+	@UVBIN=$$(command -v uv || echo .tools/bin/uv); \
 	  $$UVBIN venv --quiet --allow-existing -p "$$($(PYTHON) -c 'import sys; print(sys.executable)')" $(VENV) && \
 	  $$UVBIN pip install --quiet -p $(BIN)/python -r requirements.txt -r requirements-dev.txt -c constraints.txt && \
 	  $$UVBIN pip install --quiet -p $(BIN)/python --no-deps -e .
@@ -36,4 +38,4 @@ sandbox: setup ## serve the local platform sandbox on port 8990
 	$(BIN)/audience-sync sandbox --port 8990
 
 clean: ## remove the venv and local state
-	rm -rf $(VENV) .airflow .demo
+	rm -rf $(VENV) .tools .airflow .demo
