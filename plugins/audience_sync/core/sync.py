@@ -12,8 +12,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -43,6 +44,20 @@ class RetryPolicy:
     attempts: int = 5
     initial_wait: float = 2.0
     max_wait: float = 120.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
+        """Defaults, overridden by ``AUDIENCE_SYNC_RETRY_ATTEMPTS`` / ``_INITIAL_WAIT`` / ``_MAX_WAIT`` (seconds)."""
+        env = os.environ if environ is None else environ
+        d = cls()
+        try:
+            return cls(
+                attempts=max(1, int(env.get("AUDIENCE_SYNC_RETRY_ATTEMPTS", d.attempts))),
+                initial_wait=float(env.get("AUDIENCE_SYNC_RETRY_INITIAL_WAIT", d.initial_wait)),
+                max_wait=float(env.get("AUDIENCE_SYNC_RETRY_MAX_WAIT", d.max_wait)),
+            )
+        except ValueError as exc:
+            raise ValueError(f"invalid AUDIENCE_SYNC_RETRY_* setting: {exc}") from None
 
     def run(self, fn: Callable[[], T], what: str) -> T:
         retrying = tenacity.Retrying(
@@ -195,7 +210,7 @@ def sync_audience(
     :param staged: (member_id, row_hash, payload_json) of every valid, consenting member of the group.
     :param revoked: member ids that lost consent: removed from the platform in every mode.
     """
-    retry = retry or RetryPolicy()
+    retry = retry or RetryPolicy.from_env()
     if req.mode not in SYNC_MODES:
         raise ValueError(f"unknown sync mode {req.mode!r}; use one of {', '.join(SYNC_MODES)}")
     owner = f"{req.dag_id}|{req.run_id}"
@@ -341,7 +356,7 @@ def plan_sync(
     retry: RetryPolicy | None = None,
 ) -> dict[str, Any]:
     """What :func:`sync_audience` would do, without sending or recording anything (read-only on the platform)."""
-    retry = retry or RetryPolicy()
+    retry = retry or RetryPolicy.from_env()
     entry = store.get_registry(req.platform, dest.account, req.segment_name)
     audience: dict[str, Any]
     if entry is not None:

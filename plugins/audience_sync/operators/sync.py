@@ -96,7 +96,7 @@ class SyncAudienceOperator(BaseOperator):
         self.description = description
         self.extract_task_id = extract_task_id
         self.state_conn_id = state_conn_id
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry_policy = retry_policy
 
     def execute(self, context: Context) -> dict[str, Any]:
         started = utcnow()
@@ -121,7 +121,7 @@ class SyncAudienceOperator(BaseOperator):
                 req,
                 staged_rows(staged),
                 revoked=read_member_ids(extracted.get("no_consent_path")),
-                retry=self.retry_policy,
+                retry=self.retry_policy or RetryPolicy.from_env(),
                 progress=self._progress,
             )
         except PermanentDestinationError as exc:
