@@ -87,13 +87,12 @@ class RecordMetricsOperator(BaseOperator):
             store.write_metrics(row)
             summary[dest_key] = {k: row.get(k) for k in (*COUNT_KEYS, "requests", "outcome", "audience_id")}
             self.log.info("metrics %s: %s", dest_key, summary[dest_key])
-        if not failed:
-            self._drop_staging(extracted)
         if failed:
             raise AirflowFailException(
                 f"Sync task(s) {', '.join(failed)} failed; their metrics were recorded as 'failed'. "
                 "See those tasks' logs for the platform error and what to do."
             )
+        self._drop_staging(extracted)
         return summary
 
     def _drop_staging(self, extracted: dict[str, Any]) -> None:
