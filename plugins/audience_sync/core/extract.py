@@ -120,12 +120,10 @@ def extract_and_stage(
                     continue
                 results = {p: hashers[p].hash_row(row) for p in platforms}
                 usable = [p for p, r in results.items() if r.valid]
-                for r in results.values():
-                    counts.field_errors.update(r.field_errors)
-                    break  # field errors are reported once per row, from the first platform
+                first = results[platforms[0]]  # field errors are reported once per row, from one platform
+                counts.field_errors.update(first.field_errors)
                 if not usable:
                     counts.invalid += 1
-                    first = next(iter(results.values()))
                     counts.invalid_by_reason[first.reason or "invalid"] += 1
                     continue
                 counts.valid += 1
