@@ -55,6 +55,7 @@ import phonenumbers
 import sqlalchemy as sa
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
+from audience_sync.core.contract import UploadResult, UploadSession
 from audience_sync.core.extract import ExtractCounts, extract_and_stage, read_staged
 from audience_sync.core.ledger import StateStore, ledger, registry
 from audience_sync.core.sync import (
@@ -66,7 +67,6 @@ from audience_sync.core.sync import (
     staged_row,
     sync_audience,
 )
-from audience_sync.destinations.base import UploadResult, UploadSession
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from audience_sync.sandbox import SandboxServer, start_sandbox
 

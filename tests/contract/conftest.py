@@ -1,6 +1,6 @@
 """Per-platform harnesses for the destination contract suite (``test_destination_contract.py``).
 
-A *harness* wires one platform's :class:`~audience_sync.destinations.base.Destination` to that
+A *harness* wires one platform's :class:`~audience_sync.core.contract.Destination` to that
 platform's local sandbox through the real SDK, and gives the tests what they need to look behind the
 destination's back: the audience's members as the sandbox stores them, deleting or creating audiences
 "by hand", injecting faults, and reading the sandbox's request log. It also carries the platform's
@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import pytest
 from facebook_business.adobjects.customaudience import CustomAudience
 
-from audience_sync.destinations.base import Destination
+from audience_sync.core.contract import Destination
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
+from audience_sync.core.contract import Destination, PlatformAudience, UploadSession
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
-from audience_sync.destinations.base import Destination, PlatformAudience, UploadSession
 from tests.contract.conftest import ErrorCase, Harness, as_members
 
 NAME = "contract vip"

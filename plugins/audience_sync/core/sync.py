@@ -1,6 +1,6 @@
 """The sync engine: upsert an audience by segment name and bring its membership to the staged group.
 
-Pure orchestration over a :class:`~audience_sync.destinations.base.Destination` and a
+Pure orchestration over a :class:`~audience_sync.core.contract.Destination` and a
 :class:`~audience_sync.core.ledger.StateStore`; no Airflow import. The ledger moves every member
 pending -> in_progress -> sent | failed (and sent -> removed) batch by batch, so a task killed
 mid-upload resumes from the first unconfirmed batch when it is retried.
@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import tenacity
 
+from audience_sync.core.contract import Destination, UploadSession
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import PendingRow, RegistryEntry, StateStore, utcnow
-from audience_sync.destinations.base import Destination, UploadSession
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from facebook_business.api import FacebookAdsApi
 from facebook_business.exceptions import FacebookError, FacebookRequestError
 from facebook_business.session import FacebookSession
 
+from audience_sync.core.contract import Destination, PlatformAudience, UploadResult, UploadSession
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
-from audience_sync.destinations.base import Destination, PlatformAudience, UploadResult, UploadSession
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from audience_sync.core.contract import Destination
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.extract import read_member_ids, read_staged
 from audience_sync.core.ledger import LockTimeout, utcnow
 from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, staged_row, sync_audience
-from audience_sync.destinations.base import Destination
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The destination contract: what the sync engine needs from an ad platform.
+"""The destination contract: what the sync engine needs from an ad platform (core types both sides import).
 
 Every platform module (``meta``, later ``google_ads`` and ``tiktok``) implements :class:`Destination`
 without importing Airflow, so the same contract test suite runs against each one and its sandbox. A
