@@ -55,7 +55,7 @@ import phonenumbers
 import sqlalchemy as sa
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
-from audience_sync.core.contract import UploadResult, UploadSession
+from audience_sync.core.contract import ProcessingStatus, Upload, UploadResult
 from audience_sync.core.extract import ExtractCounts, extract_and_stage, read_staged
 from audience_sync.core.ledger import StateStore, ledger, registry
 from audience_sync.core.sync import (
@@ -389,26 +389,41 @@ for _name, _fn in vars(StateStore).items():
 
 
 class TimedMeta(MetaDestination):
-    """MetaDestination that records the wall time of member calls (SDK + HTTP + sandbox)."""
+    """MetaDestination that records the wall time of its upload lifecycle calls (SDK + HTTP + sandbox).
+
+    Batches are labelled by operation (``http.send_batch.add`` / ``.remove`` / ``.replace``), so the
+    delta rerun still shows its additions and removals apart; ``http.upload_status`` is the polling
+    of finished uploads (``GET /{audience}/sessions``) and ``http.open_upload`` / ``http.finish_upload``
+    the rest of the lifecycle (Meta makes no request for those two: near-zero time, calls counted).
+    """
 
     def __init__(self, *args: Any, timings: Timings, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.timings = timings
 
-    def add_members(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
-    ) -> UploadResult:
+    def open_upload(self, audience_id: str, op: str, *, key: str, estimated_total: int) -> Upload:
         return self.timings.timed(
-            "http.add_members", lambda: super(TimedMeta, self).add_members(audience_id, schema, rows, session)
+            "http.open_upload",
+            lambda: super(TimedMeta, self).open_upload(
+                audience_id, op, key=key, estimated_total=estimated_total
+            ),
         )
 
-    def remove_members(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
+    def send_batch(
+        self, upload: Upload, seq: int, schema: Sequence[str], rows: Sequence[Sequence[str]], *, last: bool
     ) -> UploadResult:
         return self.timings.timed(
-            "http.remove_members",
-            lambda: super(TimedMeta, self).remove_members(audience_id, schema, rows, session),
+            f"http.send_batch.{upload.op}",
+            lambda: super(TimedMeta, self).send_batch(upload, seq, schema, rows, last=last),
         )
+
+    def finish_upload(self, upload: Upload, batches: int) -> None:
+        self.timings.timed(
+            "http.finish_upload", lambda: super(TimedMeta, self).finish_upload(upload, batches)
+        )
+
+    def upload_status(self, upload: Upload) -> ProcessingStatus:
+        return self.timings.timed("http.upload_status", lambda: super(TimedMeta, self).upload_status(upload))
 
 
 def instrument_sandbox(srv: SandboxServer, timings: Timings) -> None:

@@ -1,4 +1,4 @@
-"""Build one Airflow DAG per campaign file: extract >> plan >> sync per destination >> record metrics.
+"""Build one Airflow DAG per campaign file: extract >> plan >> (sync >> wait) per destination >> metrics.
 
 Parse-time work is local only: YAML and SQL files are read, nothing connects to a database, an API
 or Airflow Variables. A broken campaign file never stops the others: :func:`build_dags` skips it (and
@@ -22,6 +22,7 @@ from audience_sync.core.campaign import Campaign, load_campaigns
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.operators.extract import ExtractAudienceOperator
 from audience_sync.operators.metrics import RecordMetricsOperator
+from audience_sync.operators.processing import AwaitProcessingSensor
 from audience_sync.operators.sync import PlanAudienceOperator, SyncAudienceOperator
 
 log = logging.getLogger(__name__)
@@ -89,24 +90,36 @@ def build_dag(c: Campaign) -> DAG:
         )
         dests: list[dict[str, str]] = []
         syncs = []
-        for i, d in enumerate(c.destinations):
+        for d in c.destinations:
             same = [x for x in c.destinations if x.platform == d.platform]
             task_id = sync_task_id(d.platform, same.index(d), len(same))
-            syncs.append(
-                SyncAudienceOperator(
-                    task_id=task_id,
-                    platform=d.platform,
-                    ad_account_id=d.ad_account_id,
-                    conn_id=d.conn_id,
-                    segment_name=c.segment_name,
-                    sync_mode=c.sync_mode,
-                    exclude_segments=group.exclude_segments,
-                    description=f"{c.ads_campaign_name} (audience-sync campaign {c.stem})",
-                )
+            wait_id = "wait_" + task_id.removeprefix("sync_")
+            sync = SyncAudienceOperator(
+                task_id=task_id,
+                platform=d.platform,
+                ad_account_id=d.ad_account_id,
+                conn_id=d.conn_id,
+                segment_name=c.segment_name,
+                sync_mode=c.sync_mode,
+                exclude_segments=group.exclude_segments,
+                description=f"{c.ads_campaign_name} (audience-sync campaign {c.stem})",
             )
+            # the platform processes uploads after accepting them: wait for it without holding a slot
+            wait = AwaitProcessingSensor(
+                task_id=wait_id,
+                platform=d.platform,
+                ad_account_id=d.ad_account_id,
+                conn_id=d.conn_id,
+                segment_name=c.segment_name,
+                timeout=dt.timedelta(minutes=c.processing_timeout_minutes),
+                poke_interval=dt.timedelta(seconds=c.processing_poke_seconds),
+            )
+            sync >> wait
+            syncs.append((sync, wait))
             dests.append(
                 {
                     "task_id": task_id,
+                    "wait_task_id": wait_id,
                     "platform": d.platform,
                     "account": d.ad_account_id,
                     "conn_id": d.conn_id,
@@ -121,7 +134,10 @@ def build_dag(c: Campaign) -> DAG:
             exclude_segments=group.exclude_segments,
         )
         metrics = RecordMetricsOperator(task_id="record_metrics", destinations=dests)
-        extract >> plan >> syncs >> metrics
+        extract >> plan
+        for sync, wait in syncs:
+            plan >> sync
+            wait >> metrics
     return dag
 
 

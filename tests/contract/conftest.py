@@ -2,13 +2,20 @@
 
 A *harness* wires one platform's :class:`~audience_sync.core.contract.Destination` to that
 platform's local sandbox through the real SDK, and gives the tests what they need to look behind the
-destination's back: the audience's members as the sandbox stores them, deleting or creating audiences
-"by hand", injecting faults, and reading the sandbox's request log. It also carries the platform's
+destination's back: the audience's members as the sandbox stores them, what the platform counted for
+one upload, deleting or creating audiences "by hand", injecting faults, slowing down the platform's
+processing of finished uploads, and reading the sandbox's request log. It also carries the platform's
 facts the tests check against (batch limit, list page size, error codes and what their messages must
-say) and a factory of valid hashed rows.
+say, which lifecycle calls make no request, whether batches are applied synchronously) and a factory
+of valid hashed rows.
 
 To add a platform: subclass :class:`Harness` and register it in :data:`HARNESSES`. Every test of the
-suite then runs against it too (tests are parametrized over ``platform``).
+suite then runs against it too (tests are parametrized over ``platform``). A test that needs an
+optional platform feature carries ``@pytest.mark.harness_has("attr")`` and runs only against the
+harnesses whose ``attr`` is truthy (it is not collected for the others, rather than skipped).
+
+The sandbox processes a finished upload at once unless a test sets a delay
+(:meth:`Harness.set_processing_delay`), so the members of a finished upload are visible right away.
 
 Each test gets a fresh, unique ad account, so tests never see each other's audiences, and the
 platform's fault rules are cleared before and after each test.
@@ -22,14 +29,14 @@ import hashlib
 import itertools
 import secrets
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
 from facebook_business.adobjects.customaudience import CustomAudience
 
-from audience_sync.core.contract import Destination
+from audience_sync.core.contract import Destination, Upload
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 
@@ -104,6 +111,14 @@ class Harness(abc.ABC):
     auth_error: ClassVar[ErrorCase]
     #: an identifier key sent as-is (not hashed), so its values can be longer than a hash; None if none
     unhashed_id_key: ClassVar[str | None] = None
+    #: what the destination's ``processes_synchronously`` must be: True when the platform has applied a
+    #: batch once it accepted it (no processing to wait for after the last batch)
+    processes_synchronously: ClassVar[bool]
+    #: lifecycle calls that never make a platform request on this platform (Meta picks its session ids
+    #: itself and closes a session with the last batch's flag); every other call must map errors
+    offline_calls: ClassVar[tuple[str, ...]] = ()
+    #: the platform gives up on an upload left open too long (see :meth:`expire_open_uploads`)
+    expires_open_uploads: ClassVar[bool] = False
 
     destination: Destination
     account: str
@@ -191,8 +206,19 @@ class Harness(abc.ABC):
         ``status`` (None when the connection was cut without an answer)."""
 
     @abc.abstractmethod
-    def session_received(self, audience_id: str, session_id: int) -> int:
-        """How many rows the platform counted for this upload session of the audience."""
+    def upload_received(self, upload: Upload) -> int:
+        """How many rows the platform counted for this upload (0 when it knows nothing of it)."""
+
+    @abc.abstractmethod
+    def set_processing_delay(self, seconds: float) -> None:
+        """From now on the platform takes this long to process an upload after its last batch (0: at
+        once). The delay is reset to 0 before and after every test."""
+
+    def expire_open_uploads(self, audience_id: str) -> None:
+        """Let the platform's time limit for open uploads of the audience pass, so it gives up on them.
+
+        Only for harnesses with ``expires_open_uploads``."""
+        raise NotImplementedError(f"{self.platform} uploads do not expire")
 
     @abc.abstractmethod
     def reset_faults(self) -> None:
@@ -247,6 +273,9 @@ class MetaHarness(Harness):
         ErrorCase(2650, says=("2650",)),  # "failed to update" without a busy subcode: not retryable
     )
     unhashed_id_key = "EXTERN_ID"
+    processes_synchronously = False  # a session closed by its last batch is processed afterwards
+    offline_calls = ("open_upload", "finish_upload")
+    expires_open_uploads = True  # an open replace session expires after replace_timeout_seconds
 
     def __init__(self, srv: Any, account: str) -> None:
         self.srv = srv
@@ -303,11 +332,25 @@ class MetaHarness(Harness):
     def requests_since(self, mark: int) -> list[dict[str, Any]]:
         return list(self.srv.meta.requests_log(since=mark))
 
-    def session_received(self, audience_id: str, session_id: int) -> int:
-        for s in self.srv.meta.audience(audience_id)["sessions"]:
-            if s["session_id"] == str(session_id):
+    def upload_received(self, upload: Upload) -> int:
+        for s in self.srv.meta.audience(upload.audience_id)["sessions"]:
+            if s["session_id"] == upload.handle:  # Meta's handle is the session id
                 return int(s["num_received"])
         return 0
+
+    def set_processing_delay(self, seconds: float) -> None:
+        self.srv.meta.processing_seconds = float(seconds)
+
+    def expire_open_uploads(self, audience_id: str) -> None:
+        # The sandbox expires an open replace session lazily, on the audience's next request: let
+        # that request arrive "after" the timeout, then restore the clock.
+        meta = self.srv.meta
+        clock = meta.clock
+        meta.clock = lambda: clock() + meta.replace_timeout_seconds + 60
+        try:
+            CustomAudience(audience_id, api=self._admin).api_get(fields=["id"])
+        finally:
+            meta.clock = clock
 
     def reset_faults(self) -> None:
         self.srv.meta.clear_faults()
@@ -317,23 +360,57 @@ class MetaHarness(Harness):
 HARNESSES: dict[str, type[Harness]] = {"meta": MetaHarness}
 
 
+#: every call of the contract, for the error-mapping tests; ``send_batch-<op>`` sends one batch of an
+#: upload of that operation
+CALLS = (
+    "find_audiences",
+    "get_audience",
+    "create_audience",
+    "open_upload",
+    "send_batch-add",
+    "send_batch-remove",
+    "send_batch-replace",
+    "finish_upload",
+    "upload_status",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "harness_has(attr): run only against the harnesses whose attribute attr is truthy"
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``platform`` over :data:`HARNESSES`; ``transient_case`` / ``permanent_case`` over
-    each platform's own error cases."""
+    each platform's own error cases; ``call`` over the calls of :data:`CALLS` that make requests on
+    the platform and ``offline_call`` over those that make none."""
     if "platform" not in metafunc.fixturenames:
         return
-    for argname, attr in (("transient_case", "transient_errors"), ("permanent_case", "permanent_errors")):
+    harnesses = dict(HARNESSES)
+    for mark in metafunc.definition.iter_markers("harness_has"):
+        harnesses = {p: h for p, h in harnesses.items() if getattr(h, mark.args[0])}
+    per_platform: dict[str, tuple[Callable[[type[Harness]], Sequence[Any]], Callable[[Any], str]]] = {
+        "transient_case": (lambda h: h.transient_errors, lambda c: c.label),
+        "permanent_case": (lambda h: h.permanent_errors, lambda c: c.label),
+        "call": (lambda h: [c for c in CALLS if c not in h.offline_calls], str),
+        "offline_call": (lambda h: h.offline_calls, str),
+    }
+    for argname, (values, label) in per_platform.items():
         if argname in metafunc.fixturenames:
-            pairs = [(p, c) for p, h in HARNESSES.items() for c in getattr(h, attr)]
-            ids = [f"{p}-{c.label}" for p, c in pairs]
+            pairs = [(p, v) for p, h in harnesses.items() for v in values(h)]
+            ids = [f"{p}-{label(v)}" for p, v in pairs]
             metafunc.parametrize(("platform", argname), pairs, ids=ids)
             return
-    metafunc.parametrize("platform", list(HARNESSES))
+    metafunc.parametrize("platform", list(harnesses))
 
 
 @pytest.fixture
 def harness(platform: str, sandbox: Any) -> Iterator[Harness]:
     h = HARNESSES[platform](sandbox, f"act_{next(_accounts)}")
+    # the sandbox is shared by the whole session: leave no fault or delay behind for other tests
     h.reset_faults()
+    h.set_processing_delay(0)
     yield h
     h.reset_faults()
+    h.set_processing_delay(0)

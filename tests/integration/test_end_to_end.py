@@ -111,15 +111,18 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     assert extract["excluded_no_consent"] > 0 and sync["excluded"] == extract["excluded_no_consent"]
     assert sync["pending"] == sync["in_progress"] == sync["failed"] == 0
 
-    # the requests are the ones Meta documents, in order: look up by name, create, upload in sessions
+    # the requests are the ones Meta documents, in order: look up by name, create, upload in one session,
+    # then read the session until Meta says it is processed
     log = sandbox.meta.requests_log()
     calls = [(e["method"], re.sub(r"/\d{6,}/", "/{id}/", e["path"])) for e in log]
     uploads = [e for e in log if e.get("op") == "add"]
-    lookups = len(calls) - 1 - len(uploads)  # the plan task looks up too (read-only)
+    lookups = len(calls) - 2 - len(uploads)  # the plan task looks up too (read-only)
     assert lookups >= 1
     assert calls == [("GET", "/v26.0/act_1234567890/customaudiences")] * lookups + [
         ("POST", "/v26.0/act_1234567890/customaudiences")
-    ] + [("POST", "/v26.0/{id}/users")] * len(uploads)
+    ] + [("POST", "/v26.0/{id}/users")] * len(uploads) + [("GET", "/v26.0/{id}/sessions")]
+    assert log[-1]["query"]["session_id"] == str(uploads[0]["session"]["session_id"])
+    assert len({e["session"]["session_id"] for e in uploads}) == 1
     assert "name" in log[0]["query"]["fields"].split(",") and log[0]["query"]["access_token"] == "***"
     assert sum(e["num_rows"] for e in uploads) == len(want)
     for i, e in enumerate(uploads, start=1):

@@ -12,13 +12,22 @@ import itertools
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterable
 
 import pytest
 
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import StateStore
-from audience_sync.core.sync import RetryPolicy, SyncRequest, member_id, plan_sync, staged_row, sync_audience
+from audience_sync.core.sync import (
+    RetryPolicy,
+    SyncRequest,
+    member_id,
+    plan_sync,
+    poll_processing,
+    staged_row,
+    sync_audience,
+)
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 
@@ -126,6 +135,9 @@ def test_mirror_with_adds_changes_and_thousands_of_removals_ends_exact(world: Wo
     assert sent_rows(reqs, "add") == 500 + 100  # those who joined, and the new hashes of the changed
     assert out.counts["sent"] == 3500 and out.counts["removed"] == 3000 and out.counts["total"] == 3500
     assert out.counts["pending"] == out.counts["in_progress"] == out.counts["failed"] == 0
+    # what this run did, beside the snapshot
+    assert out.run == {"added": 500, "resent": 100, "removed": 3000, "unchanged": 2900, "rejected": 0}
+    assert first.run == {"added": 6000, "resent": 0, "removed": 0, "unchanged": 0, "rejected": 0}
 
 
 def test_batches_respect_the_ten_thousand_row_limit_with_one_session(world: World) -> None:
@@ -204,13 +216,18 @@ def test_crash_mid_upload_then_retry_ends_exact(world: World, applied: bool) -> 
     (aud,) = world.audiences()
     entry = world.store.get_registry("meta", world.account, "loyal_users")
     counts = world.store.ledger_counts(entry.id)
-    assert counts["sent"] == 10_000 and counts["in_progress"] == 10_000 and counts["pending"] == 5_000
+    # batch 1 accepted and batch 2 in flight are both in progress (the upload never finished); the rest waits
+    assert counts["sent"] == 0 and counts["in_progress"] == 20_000 and counts["pending"] == 5_000
+    first_session = {e["session"]["session_id"] for e in world.member_requests(0)}
     mark = world.mark()
     out = world.sync(staged, retry=no_retry)  # the task retry
     assert out.audience_id == aud["id"] and len(world.audiences()) == 1
     assert world.members(aud["id"]) == expected(range(25_000))
-    # only the unconfirmed batches are sent again: the one in flight and the rest
-    assert sent_rows(world.member_requests(mark), "add") == 15_000
+    # only the unconfirmed batches are sent again: the one in flight and the rest, in the same upload
+    reqs = world.member_requests(mark)
+    assert sent_rows(reqs, "add") == 15_000
+    assert {e["session"]["session_id"] for e in reqs} == first_session
+    assert [e["session"]["batch_seq"] for e in reqs] == [2, 3]
     assert out.counts["sent"] == 25_000 and out.counts["in_progress"] == 0
 
 
@@ -337,3 +354,65 @@ def test_a_permanent_error_fails_fast_and_records_the_code(world: World) -> None
     world.srv.meta.clear_faults()
     out = world.sync(rows(range(50)))  # failed members are retried on the next run
     assert out.counts["sent"] == 50 and out.counts["failed"] == 0
+
+
+def test_members_stay_in_progress_until_the_platform_processed_the_upload(world: World) -> None:
+    world.srv.meta.processing_seconds = 3
+    try:
+        out = world.sync(rows(range(120)))
+        # handed over, not processed yet: nothing is reported as sent
+        assert out.counts["in_progress"] == 120 and out.counts["sent"] == 0 and out.waiting == 1
+        assert any("still being processed" in n for n in out.notes)
+        entry = world.store.get_registry("meta", world.account, "loyal_users")
+        assert poll_processing(world.dest(), world.store, entry, FAST) == 1
+        time.sleep(3.2)
+        mark = world.mark()
+        assert poll_processing(world.dest(), world.store, entry, FAST) == 0
+        assert [e["path"].rsplit("/", 1)[-1] for e in world.srv.meta.requests_log(mark)] == ["sessions"]
+        counts = world.store.ledger_counts(entry.id)
+        assert counts["sent"] == 120 and counts["in_progress"] == 0
+        # a rerun finds nothing to send and nothing to wait for
+        again = world.sync(rows(range(120)))
+        assert again.waiting == 0 and again.counts["sent"] == 120 and world.member_requests(mark) == []
+    finally:
+        world.srv.meta.processing_seconds = 0
+
+
+def test_a_backfill_never_rolls_back_changed_identifiers(world: World) -> None:
+    world.sync(rows(range(400)), day=10)
+    changed = range(0, 200)
+    newer = world.sync(rows(range(400), changed), day=20)  # 200 members changed their e-mail
+    mark = world.mark()
+    old = world.sync(rows(list(range(400)) + [700, 701]), day=15)  # the older group still has the old e-mails
+    assert old.backfill
+    reqs = world.member_requests(mark)
+    assert [e for e in reqs if e["op"] != "add"] == []  # nothing removed or replaced
+    assert sent_rows(reqs, "add") == 2  # only the members new to the audience
+    assert world.members(newer.audience_id) == expected(list(range(400)) + [700, 701], changed)
+    assert old.run == {"added": 2, "resent": 0, "removed": 0, "unchanged": 400, "rejected": 0}
+
+
+def bad(k: int) -> tuple[str, str, str]:
+    """A staged row the platform rejects (its e-mail is not a SHA-256)."""
+    return staged_row(member_id(k), SCHEMA, [f"not-a-hash-{k}", *values(k)[1:]])
+
+
+def test_platform_rejects_are_counted_and_never_reported_as_sent(world: World) -> None:
+    # 15 bad rows in one batch: the sandbox (like Meta) names only a sample of 10 of them
+    bad_keys = set(range(0, 45, 3))
+    staged = [bad(k) if k in bad_keys else r for k, r in zip(range(45), rows(range(45)), strict=True)]
+    first = world.sync(staged)
+    assert first.run["rejected"] == 15
+    entry = world.store.get_registry("meta", world.account, "loyal_users")
+    ledger = world.store.ledger_members(entry.id, "sent")
+    assert not set(ledger) & {member_id(k) for k in bad_keys}  # no rejected member is reported as sent
+    assert first.counts["sent"] + first.counts["failed"] == 45 and first.counts["failed"] >= 15
+    # the next run re-sends the members the platform did not name, in batches small enough to name all
+    mark = world.mark()
+    second = world.sync(staged)
+    adds = [e for e in world.member_requests(mark) if e["op"] == "add"]
+    assert adds and max(e["num_rows"] for e in adds) <= 10
+    assert second.counts["sent"] == 30 and second.counts["failed"] == 15
+    sent = set(world.store.ledger_members(entry.id, "sent"))
+    assert sent == {member_id(k) for k in range(45) if k not in bad_keys}
+    assert world.members(second.audience_id) == expected(k for k in range(45) if k not in bad_keys)

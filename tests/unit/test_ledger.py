@@ -76,7 +76,7 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
         "removes": 0,
         "unchanged": 0,
     }
-    store.apply_stage(entry.id, key, "r1", removals=True)
+    store.apply_stage(entry.id, key, "r1", mode="mirror")
     store.drop_stage(key)
     assert store.ledger_counts(entry.id)["pending"] == 5
     assert len(_send_all(store, entry.id, "add", "r1")) == 5
@@ -87,7 +87,7 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
     key = store.stage_members(staged)
     plan = store.plan_counts(entry.id, key, removals=True)
     assert plan == {"group": 4, "adds": 2, "new": 1, "changed": 1, "removes": 2, "unchanged": 2}
-    store.apply_stage(entry.id, key, "r2", removals=True)
+    store.apply_stage(entry.id, key, "r2", mode="mirror")
     store.drop_stage(key)
     removals = list(store.iter_work(entry.id, "remove", 100))[0]
     assert {r.member_id for r in removals} == {member_id(1), member_id(2)}
@@ -102,7 +102,7 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
 
     # run 3: nothing changed -> no work at all
     key = store.stage_members(staged)
-    store.apply_stage(entry.id, key, "r3", removals=True)
+    store.apply_stage(entry.id, key, "r3", mode="mirror")
     store.drop_stage(key)
     assert store.count_work(entry.id, "add") == 0 and store.count_work(entry.id, "remove") == 0
 
@@ -110,10 +110,10 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
 def test_add_only_never_queues_removals(store: StateStore) -> None:
     entry, _ = store.register("meta", "act_1", "add_only_users", "1", "created")
     key = store.stage_members(rows([1, 2]))
-    store.apply_stage(entry.id, key, "r1", removals=False)
+    store.apply_stage(entry.id, key, "r1", mode="add_only")
     _send_all(store, entry.id, "add", "r1")
     key = store.stage_members(rows([3]))
-    store.apply_stage(entry.id, key, "r2", removals=False)
+    store.apply_stage(entry.id, key, "r2", mode="add_only")
     assert store.count_work(entry.id, "remove") == 0
     assert store.ledger_counts(entry.id)["sent"] == 2
 
@@ -121,14 +121,14 @@ def test_add_only_never_queues_removals(store: StateStore) -> None:
 def test_in_progress_batch_is_resent_after_a_crash(store: StateStore) -> None:
     entry, _ = store.register("meta", "act_1", "crash_users", "1", "created")
     key = store.stage_members(rows(list(range(10))))
-    store.apply_stage(entry.id, key, "r1", removals=True)
+    store.apply_stage(entry.id, key, "r1", mode="mirror")
     batches = store.iter_work(entry.id, "add", 4)
     first = next(batches)
     store.mark(entry.id, [r.member_id for r in first], "sent", "r1", confirm="add")
     second = next(batches)
     store.mark(entry.id, [r.member_id for r in second], "in_progress", "r1")  # then the task dies
     # the retry re-applies the same stage: confirmed members stay sent, the rest is work again
-    store.apply_stage(entry.id, key, "r1", removals=True)
+    store.apply_stage(entry.id, key, "r1", mode="mirror")
     todo = [r.member_id for b in store.iter_work(entry.id, "add", 100) for r in b]
     assert len(todo) == 6 and not set(todo) & {r.member_id for r in first}
 

@@ -665,6 +665,9 @@ class Campaign(_Model):
     destinations: tuple[Destination, ...] = Field(min_length=1)
     retries: int = Field(default=3, ge=0, strict=True)
     retry_delay_minutes: int = Field(default=5, ge=0, strict=True)
+    # how long the wait task lets a platform process the uploads (Meta: up to 24 h) and how often it asks
+    processing_timeout_minutes: int = Field(default=360, ge=1, strict=True)
+    processing_poke_seconds: int = Field(default=120, ge=1, strict=True)
 
     _path: Path | None = PrivateAttr(default=None)
 

@@ -1,9 +1,21 @@
-"""The destination contract: what the sync engine needs from an ad platform (core types both sides import).
+"""The destination contract: the upload lifecycle every ad platform implements (types both sides import).
 
-Every platform module (``meta``, later ``google_ads`` and ``tiktok``) implements :class:`Destination`
-without importing Airflow, so the same contract test suite runs against each one and its sandbox. A
-destination raises :class:`~audience_sync.core.errors.TransientDestinationError` for what a retry can
-fix and :class:`~audience_sync.core.errors.PermanentDestinationError` for what it cannot.
+An upload is one operation (add, remove or replace) on one audience, in the platform's own terms: a
+Meta upload session, a Google Customer Match job, a TikTok audience file. Its life is always
+
+    open_upload -> send_batch (1..n, numbered) -> finish_upload -> upload_status (until done)
+
+The engine (:mod:`audience_sync.core.sync`) stores every upload's platform *handle* in the state
+database before the first batch goes out, so a retried or re-run task resumes the same upload with the
+same batch numbers instead of starting another, and the platform de-duplicates a re-sent batch. Members
+of a finished upload stay ``in_progress`` until :meth:`Destination.upload_status` says the platform has
+processed them; a platform that applies batches as it accepts them sets
+:attr:`Destination.processes_synchronously` and its members go straight to ``sent``.
+
+Every platform module implements :class:`Destination` without importing Airflow, so the same contract
+test suite runs against each one and its sandbox. A destination raises
+:class:`~audience_sync.core.errors.TransientDestinationError` for what a retry can fix and
+:class:`~audience_sync.core.errors.PermanentDestinationError` for what it cannot.
 """
 
 from __future__ import annotations
@@ -12,6 +24,9 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+#: the operations an upload can carry
+UPLOAD_OPS = ("add", "remove", "replace")
 
 
 @dataclass(frozen=True)
@@ -26,17 +41,17 @@ class PlatformAudience:
 
 
 @dataclass(frozen=True)
-class UploadSession:
-    """One logical upload (all batches of one operation in one run).
+class Upload:
+    """One upload: one operation on one audience, and the platform's handle for it.
 
-    ``session_id`` is derived from the run and the operation, so a retried batch carries the same
-    ``session_id`` and ``batch_seq`` as its first attempt and the platform can de-duplicate it.
+    ``handle`` is what the platform knows the upload by (Meta's session id, a Google job resource name,
+    a TikTok file id); the engine stores it and hands the same object back to resume the upload.
     """
 
-    session_id: int
-    batch_seq: int
-    last_batch: bool
-    estimated_total: int
+    audience_id: str
+    op: str
+    handle: str
+    estimated_total: int = 0
 
 
 @dataclass
@@ -45,7 +60,21 @@ class UploadResult:
 
     received: int
     invalid: int = 0
-    invalid_rows: list[int] = field(default_factory=list)  # row indexes in the batch the platform rejected
+    invalid_rows: list[int] = field(default_factory=list)  # row indexes in the batch the platform named
+
+
+@dataclass(frozen=True)
+class ProcessingStatus:
+    """The platform's processing state of a finished upload."""
+
+    done: bool
+    #: the platform gave up on the upload (expired, failed): its members are not on the platform
+    failed: bool = False
+    #: rows the platform rejected while processing, when it says (beyond what batch answers said)
+    invalid: int = 0
+    #: percent processed, when the platform says
+    progress: int | None = None
+    detail: str = ""
 
 
 class Destination(abc.ABC):
@@ -53,12 +82,16 @@ class Destination(abc.ABC):
 
     #: platform name as used in campaign files
     platform: ClassVar[str]
-    #: most member rows one add/replace request may carry
+    #: most member rows one add/replace batch may carry
     max_batch_rows: ClassVar[int]
-    #: most member rows one remove request may carry (Meta puts removals in the URL)
+    #: most member rows one remove batch may carry (Meta puts removals in the URL)
     max_remove_rows: ClassVar[int]
     #: below this many members an audience is unlikely to deliver (0: no known minimum)
     min_useful_size: ClassVar[int] = 0
+    #: True when the platform has applied a batch once it accepted it (no processing to wait for)
+    processes_synchronously: ClassVar[bool] = False
+    #: at most this many rejected rows are named per batch answer; batches this small name every reject
+    max_named_rejects: ClassVar[int] = 10
 
     account: str
     requests_made: int = 0
@@ -70,6 +103,7 @@ class Destination(abc.ABC):
         n = self.max_remove_rows
         return [list(rows[i : i + n]) for i in range(0, len(rows), n)]
 
+    # ------------------------------------------------------------------ audiences
     @abc.abstractmethod
     def find_audiences(self, name: str) -> list[PlatformAudience]:
         """Every audience of the account with exactly this name, oldest first (all pages)."""
@@ -82,20 +116,29 @@ class Destination(abc.ABC):
     def create_audience(self, name: str, description: str) -> PlatformAudience:
         """Create a new audience with this name."""
 
+    # ------------------------------------------------------------------ the upload lifecycle
     @abc.abstractmethod
-    def add_members(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
-    ) -> UploadResult:
-        """Add rows (aligned to ``schema``, already normalised and hashed) to the audience."""
+    def open_upload(self, audience_id: str, op: str, *, key: str, estimated_total: int) -> Upload:
+        """Start one upload of ``op`` (see :data:`UPLOAD_OPS`) on the audience.
+
+        :param key: unique and stable for this upload; a platform that lets the client choose the handle
+            (Meta's session id) derives it from the key, so opening twice with one key is harmless.
+        """
 
     @abc.abstractmethod
-    def remove_members(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
+    def send_batch(
+        self, upload: Upload, seq: int, schema: Sequence[str], rows: Sequence[Sequence[str]], *, last: bool
     ) -> UploadResult:
-        """Remove rows; they must carry the same schema and hashes that were added."""
+        """Send batch ``seq`` (1, 2, ...) of rows aligned to ``schema`` (normalised, hashed where hashed).
+
+        Sending the same ``seq`` of the same upload again (a retry after a lost answer) must not count
+        twice on the platform. ``last`` marks the final batch; for removals the rows must carry the same
+        schema and hashes that were added.
+        """
+
+    def finish_upload(self, upload: Upload, batches: int) -> None:  # noqa: B027 - optional step
+        """No more batches: hand the upload over for processing (Meta: the last batch's flag did it)."""
 
     @abc.abstractmethod
-    def replace_members(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
-    ) -> UploadResult:
-        """Replace the whole membership; batches of one session together form the new membership."""
+    def upload_status(self, upload: Upload) -> ProcessingStatus:
+        """Where the platform is with processing a finished upload."""

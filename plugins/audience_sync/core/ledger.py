@@ -12,6 +12,8 @@ Tables (created on first use, versioned in ``as_schema_version``):
   was last confirmed there, both as JSON objects of schema key -> hash (never raw identifiers).
   ``status`` is pending / in_progress / sent / failed / removed and ``op`` the operation it is
   waiting for (``add`` or ``remove``).
+- ``as_uploads``: one row per platform upload (one operation on one audience) with the platform's
+  handle, so a retried task resumes the same upload (see :mod:`audience_sync.core.uploads`).
 - ``as_run_metrics``: one row per (dag, run, destination) with the counts of that run.
 - ``as_locks``: one row per audience being synced (platform, account, segment), with a lease, so no two
   runs upload to one audience at once. A retry of the same task takes its own lock over.
@@ -73,9 +75,38 @@ ledger = sa.Table(
     sa.Column("sent_payload", sa.Text, nullable=True),
     sa.Column("last_run_id", sa.String(250), nullable=True),
     sa.Column("last_error_code", sa.String(32), nullable=True),
+    # the upload (as_uploads) and batch the member is being sent in, while ``in_progress``
+    sa.Column("upload_id", sa.Integer, nullable=True),
+    sa.Column("batch_seq", sa.Integer, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+sa.Index("ix_as_ledger_upload", ledger.c.registry_id, ledger.c.upload_id, ledger.c.batch_seq)
 sa.Index("ix_as_ledger_status", ledger.c.registry_id, ledger.c.status, ledger.c.op)
+
+UPLOAD_STATES = ("open", "finished", "processed", "failed", "abandoned")
+
+#: one row per platform upload (see core/uploads.py)
+uploads = sa.Table(
+    "as_uploads",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("registry_id", sa.Integer, sa.ForeignKey("as_audience_registry.id"), nullable=False),
+    sa.Column("audience_id", sa.String(64), nullable=False),
+    sa.Column("op", sa.String(8), nullable=False),
+    sa.Column("handle", sa.String(300), nullable=True),  # None until the platform gave one
+    sa.Column("run_id", sa.String(250), nullable=False),  # the run that opened it
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("estimated_total", sa.Integer, nullable=False, default=0),
+    sa.Column("confirmed_seq", sa.Integer, nullable=False, default=0),  # batches 1..n answered
+    sa.Column("batches", sa.Integer, nullable=False, default=0),  # batches numbered so far
+    sa.Column("received", sa.Integer, nullable=False, default=0),
+    sa.Column("invalid", sa.Integer, nullable=False, default=0),  # rows the platform rejected
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+)
+sa.Index("ix_as_uploads_state", uploads.c.registry_id, uploads.c.state)
 
 stage = sa.Table(
     "as_stage",
@@ -113,6 +144,12 @@ metrics = sa.Table(
     sa.Column("invalid", sa.Integer, nullable=False, default=0),
     sa.Column("excluded", sa.Integer, nullable=False, default=0),
     sa.Column("requests", sa.Integer, nullable=False, default=0),
+    # what the run did (the columns above are the ledger's snapshot after it)
+    sa.Column("run_added", sa.Integer, nullable=False, default=0),
+    sa.Column("run_removed", sa.Integer, nullable=False, default=0),
+    sa.Column("run_resent", sa.Integer, nullable=False, default=0),
+    sa.Column("run_unchanged", sa.Integer, nullable=False, default=0),
+    sa.Column("run_rejected", sa.Integer, nullable=False, default=0),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("outcome", sa.String(32), nullable=False),
@@ -120,6 +157,8 @@ metrics = sa.Table(
 )
 
 COUNT_KEYS = ("total", "sent", "in_progress", "pending", "failed", "removed", "invalid", "excluded")
+#: what one run did, beside the snapshot: metrics column ``run_<key>``
+RUN_KEYS = ("added", "removed", "resent", "unchanged", "rejected")
 
 
 class LockTimeout(AudienceSyncError):
@@ -356,18 +395,26 @@ class StateStore:
                 ).scalar_one()
         return n
 
-    def apply_stage(self, registry_id: int, key: str, run_id: str, *, removals: bool) -> None:
+    def apply_stage(
+        self, registry_id: int, key: str, run_id: str, *, mode: str, backfill: bool = False
+    ) -> None:
         """Turn the staged group into pending ledger work, in bulk SQL.
 
-        - new members, changed members (``row_hash`` differs), and members not yet confirmed
-          (pending / in_progress / failed / removed) become ``pending``/``add`` with the staged payload;
-        - with ``removals``: members confirmed on the platform (or possibly, ``in_progress``) but not in
-          the stage become ``pending``/``remove``; unconfirmed ones that left the group are ``removed``.
+        - new members become ``pending``/``add``;
+        - known members whose hashes changed, or that are not on the platform and not on their way
+          (pending / failed / removed), become ``pending``/``add`` with the staged payload; members on
+          their way with the same hashes (``in_progress``) are left to their upload;
+        - ``mirror``: members that may be on the platform but left the group become ``pending``/``remove``;
+          unconfirmed ones that left are ``removed``;
+        - ``replace``: every staged member becomes ``pending``/``replace`` (the replace re-sends all);
+        - ``backfill`` (an older logical date than one already synced): only members unknown to the
+          ledger are added; nothing a newer run sent is changed, re-sent with older hashes, or removed.
         """
         now = utcnow()
         staged = sa.select(stage.c.member_id, stage.c.row_hash, stage.c.payload).where(
             stage.c.stage_key == key
         )
+        add_op = "replace" if mode == "replace" and not backfill else "add"
         with self.engine.begin() as conn:
             # 1. members new to the ledger
             conn.execute(
@@ -386,7 +433,7 @@ class StateStore:
                         sa.literal(registry_id),
                         stage.c.member_id,
                         sa.literal("pending"),
-                        sa.literal("add"),
+                        sa.literal(add_op),
                         stage.c.row_hash,
                         stage.c.payload,
                         sa.literal(run_id),
@@ -399,36 +446,44 @@ class StateStore:
                     ),
                 )
             )
-            # 2. members already known: re-queue unless already sent with the same hashes
+            if backfill:
+                return
+            # 2. members already known: re-queue what is not (on its way to) the platform with these hashes
             sub = staged.subquery()
+            requeue = (
+                sa.true()
+                if add_op == "replace"
+                else sa.or_(
+                    ledger.c.status.in_(("pending", "failed", "removed")),
+                    ledger.c.row_hash != sub.c.row_hash,
+                    ledger.c.op == "remove",
+                )
+            )
             conn.execute(
                 ledger.update()
-                .where(
-                    ledger.c.registry_id == registry_id,
-                    ledger.c.member_id == sub.c.member_id,
-                    sa.or_(ledger.c.status != "sent", ledger.c.row_hash != sub.c.row_hash),
-                )
+                .where(ledger.c.registry_id == registry_id, ledger.c.member_id == sub.c.member_id, requeue)
                 .values(
                     status="pending",
-                    op="add",
+                    op=add_op,
                     row_hash=sub.c.row_hash,
                     payload=sub.c.payload,
+                    upload_id=None,
+                    batch_seq=None,
                     last_run_id=run_id,
-                    last_error_code=None,
+                    # keep why a failed member failed: an unattributed reject is retried in small batches
+                    last_error_code=sa.case(
+                        (ledger.c.status == "failed", ledger.c.last_error_code), else_=None
+                    ),
                     updated_at=now,
                 )
             )
-            if removals:
+            if mode == "mirror":
                 gone = ~sa.exists().where(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id)
                 mine = ledger.c.registry_id == registry_id
                 # on the platform, or maybe (a batch in flight when a task died): remove what may be there
                 conn.execute(
                     ledger.update()
-                    .where(
-                        mine,
-                        gone,
-                        _may_be_on_platform(),
-                    )
+                    .where(mine, gone, ledger.c.status != "removed", _may_be_on_platform(), ~_removing())
                     .values(**_queue_removal(run_id, now))
                 )
                 # never reached the platform: nothing to remove there
@@ -453,7 +508,14 @@ class StateStore:
             conn.execute(
                 ledger.update()
                 .where(ledger.c.registry_id == registry_id)
-                .values(status="pending", op="add", sent_payload=None, updated_at=utcnow())
+                .values(
+                    status="pending",
+                    op="add",
+                    sent_payload=None,
+                    upload_id=None,
+                    batch_seq=None,
+                    updated_at=utcnow(),
+                )
             )
 
     def iter_work(self, registry_id: int, op: str, batch_rows: int) -> Iterator[list[PendingRow]]:
@@ -590,7 +652,9 @@ class StateStore:
                 chunk = ids[i : i + 900]
                 mine = sa.and_(ledger.c.registry_id == registry_id, ledger.c.member_id.in_(chunk))
                 n += conn.execute(
-                    ledger.update().where(mine, _may_be_on_platform()).values(**_queue_removal(run_id, now))
+                    ledger.update()
+                    .where(mine, _may_be_on_platform(), ~_removing())
+                    .values(**_queue_removal(run_id, now))
                 ).rowcount
                 conn.execute(
                     ledger.update()
@@ -706,7 +770,7 @@ class StateStore:
     def write_metrics(self, row: Mapping[str, Any]) -> None:
         """Insert or update the metrics row of (dag_id, run_id, destination): safe to repeat."""
         values = {c.name: row.get(c.name) for c in metrics.columns if c.name in row}
-        for k in COUNT_KEYS + ("requests",):
+        for k in (*COUNT_KEYS, "requests", *(f"run_{k}" for k in RUN_KEYS)):
             values.setdefault(k, 0)
         key = {k: values[k] for k in ("dag_id", "run_id", "destination")}
         with self.engine.begin() as conn:
@@ -733,12 +797,19 @@ def _may_be_on_platform() -> sa.ColumnElement[bool]:
     return sa.or_(ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None))
 
 
+def _removing() -> sa.ColumnElement[bool]:
+    """Ledger rows already in a removal upload (not to be queued again)."""
+    return sa.and_(ledger.c.op == "remove", ledger.c.status == "in_progress", ledger.c.upload_id.is_not(None))
+
+
 def _queue_removal(run_id: str, now: dt.datetime) -> dict[str, Any]:
     """Ledger values that queue a member's removal, with whatever hashes may be on the platform."""
     return {
         "status": "pending",
         "op": "remove",
         "sent_payload": sa.func.coalesce(ledger.c.sent_payload, ledger.c.payload),
+        "upload_id": None,
+        "batch_seq": None,
         "last_run_id": run_id,
         "updated_at": now,
     }

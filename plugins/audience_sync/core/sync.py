@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from audience_sync.core.contract import Destination, UploadSession
+from audience_sync.core.contract import Destination, ProcessingStatus
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
-from audience_sync.core.ledger import PendingRow, RegistryEntry, StateStore, utcnow
+from audience_sync.core.ledger import RegistryEntry, StateStore
+from audience_sync.core.uploads import UploadLog, UploadRecord, WorkRow
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,16 @@ class SyncOutcome:
     requests: int
     notes: list[str] = field(default_factory=list)
     backfill: bool = False
+    #: what this run did: added, removed, resent (changed identifiers), unchanged, rejected (by the platform)
+    run: dict[str, int] = field(default_factory=dict)
+    #: uploads of the audience the platform has not finished processing
+    waiting: int = 0
 
     def as_xcom(self) -> dict[str, Any]:
         return {
             **self.counts,
+            "run": self.run,
+            "waiting_uploads": self.waiting,
             "audience_id": self.audience_id,
             "audience_action": self.audience_action,
             "requests": self.requests,
@@ -123,12 +130,6 @@ def staged_row(mid: str, schema: Sequence[str], values: Sequence[str]) -> tuple[
     """(member_id, row_hash, payload_json) for the ledger stage; payload keys keep the schema order."""
     payload = json.dumps(dict(zip(schema, values, strict=True)), separators=(",", ":"))
     return mid, hashlib.sha256(payload.encode("utf-8")).hexdigest(), payload
-
-
-def session_id_for(*parts: object) -> int:
-    """A stable positive int64 session id for one upload (same inputs -> same id)."""
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF or 1
 
 
 # --------------------------------------------------------------------------- audience
@@ -150,6 +151,7 @@ def resolve_audience(
         note = f"audience {entry.audience_id} was deleted on the platform; re-created as {created.id}"
         log.warning("Segment %s: %s; re-sending the full membership", req.segment_name, note)
         entry = store.replace_audience_id(entry, created.id, "recreated", note)
+        UploadLog(store).abandon_all(entry.id, note)
         store.reset_for_new_audience(entry.id)
         return entry, "recreated"
 
@@ -238,6 +240,14 @@ def _sync_locked(
     notes: list[str] = []
     if action != "reused":
         notes.append(f"audience {action}: {entry.audience_id}")
+    uploader = _Uploader(
+        dest, store, entry, req, retry, progress, lambda: store.refresh_lock(key_lock, owner)
+    )
+    # An earlier attempt (a retry, or a run that died) may have left uploads open: finish them first,
+    # with their own work and handles, before this run's group changes what is pending.
+    resumed = uploader.resume_open()
+    if resumed:
+        notes.append(f"resumed {resumed} open upload(s) of an earlier attempt")
 
     mode = req.mode
     backfill = is_backfill(req, entry)
@@ -245,7 +255,7 @@ def _sync_locked(
         assert entry.last_logical_date is not None  # noqa: S101 - implied by is_backfill
         note = (
             f"backfill: logical date {req.logical_date:%Y-%m-%d} is older than the newest synced "
-            f"({entry.last_logical_date:%Y-%m-%d}); sending adds only, no removals or replace"
+            f"({entry.last_logical_date:%Y-%m-%d}); adds only, of members new to the audience"
         )
         log.warning("%s", note)
         notes.append(note)
@@ -256,29 +266,30 @@ def _sync_locked(
         excluded = store.exclude_from_stage(key, req.platform, dest.account, req.exclude_segments)
         if excluded:
             notes.append(f"{excluded} member(s) excluded: already in {', '.join(req.exclude_segments)}")
-        store.apply_stage(entry.id, key, req.run_id, removals=(mode == "mirror"))
+        before = store.plan_counts(entry.id, key, removals=False)
+        group = before["group"]
+        store.apply_stage(entry.id, key, req.run_id, mode=mode, backfill=backfill)
         if revoked and mode != "replace":
             n = store.queue_removals(entry.id, revoked, req.run_id)
             if n:
                 notes.append(f"{n} member(s) without consent queued for removal")
-
-        engine = _Uploader(
-            dest, store, entry, req, retry, progress, lambda: store.refresh_lock(key_lock, owner)
-        )
-        if mode == "replace":
-            engine.replace(key)
-        else:
-            engine.removals()
-            engine.adds()
-            engine.report(final=True)
-        group = store.stage_size(key)
     finally:
         store.drop_stage(key)
+
+    for op in ("replace",) if mode == "replace" else ("remove", "add"):
+        uploader.run(op)
+    waiting = poll_processing(dest, store, entry, retry)
+    if waiting:
+        notes.append(
+            f"{waiting} upload(s) still being processed by {dest.platform}; members stay in progress"
+        )
+    uploader.report(final=True)
     if req.logical_date and not backfill:
         store.set_last_logical_date(entry.id, req.logical_date)
     counts = store.ledger_counts(entry.id)
     counts["total"] = group
     counts["excluded"] = excluded
+    run = uploader.run_counts(unchanged=group - (before["new"] if backfill else before["adds"]))
     return SyncOutcome(
         audience_id=entry.audience_id,
         audience_action=action,
@@ -286,7 +297,31 @@ def _sync_locked(
         requests=dest.requests_made - requests_before,
         notes=notes,
         backfill=backfill,
+        run=run,
+        waiting=waiting,
     )
+
+
+def poll_processing(
+    dest: Destination, store: StateStore, entry: RegistryEntry, retry: RetryPolicy | None = None
+) -> int:
+    """Ask the platform about every finished upload of the audience; settle the processed ones.
+
+    :return: how many uploads the platform is still processing.
+    """
+    retry = retry or RetryPolicy.from_env()
+    log_ = UploadLog(store)
+    waiting = 0
+    for rec in log_.in_state(entry.id, "finished"):
+        status = retry.run(lambda r=rec: dest.upload_status(r.upload()), "read upload status")
+        if status.done:
+            log_.processed(rec, status)
+            if status.failed:
+                log.warning("%s upload %s failed on the platform: %s", rec.op, rec.handle, status.detail)
+        else:
+            waiting += 1
+            log.info("%s upload %s: %s", rec.op, rec.handle, status.detail or "processing")
+    return waiting
 
 
 # ------------------------------------------------------------------------------ plan
@@ -396,6 +431,8 @@ def plan_sync(
             )
             if mode == "replace":
                 adds, unchanged = group, 0
+            elif backfill:  # a backfill adds members new to the audience only
+                adds, removes, changed, unchanged = pc["new"], 0, 0, group - pc["new"]
         else:
             adds, removes, unchanged, changed = group, 0, 0, 0
     finally:
@@ -418,7 +455,7 @@ def plan_sync(
 
 
 class _Uploader:
-    """Send ledger work in batches, moving statuses batch by batch."""
+    """Send ledger work through the destination's upload lifecycle, moving statuses batch by batch."""
 
     def __init__(
         self,
@@ -431,141 +468,157 @@ class _Uploader:
         heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.dest, self.store, self.entry, self.req, self.retry = dest, store, entry, req, retry
+        self.log = UploadLog(store)
         self.progress = progress
         self.heartbeat = heartbeat
         self._last_report = time.monotonic()
-        self.started = utcnow().isoformat()
+        self.accepted: dict[str, int] = {"add": 0, "remove": 0, "replace": 0, "restated": 0}
 
-    def _session(self, op: str, work: str | None = None) -> Callable[[bool], UploadSession]:
-        """A factory of consecutive batches of one upload session for ``op``.
+    # ------------------------------------------------------------------ uploads
+    def resume_open(self) -> int:
+        """Finish every upload an earlier attempt left open: unanswered batches again (same numbers),
+        then the rest of its work."""
+        open_ = self.log.in_state(self.entry.id, "open")
+        for rec in open_:
+            if rec.handle is None:  # died between recording the upload and opening it on the platform
+                rec = self._open_on_platform(rec)
+            log.warning("resuming %s upload %s of run %s", rec.op, rec.handle, rec.run_id)
+            in_flight = self.log.in_flight(rec)
+            more = self.log.count_work(self.entry.id, rec.op) > 0
+            for i, (seq, rows) in enumerate(in_flight):
+                self._send(rec, seq, rows, last=not more and i == len(in_flight) - 1)
+            self._send_work(self.log.get(rec.id))
+        return len(open_)
 
-        :param work: the ledger operation whose pending count estimates the session's total (default ``op``).
-        """
-        sid = session_id_for(self.req.run_id, self.entry.id, op, self.started)
-        total = self.store.count_work(self.entry.id, work or op)
-        seq = 0
+    def run(self, op: str) -> None:
+        """One upload carrying all of this run's work for ``op`` (none when there is nothing to do,
+        except that a replace of an empty group still empties the audience)."""
+        total = self.log.count_work(self.entry.id, op)
+        if not total and op != "replace":
+            return
+        upload_id = self.log.create(self.entry.id, self.entry.audience_id, op, self.req.run_id, total)
+        self._send_work(self._open_on_platform(self.log.get(upload_id)))
 
-        def nxt(last: bool) -> UploadSession:
-            nonlocal seq
-            seq += 1
-            return UploadSession(session_id=sid, batch_seq=seq, last_batch=last, estimated_total=total)
-
-        return nxt
-
-    def _send(
-        self,
-        fn: Callable[..., Any],
-        schema: Sequence[str],
-        rows: list[list[str]],
-        sess: UploadSession,
-        what: str,
-    ) -> Any:
-        return self.retry.run(lambda: fn(self.entry.audience_id, schema, rows, sess), what)
-
-    def _remove(
-        self,
-        ids: list[str],
-        payloads: Sequence[dict[str, str]],
-        nxt: Callable[[bool], UploadSession],
-        last: bool,
-    ) -> None:
-        """Remove these payloads in as many requests as the destination needs (all of one session)."""
-        parts = [
-            (schema, chunk)
-            for schema, rows in _by_schema(payloads)
-            for chunk in self.dest.split_removals(schema, rows)
-        ]
-        for i, (schema, chunk) in enumerate(parts):
-            sess = nxt(last and i == len(parts) - 1)
-            self._guard(
-                ids,
-                lambda s=schema, c=chunk, ss=sess: self._send(self.dest.remove_members, s, c, ss, "remove"),
-            )
-
-    def removals(self) -> None:
-        """Remove members that left the group (with the schema and hashes that were added)."""
-        rid = self.entry.id
-        nxt = self._session("remove")
-        for batch, last in _lookahead(self.store.iter_work(rid, "remove", REMOVE_LEDGER_BATCH)):
-            ids = [r.member_id for r in batch]
-            self.store.mark(rid, ids, "in_progress", self.req.run_id)
-            self._remove(ids, [r.sent_payload or r.payload for r in batch], nxt, last)
-            self.store.mark(rid, ids, "removed", self.req.run_id, confirm="remove")
-            self.report()
-
-    def adds(self) -> None:
-        rid = self.entry.id
-        nxt = self._session("add")
-        restate = self._session("restate", work="add")  # at most every member being added
-        for batch, last in _lookahead(self.store.iter_work(rid, "add", self.dest.max_batch_rows)):
-            ids = [r.member_id for r in batch]
-            self.store.mark(rid, ids, "in_progress", self.req.run_id)
-            stale = [r.sent_payload for r in batch if r.sent_payload and r.sent_payload != r.payload]
-            if stale:  # identifiers changed: take the old hashes off first
-                self._remove(ids, stale, restate, last)
-            sess = nxt(last)
-            failed: list[str] = []
-            for schema, rows, members in _by_schema_with_ids(batch):
-                result = self._guard(
-                    ids, lambda s=schema, rw=rows: self._send(self.dest.add_members, s, rw, sess, "add")
-                )
-                failed.extend(members[i] for i in result.invalid_rows if i < len(members))
-            rejected = set(failed)
-            self.store.mark(
-                rid, [m for m in ids if m not in rejected], "sent", self.req.run_id, confirm="add"
-            )
-            if failed:
-                log.warning("%d member(s) rejected by the platform as invalid entries", len(failed))
-                self.store.mark(rid, failed, "failed", self.req.run_id, error_code="invalid_entry")
-            self.report()
-
-    def replace(self, key: str) -> None:
-        """Full refresh: one replace session across batches; afterwards the ledger equals the group."""
-        rid = self.entry.id
-        total = self.store.stage_size(key)
-        sid = session_id_for(self.req.run_id, rid, "replace", self.started)
-        batches = (
-            _lookahead(self.store.iter_stage(key, self.dest.max_batch_rows)) if total else iter([([], True)])
+    def _open_on_platform(self, rec: UploadRecord) -> UploadRecord:
+        key = f"{self.req.dag_id}|{rec.run_id}|{rec.registry_id}|{rec.op}|{rec.id}"
+        self.heartbeat()
+        upload = self.retry.run(
+            lambda: self.dest.open_upload(
+                rec.audience_id, rec.op, key=key, estimated_total=rec.estimated_total
+            ),
+            f"open {rec.op} upload",
         )
-        for seq, (batch, last) in enumerate(batches, start=1):
-            ids = [m for m, _ in batch]
-            self.store.mark(rid, ids, "in_progress", self.req.run_id)
-            sess = UploadSession(session_id=sid, batch_seq=seq, last_batch=last, estimated_total=total)
-            payloads = [p for _, p in batch]
-            groups = list(_by_schema(payloads)) or [(list(self.req.schema), [])]
-            if len(groups) > 1:
-                raise ValueError("replace needs one schema for the whole group")
-            schema, rows = groups[0]
-            self._guard(
-                ids, lambda s=schema, rw=rows: self._send(self.dest.replace_members, s, rw, sess, "replace")
-            )
-            self.report()
-        self.store.finish_replace(rid, key, self.req.run_id)
-        self.report(final=True)
+        return self.log.set_handle(rec.id, upload.handle)
 
-    def _guard(self, ids: list[str], call: Callable[[], T]) -> T:
-        """Run one platform call; on a permanent error mark the batch failed with the platform's code."""
+    def _send_work(self, rec: UploadRecord) -> None:
+        """Send the work waiting for the upload's operation as batches ``rec.batches + 1 ...``, then finish."""
+        seq = rec.batches
+        sent_any = False
+        for rows, last in _lookahead(self._batches(rec.op)):
+            seq += 1
+            sent_any = True
+            self._send(rec, seq, rows, last=last)
+        if rec.op == "replace" and not sent_any and rec.batches == 0:
+            self._send(rec, 1, [], last=True)  # an empty group: the replace empties the audience
+        self._finish(self.log.get(rec.id))
+
+    def _batches(self, op: str) -> Iterator[list[WorkRow]]:
+        """Request-sized, one-schema batches of the op's work; members the platform rejected earlier
+        without naming them go first, in batches small enough for it to name every reject."""
+        rid = self.entry.id
+        small = max(1, self.dest.max_named_rejects)
+        if op == "remove":
+            for page in self.log.iter_work(rid, op, REMOVE_LEDGER_BATCH):
+                for rows in _one_schema(page, "remove"):
+                    schema = list(rows[0].sent_payload or {})
+                    values = [list((r.sent_payload or {}).values()) for r in rows]
+                    start = 0  # chunks come back in order: map them to their rows by position
+                    for chunk in self.dest.split_removals(schema, values):
+                        yield rows[start : start + len(chunk)]
+                        start += len(chunk)
+            return
+        for retrying, size in ((True, small), (False, self.dest.max_batch_rows)):
+            for page in self.log.iter_work(rid, op, size, retrying=retrying):
+                yield from _one_schema(page, op)
+
+    def _send(self, rec: UploadRecord, seq: int, rows: list[WorkRow], *, last: bool) -> None:
+        ids = [r.member_id for r in rows]
+        self.heartbeat()  # a run that lost its lease stops here, before its next request
+        self.log.claim(rec, seq, ids, self.req.run_id)
+        values = [r.sent_payload if rec.op == "remove" else r.payload for r in rows]
+        schema = list(values[0]) if values and values[0] else list(self.req.schema)
+        data = [list(v.values()) for v in values if v is not None]
+        upload = rec.upload()
         try:
-            return call()
-        except PermanentDestinationError as exc:
-            self.store.mark(
-                self.entry.id, ids, "failed", self.req.run_id, error_code=str(exc.code or "error")
+            result = self.retry.run(
+                lambda: self.dest.send_batch(upload, seq, schema, data, last=last), f"{rec.op} batch {seq}"
             )
+        except PermanentDestinationError as exc:
+            self.log.fail_batch(rec, ids, str(exc.code or "error"))
             raise
-        except TransientDestinationError:
-            # retries exhausted: leave the batch in_progress; the next attempt re-sends it
-            raise
+        # TransientDestinationError (retries exhausted) propagates: the batch stays in flight and the
+        # next attempt re-sends it with the same upload handle and number
+        named = sorted({ids[i] for i in result.invalid_rows if 0 <= i < len(ids)})
+        unnamed = max(0, result.invalid - len(named))
+        rejected = set(named)
+        unattributed = [m for m in ids if m not in rejected] if unnamed else []
+        if named or unattributed:
+            log.warning(
+                "%s batch %s: the platform rejected %d row(s), named %d%s",
+                rec.op,
+                seq,
+                result.invalid,
+                len(named),
+                f"; {len(unattributed)} member(s) of the batch are re-sent next run in small batches"
+                if unattributed
+                else "",
+            )
+        accepted = [m for m in ids if m not in rejected and not unattributed]
+        # in a removal upload, members waiting to be added again carry their old (changed) hashes
+        took = set(accepted)
+        restated = [r.member_id for r in rows if rec.op == "remove" and r.op == "add" and r.member_id in took]
+        self.log.confirm(
+            rec,
+            seq,
+            accepted=accepted,
+            named_rejects=named,
+            unattributed=unattributed,
+            restated=restated,
+            received=result.received,
+            invalid=result.invalid,
+        )
+        self.accepted[rec.op] += len(accepted) - len(restated)
+        self.accepted["restated"] += len(restated)
+        self.report()
+
+    def _finish(self, rec: UploadRecord) -> None:
+        self.heartbeat()
+        self.retry.run(lambda: self.dest.finish_upload(rec.upload(), rec.batches), f"finish {rec.op} upload")
+        rec = self.log.finish(rec, self.req.run_id)
+        if self.dest.processes_synchronously:
+            self.log.processed(rec, ProcessingStatus(done=True, detail="applied as accepted"))
+
+    # ------------------------------------------------------------------ reporting
+    def run_counts(self, unchanged: int) -> dict[str, int]:
+        """What this run did, beside the ledger's snapshot."""
+        restated = self.accepted["restated"]
+        return {
+            "added": max(0, self.accepted["add"] + self.accepted["replace"] - restated),
+            "resent": restated,
+            "removed": self.accepted["remove"],
+            "unchanged": max(0, unchanged),
+            "rejected": self.log.run_rejected(self.entry.id, self.req.run_id),
+        }
 
     def report(self, final: bool = False) -> None:
-        """After each batch: extend the audience lock; now and then, report the ledger's counts."""
-        self.heartbeat()
+        """After each batch: now and then, report the ledger's counts."""
         now = time.monotonic()
         if self.progress and (final or now - self._last_report >= PROGRESS_EVERY_SECONDS):
             self._last_report = now
             self.progress(self.store.ledger_counts(self.entry.id))
 
 
-def _lookahead(batches: Iterable[list[PendingRow]]) -> Iterator[tuple[list[PendingRow], bool]]:
+def _lookahead(batches: Iterable[list[WorkRow]]) -> Iterator[tuple[list[WorkRow], bool]]:
     it = iter(batches)
     prev = next(it, None)
     while prev is not None:
@@ -574,21 +627,10 @@ def _lookahead(batches: Iterable[list[PendingRow]]) -> Iterator[tuple[list[Pendi
         prev = cur
 
 
-def _by_schema(payloads: Iterable[dict[str, str]]) -> Iterator[tuple[list[str], list[list[str]]]]:
-    groups: dict[tuple[str, ...], list[list[str]]] = {}
-    for p in payloads:
-        groups.setdefault(tuple(p), []).append(list(p.values()))
-    for schema, rows in groups.items():
-        yield list(schema), rows
-
-
-def _by_schema_with_ids(
-    batch: Sequence[PendingRow],
-) -> Iterator[tuple[list[str], list[list[str]], list[str]]]:
-    groups: dict[tuple[str, ...], tuple[list[list[str]], list[str]]] = {}
-    for r in batch:
-        rows, ids = groups.setdefault(tuple(r.payload), ([], []))
-        rows.append(list(r.payload.values()))
-        ids.append(r.member_id)
-    for schema, (rows, ids) in groups.items():
-        yield list(schema), rows, ids
+def _one_schema(rows: Sequence[WorkRow], op: str) -> Iterator[list[WorkRow]]:
+    """Split rows into runs that share one schema (a batch carries one schema)."""
+    groups: dict[tuple[str, ...], list[WorkRow]] = {}
+    for r in rows:
+        values = r.sent_payload if op == "remove" else r.payload
+        groups.setdefault(tuple(values or ()), []).append(r)
+    yield from groups.values()

@@ -8,6 +8,7 @@ batches small enough for real front ends (§1.8).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -21,7 +22,14 @@ from facebook_business.api import FacebookAdsApi
 from facebook_business.exceptions import FacebookError, FacebookRequestError
 from facebook_business.session import FacebookSession
 
-from audience_sync.core.contract import Destination, PlatformAudience, UploadResult, UploadSession
+from audience_sync.core.contract import (
+    UPLOAD_OPS,
+    Destination,
+    PlatformAudience,
+    ProcessingStatus,
+    Upload,
+    UploadResult,
+)
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 
 log = logging.getLogger(__name__)
@@ -156,57 +164,75 @@ class MetaDestination(Destination):
         )
         return PlatformAudience(id=str(obj["id"]), name=name)
 
-    # -------------------------------------------------------------- members
-    def add_members(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
-    ) -> UploadResult:
-        params = self._params(schema, rows, session, self.max_batch_rows)
-        resp = self._call(lambda: CustomAudience(audience_id, api=self.api).create_user(params=params), "add")
-        return _result(resp, len(rows))
+    # ------------------------------------------------------------ the upload lifecycle
+    def open_upload(self, audience_id: str, op: str, *, key: str, estimated_total: int) -> Upload:
+        """A Meta upload is a session whose id we pick: derived from ``key``, no request needed."""
+        if op not in UPLOAD_OPS:
+            raise ValueError(f"unknown upload operation {op!r}; use one of {', '.join(UPLOAD_OPS)}")
+        return Upload(audience_id, op, str(session_id_for(key)), estimated_total)
 
-    def remove_members(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
+    def send_batch(
+        self, upload: Upload, seq: int, schema: Sequence[str], rows: Sequence[Sequence[str]], *, last: bool
     ) -> UploadResult:
-        params = self._params(schema, rows, session, self.max_remove_rows)
-        url_bytes = len(
-            urlencode({k: json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in params.items()})
-        )
-        if url_bytes > self.url_budget_bytes:
-            raise ValueError(
-                f"removal of {len(rows)} rows needs a {url_bytes}-byte URL, over the {self.url_budget_bytes}-byte "
-                "budget; cut it with split_removals()"
-            )
-        resp = self._call(
-            lambda: CustomAudience(audience_id, api=self.api).delete_users(params=params), "remove"
-        )
-        return _result(resp, len(rows))
-
-    def replace_members(
-        self, audience_id: str, schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession
-    ) -> UploadResult:
-        params = self._params(schema, rows, session, self.max_batch_rows)
-        resp = self._call(
-            lambda: CustomAudience(audience_id, api=self.api).create_users_replace(params=params), "replace"
-        )
-        return _result(resp, len(rows))
-
-    # ------------------------------------------------------------- helpers
-    @staticmethod
-    def _params(
-        schema: Sequence[str], rows: Sequence[Sequence[str]], session: UploadSession, limit: int
-    ) -> dict[str, Any]:
+        """One batch of the session; Meta replays a known ``batch_seq`` instead of applying it twice."""
+        remove = upload.op == "remove"
+        limit = self.max_remove_rows if remove else self.max_batch_rows
         if len(rows) > limit:
             raise ValueError(f"batch of {len(rows)} rows exceeds the limit of {limit}")
-        return {
+        params: dict[str, Any] = {
             "payload": {"schema": list(schema), "data": [list(r) for r in rows], "is_raw": True},
             "session": {
-                "session_id": session.session_id,
-                "batch_seq": session.batch_seq,
-                "last_batch_flag": session.last_batch,
-                "estimated_num_total": session.estimated_total,
+                "session_id": int(upload.handle),
+                "batch_seq": seq,
+                "last_batch_flag": last,
+                "estimated_num_total": upload.estimated_total,
             },
         }
+        if remove:
+            url_bytes = len(
+                urlencode(
+                    {k: json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in params.items()}
+                )
+            )
+            if url_bytes > self.url_budget_bytes:
+                raise ValueError(
+                    f"removal of {len(rows)} rows needs a {url_bytes}-byte URL, over the "
+                    f"{self.url_budget_bytes}-byte budget; cut it with split_removals()"
+                )
+        audience = CustomAudience(upload.audience_id, api=self.api)
+        send = {
+            "add": audience.create_user,
+            "remove": audience.delete_users,
+            "replace": audience.create_users_replace,
+        }
+        resp = self._call(lambda: send[upload.op](params=params), upload.op)
+        return _result(resp, len(rows))
 
+    def upload_status(self, upload: Upload) -> ProcessingStatus:
+        """Read the session (``GET /{audience_id}/sessions?session_id=``): done once it left
+        ``uploading``/``processing`` at 100 %; ``expired`` means Meta dropped the upload."""
+        sessions = self._call(
+            lambda: list(
+                CustomAudience(upload.audience_id, api=self.api).get_sessions(
+                    params={"session_id": upload.handle}
+                )
+            ),
+            "read upload session",
+        )
+        found = [s for s in sessions if str(s.get("session_id")) == upload.handle]
+        if not found:
+            return ProcessingStatus(done=False, detail=f"session {upload.handle} not listed yet")
+        sess = found[0]
+        stage = str(sess.get("stage") or "")
+        progress = _int(sess.get("progress"))
+        invalid = _int(sess.get("num_invalid_entries")) or 0
+        detail = f"session {upload.handle}: stage {stage or '?'}, progress {progress}%"
+        if stage == "expired":
+            return ProcessingStatus(done=True, failed=True, invalid=invalid, progress=progress, detail=detail)
+        done = stage not in ("uploading", "processing", "") and (progress is None or progress >= 100)
+        return ProcessingStatus(done=done, invalid=invalid, progress=progress, detail=detail)
+
+    # ------------------------------------------------------------- helpers
     def _call(self, fn: Callable[[], T], what: str) -> T:
         try:
             return fn()
@@ -278,6 +304,19 @@ def _epoch(value: Any) -> int:
             return int(dt.datetime.fromisoformat(str(value).replace("+0000", "+00:00")).timestamp())
         except ValueError:
             return 0
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def session_id_for(*parts: object) -> int:
+    """A stable positive int64 session id (same inputs -> same id)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF or 1
 
 
 def _encoded_len(value: Any) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from audience_sync.core.ledger import COUNT_KEYS, utcnow
+from audience_sync.core.ledger import COUNT_KEYS, RUN_KEYS
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.outcome import metrics_row
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -20,11 +20,14 @@ if TYPE_CHECKING:
 class RecordMetricsOperator(BaseOperator):
     """Write the counts of every sync task of this run into the metrics table (an upsert: safe to repeat).
 
-    Runs whatever happened upstream (``trigger_rule=all_done``). A sync task that left no result is
-    recorded with outcome ``failed`` and the counts the ledger holds for its audience; this task then
-    fails too, so the run is not shown green.
+    Runs whatever happened upstream (``trigger_rule=all_done``). Each row holds what the run did
+    (``run_added``, ``run_removed``, ``run_resent``, ``run_unchanged``, ``run_rejected``) beside the
+    ledger's snapshot after it. A sync task that left no result is recorded as ``failed``, one whose
+    uploads the platform had not processed in time as ``processing``, with the counts the ledger holds;
+    this task then fails too, so the run is not shown green.
 
-    :param destinations: one dict per sync task: ``task_id``, ``platform``, ``account``, ``segment_name``.
+    :param destinations: one dict per sync task: ``task_id``, ``wait_task_id``, ``platform``,
+        ``account``, ``segment_name``.
     """
 
     template_fields: Sequence[str] = ()
@@ -44,53 +47,45 @@ class RecordMetricsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         store = AudienceSyncStateHook(self.state_conn_id).store
         ti = context["ti"]
-        run_id = context["run_id"]
-        logical: dt.datetime | None = context.get("logical_date")
         extracted = ti.xcom_pull(task_ids="extract") or {}
-        failed: list[str] = []
+        unfinished: list[str] = []
         summary: dict[str, Any] = {}
         for d in self.destinations:
             result = ti.xcom_pull(task_ids=d["task_id"])
+            waited = ti.xcom_pull(task_ids=d["wait_task_id"]) if result and d.get("wait_task_id") else None
+            if result and not d.get("wait_task_id"):
+                waited = result  # no wait task: the sync's own counts are final
             dest_key = f"{d['platform']}:{d['account']}"
-            row: dict[str, Any] = {
-                "dag_id": self.dag_id,
-                "run_id": run_id,
-                "destination": dest_key,
-                "segment_name": d["segment_name"],
-                "logical_date": logical,
-            }
-            if result:
-                row.update({k: int(result.get(k, 0)) for k in COUNT_KEYS})
-                row.update(
-                    audience_id=result.get("audience_id"),
-                    requests=int(result.get("requests", 0)),
-                    started_at=_ts(result.get("started_at")),
-                    finished_at=_ts(result.get("finished_at")),
-                    outcome="success_backfill" if result.get("backfill") else "success",
-                    note="; ".join(result.get("notes") or []) or None,
-                )
-            else:
-                failed.append(d["task_id"])
-                entry = store.get_registry(d["platform"], d["account"], d["segment_name"])
-                counts = store.ledger_counts(entry.id) if entry else {}
-                row.update({k: int(counts.get(k, 0)) for k in COUNT_KEYS})
-                row.update(
-                    audience_id=entry.audience_id if entry else None,
-                    invalid=int(extracted.get("invalid", 0)),
-                    finished_at=utcnow(),
-                    outcome="failed",
-                    note=f"task {d['task_id']} did not finish; counts read from the ledger",
-                )
-                row["total"] = sum(
-                    int(counts.get(k, 0)) for k in ("sent", "in_progress", "pending", "failed")
-                )
+            counts = None
+            entry = store.get_registry(d["platform"], d["account"], d["segment_name"])
+            if entry is not None and not (result and waited):
+                counts = store.ledger_counts(entry.id)
+            row = metrics_row(
+                {
+                    "dag_id": self.dag_id,
+                    "run_id": context["run_id"],
+                    "destination": dest_key,
+                    "segment_name": d["segment_name"],
+                    "logical_date": context.get("logical_date"),
+                    "audience_id": entry.audience_id if entry else None,
+                },
+                result,
+                waited,
+                counts,
+                extract_invalid=int(extracted.get("invalid", 0)),
+            )
+            if row["outcome"] in ("failed", "processing"):
+                unfinished.append(d["wait_task_id"] if result else d["task_id"])
             store.write_metrics(row)
-            summary[dest_key] = {k: row.get(k) for k in (*COUNT_KEYS, "requests", "outcome", "audience_id")}
+            summary[dest_key] = {
+                k: row.get(k)
+                for k in (*COUNT_KEYS, *(f"run_{k}" for k in RUN_KEYS), "requests", "outcome", "audience_id")
+            }
             self.log.info("metrics %s: %s", dest_key, summary[dest_key])
-        if failed:
+        if unfinished:
             raise AirflowFailException(
-                f"Sync task(s) {', '.join(failed)} failed; their metrics were recorded as 'failed'. "
-                "See those tasks' logs for the platform error and what to do."
+                f"Task(s) {', '.join(unfinished)} did not finish; their metrics were recorded as 'failed' or "
+                "'processing'. See those tasks' logs for the platform error and what to do."
             )
         self._drop_staging(extracted)
         return summary
@@ -108,9 +103,3 @@ class RecordMetricsOperator(BaseOperator):
                 folder.rmdir()
         if paths:
             self.log.info("removed the run's staged files (%d)", len(paths))
-
-
-def _ts(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(str(value))

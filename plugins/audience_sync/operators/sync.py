@@ -6,14 +6,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from audience_sync.core.contract import Destination
-from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import read_member_ids, read_staged
-from audience_sync.core.ledger import LockTimeout, utcnow
+from audience_sync.core.ledger import utcnow
 from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, staged_row, sync_audience
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.outcome import as_airflow_error
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -124,10 +124,8 @@ class SyncAudienceOperator(BaseOperator):
                 retry=self.retry_policy or RetryPolicy.from_env(),
                 progress=self._progress,
             )
-        except PermanentDestinationError as exc:
-            raise AirflowFailException(str(exc)) from None
-        except (TransientDestinationError, LockTimeout) as exc:
-            raise AirflowException(f"{exc} (Airflow will retry the task)") from None
+        except AudienceSyncError as exc:
+            raise as_airflow_error(exc) from None
         result = outcome.as_xcom()
         result["invalid"] = int(extracted.get("invalid", 0))
         result["excluded_no_consent"] = int(extracted.get("excluded_no_consent", 0))
@@ -138,6 +136,17 @@ class SyncAudienceOperator(BaseOperator):
             account=dest.account,
             segment_name=self.segment_name,
             mode=self.sync_mode,
+        )
+        run = outcome.run
+        self.log.info(
+            "this run: added %s, removed %s, re-sent %s (changed identifiers), unchanged %s, "
+            "rejected by %s %s",
+            run["added"],
+            run["removed"],
+            run["resent"],
+            run["unchanged"],
+            self.platform,
+            run["rejected"],
         )
         self.log.info(
             "%s %s audience %s (%s): total %s, sent %s, in progress %s, pending %s, failed %s, removed %s, "
@@ -219,8 +228,8 @@ class PlanAudienceOperator(BaseOperator):
             )
             try:
                 plan = plan_sync(dest, store, req, staged_rows(staged), revoked=revoked)
-            except PermanentDestinationError as exc:
-                raise AirflowFailException(str(exc)) from None
+            except AudienceSyncError as exc:
+                raise as_airflow_error(exc) from None
             plan["invalid"] = int(extracted.get("invalid", 0))
             plan["excluded_no_consent"] = int(extracted.get("excluded_no_consent", 0))
             plans[d["task_id"]] = plan

@@ -21,7 +21,10 @@ Deliberate simplifications (documented so nobody mistakes them for Meta behaviou
   ``is_transient: false``: classify by code/subcode, not by ``is_transient``. An open replace
   session expires after ``replace_timeout_seconds`` (default 90 min): its rows are discarded, the
   membership is left unchanged and the session's ``stage`` becomes ``"expired"``.
-* Session objects (``/sessions``) carry string values, as the SDK declares them.
+* Session objects (``/sessions``) carry string values, as the SDK declares them. A session closed by
+  its last batch reports ``stage: "processing"`` for ``processing_seconds`` (default 0; set it on the
+  object or with ``POST /_sandbox/meta/processing {"seconds": n}``), then ``"processed"``. Meta's
+  stage values are undocumented; members are applied at once either way.
 * ``filtering`` on the list edge and the POST ``method=delete`` override are not emulated and are
   rejected with error 100 rather than silently ignored.
 * Audience ids are numeric strings from 23850000000000001 upwards; ids are never reused, even after
@@ -218,15 +221,18 @@ class UploadSession:
     rows: dict[tuple[tuple[str, str], ...], dict[str, str]] = field(default_factory=dict)
     schema: list[str] = field(default_factory=list)
 
-    def to_graph(self) -> dict[str, Any]:
-        if self.stage == "uploading":
+    def to_graph(self, now: float = 0.0, processing_seconds: float = 0.0) -> dict[str, Any]:
+        stage = self.stage
+        if stage == "processed" and self.end_time is not None and now < self.end_time + processing_seconds:
+            stage = "processing"  # handed over, not yet processed (see MetaSandbox.processing_seconds)
+        if stage == "uploading":
             total = self.estimated_num_total or 0
             progress = min(99, int(100 * self.num_received / total)) if total else 0
         else:
-            progress = 100
+            progress = 90 if stage == "processing" else 100
         out = {
             "session_id": str(self.session_id),
-            "stage": self.stage,
+            "stage": stage,
             "progress": str(progress),
             "num_received": str(self.num_received),
             "num_matched": str(self.num_matched),
@@ -517,6 +523,9 @@ class MetaSandbox(PlatformApp):
         self.access_token = access_token
         self.app_secret = app_secret
         self.replace_timeout_seconds = replace_timeout_seconds
+        #: a finished session reports stage ``processing`` for this long before ``processed`` (Meta
+        #: processes uploads after accepting them; members are applied at once all the same)
+        self.processing_seconds = 0.0
         self.clock = clock
         self._lock = threading.RLock()
         self._audiences: dict[str, Audience] = {}
@@ -538,7 +547,9 @@ class MetaSandbox(PlatformApp):
         with self._lock:
             aud = self._live(str(audience_id))
             out = aud.summary()
-            out["sessions"] = [s.to_graph() for s in aud.sessions.values()]
+            out["sessions"] = [
+                s.to_graph(self.clock(), self.processing_seconds) for s in aud.sessions.values()
+            ]
             return out
 
     def members(self, audience_id: str) -> list[dict[str, str]]:
@@ -676,6 +687,10 @@ class MetaSandbox(PlatformApp):
                 )
                 aud.flagged = bool(body.get("flagged", False))
             return SandboxResponse(200, {"id": aud.id}, mutated=True)
+        if subpath == ["processing"] and method == "POST":
+            body = request.json_body if isinstance(request.json_body, dict) else dict(request.form)
+            self.processing_seconds = float(body.get("seconds", 0))
+            return SandboxResponse(200, {"processing_seconds": self.processing_seconds}, mutated=True)
         if len(subpath) in (2, 3) and subpath[0] == "audiences" and method == "GET":
             try:
                 if len(subpath) == 2:
@@ -898,7 +913,8 @@ class MetaSandbox(PlatformApp):
         sessions = sorted(aud.sessions.values(), key=lambda s: (s.start_time, s.session_id), reverse=True)
         if wanted:
             sessions = [s for s in sessions if str(s.session_id) == wanted]
-        return {"data": [s.to_graph() for s in sessions]}
+        now = self.clock()
+        return {"data": [s.to_graph(now, self.processing_seconds) for s in sessions]}
 
     def _expire_replace(self, aud: Audience) -> None:
         if aud.replace_session is None:

@@ -1,0 +1,390 @@
+"""Upload records: every platform upload's handle and progress, and the ledger moves that follow it.
+
+``as_uploads`` (defined in :mod:`~audience_sync.core.ledger` with the other tables) holds one row per upload (one operation on one audience): the platform's handle, the
+highest batch the platform confirmed, and its state ``open`` -> ``finished`` -> ``processed`` (or
+``failed`` / ``abandoned``). Ledger rows being sent carry ``upload_id`` and ``batch_seq``, so a task
+that died mid-upload is resumed with the same handle and the same batch numbers (the platform
+de-duplicates them) instead of a second upload.
+
+Ledger moves of one member, by operation:
+
+- add / replace: ``pending`` -> claimed ``in_progress`` -> accepted (``sent_payload`` = what was sent)
+  -> ``sent`` once the platform processed the upload; named rejects -> ``failed``.
+- remove: ``pending`` -> ``in_progress`` -> ``removed`` once processed.
+- restate (identifiers changed): the old hashes ride in a remove upload; once accepted the member is
+  plain add work again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from audience_sync.core.contract import ProcessingStatus, Upload
+from audience_sync.core.ledger import PendingRow, StateStore, ledger, uploads, utcnow
+
+#: ledger statuses a member is picked up from as work; a run starts by turning earlier failures back into
+#: ``pending`` (``StateStore.apply_stage``), so members that fail during a run are not retried in it
+_WORK = ("pending",)
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """One stored upload."""
+
+    id: int
+    registry_id: int
+    audience_id: str
+    op: str
+    handle: str | None
+    run_id: str
+    state: str
+    estimated_total: int
+    confirmed_seq: int
+    batches: int
+    received: int
+    invalid: int
+
+    def upload(self) -> Upload:
+        if self.handle is None:
+            raise RuntimeError(f"upload {self.id} has no platform handle yet")
+        return Upload(self.audience_id, self.op, self.handle, self.estimated_total)
+
+
+def _record(row: Any) -> UploadRecord:
+    m = row._mapping
+    return UploadRecord(**{k: m[k] for k in UploadRecord.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class WorkRow(PendingRow):
+    """A ledger row waiting to be sent, with the operation it waits for."""
+
+    op: str = "add"
+
+
+def _pending(row: Any, value: str) -> WorkRow:
+    sent = json.loads(row.sent_payload) if row.sent_payload else None
+    return WorkRow(row.member_id, json.loads(value), sent, row.op)
+
+
+class UploadLog:
+    """Upload records and the ledger moves of their members, on a :class:`StateStore`'s engine."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.engine = store.engine
+
+    # ------------------------------------------------------------------ records
+    def get(self, upload_id: int) -> UploadRecord:
+        with self.engine.connect() as conn:
+            return _record(conn.execute(sa.select(uploads).where(uploads.c.id == upload_id)).one())
+
+    def in_state(self, registry_id: int, *states: str) -> list[UploadRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(uploads)
+                .where(uploads.c.registry_id == registry_id, uploads.c.state.in_(states))
+                .order_by(uploads.c.id)
+            ).all()
+        return [_record(r) for r in rows]
+
+    def for_run(self, registry_id: int, run_id: str) -> list[UploadRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(uploads).where(uploads.c.registry_id == registry_id, uploads.c.run_id == run_id)
+            ).all()
+        return [_record(r) for r in rows]
+
+    def create(self, registry_id: int, audience_id: str, op: str, run_id: str, estimated_total: int) -> int:
+        """Record an upload about to be opened (the row id goes into the platform key)."""
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    uploads.insert().values(
+                        registry_id=registry_id,
+                        audience_id=audience_id,
+                        op=op,
+                        run_id=run_id,
+                        state="open",
+                        estimated_total=estimated_total,
+                        confirmed_seq=0,
+                        batches=0,
+                        received=0,
+                        invalid=0,
+                        created_at=utcnow(),
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def set_handle(self, upload_id: int, handle: str) -> UploadRecord:
+        self._update(upload_id, handle=handle)
+        return self.get(upload_id)
+
+    def _update(self, upload_id: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(uploads.update().where(uploads.c.id == upload_id).values(**values))
+
+    def abandon_all(self, registry_id: int, note: str) -> None:
+        """The audience was re-created: its uploads will never be processed into it."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                uploads.update()
+                .where(uploads.c.registry_id == registry_id, uploads.c.state.in_(("open", "finished")))
+                .values(state="abandoned", detail=note)
+            )
+
+    # ------------------------------------------------------------------ work
+    def count_work(self, registry_id: int, op: str) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(ledger).where(*_work_filter(registry_id, op))
+                ).scalar_one()
+            )
+
+    def iter_work(
+        self, registry_id: int, op: str, batch_rows: int, *, retrying: bool | None = None
+    ) -> Iterator[list[WorkRow]]:
+        """Batches of members waiting for ``op``, oldest member id first (keyset pagination).
+
+        Removal work carries the hashes to take off (``sent_payload``): members that left, and members
+        whose identifiers changed (their old hashes). ``retrying``: only (True) or never (False) members
+        whose earlier send was rejected without the platform naming them.
+        """
+        value = ledger.c.sent_payload if op == "remove" else ledger.c.payload
+        last = ""
+        while True:
+            q = sa.select(ledger.c.member_id, value.label("value"), ledger.c.sent_payload, ledger.c.op).where(
+                *_work_filter(registry_id, op), ledger.c.member_id > last
+            )
+            if retrying is not None:
+                unattributed = ledger.c.last_error_code == UNATTRIBUTED
+                q = q.where(
+                    unattributed if retrying else sa.or_(~unattributed, ledger.c.last_error_code.is_(None))
+                )
+            with self.engine.connect() as conn:
+                rows = conn.execute(q.order_by(ledger.c.member_id).limit(batch_rows)).all()
+            if not rows:
+                return
+            last = rows[-1].member_id
+            yield [_pending(r, r.value) for r in rows]
+
+    def in_flight(self, rec: UploadRecord) -> list[tuple[int, list[WorkRow]]]:
+        """Batches of this upload that were sent (or about to be) but never answered, by batch number."""
+        value = ledger.c.sent_payload if rec.op == "remove" else ledger.c.payload
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    ledger.c.member_id,
+                    ledger.c.batch_seq,
+                    value.label("value"),
+                    ledger.c.sent_payload,
+                    ledger.c.op,
+                )
+                .where(
+                    ledger.c.registry_id == rec.registry_id,
+                    ledger.c.upload_id == rec.id,
+                    ledger.c.status == "in_progress",
+                    ledger.c.batch_seq > rec.confirmed_seq,
+                )
+                .order_by(ledger.c.batch_seq, ledger.c.member_id)
+            ).all()
+        out: dict[int, list[WorkRow]] = {}
+        for r in rows:
+            out.setdefault(int(r.batch_seq), []).append(_pending(r, r.value))
+        return sorted(out.items())
+
+    # ------------------------------------------------------------------ batch moves
+    def claim(self, rec: UploadRecord, seq: int, member_ids: Sequence[str], run_id: str) -> None:
+        """Members about to go out in batch ``seq``: ``in_progress`` in this upload."""
+        self._mark(
+            rec.registry_id,
+            member_ids,
+            status="in_progress",
+            upload_id=rec.id,
+            batch_seq=seq,
+            last_run_id=run_id,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                uploads.update().where(uploads.c.id == rec.id, uploads.c.batches < seq).values(batches=seq)
+            )
+
+    def confirm(
+        self,
+        rec: UploadRecord,
+        seq: int,
+        *,
+        accepted: Sequence[str],
+        named_rejects: Sequence[str],
+        unattributed: Sequence[str],
+        restated: Sequence[str],
+        received: int,
+        invalid: int,
+    ) -> None:
+        """The platform answered batch ``seq``: record what it took, and what it rejected."""
+        rid = rec.registry_id
+        with self.engine.begin() as conn:
+            if rec.op == "remove":
+                # old hashes of changed members are off: they are plain add work again
+                self._mark(
+                    rid,
+                    restated,
+                    conn=conn,
+                    status="pending",
+                    sent_payload=None,
+                    upload_id=None,
+                    batch_seq=None,
+                )
+            else:
+                # from here on the platform may hold these hashes, whatever processing says later
+                self._mark(rid, accepted, conn=conn, sent_payload=ledger.c.payload, last_error_code=None)
+            if rec.op != "remove":  # unnamed: maybe rejected, maybe taken; the platform may hold them
+                self._mark(rid, unattributed, conn=conn, sent_payload=ledger.c.payload)
+            for ids, code in ((named_rejects, "invalid_entry"), (unattributed, UNATTRIBUTED)):
+                self._mark(
+                    rid, ids, conn=conn, status="failed", upload_id=None, batch_seq=None, last_error_code=code
+                )
+            conn.execute(
+                uploads.update()
+                .where(uploads.c.id == rec.id)
+                .values(
+                    confirmed_seq=sa.func.max(uploads.c.confirmed_seq, seq)
+                    if self.store.dialect == "sqlite"
+                    else sa.func.greatest(uploads.c.confirmed_seq, seq),
+                    received=uploads.c.received + received,
+                    invalid=uploads.c.invalid + invalid,
+                )
+            )
+
+    def fail_batch(self, rec: UploadRecord, member_ids: Sequence[str], code: str) -> None:
+        """A permanent platform error on this batch: the members did not get there."""
+        self._mark(
+            rec.registry_id, member_ids, status="failed", upload_id=None, batch_seq=None, last_error_code=code
+        )
+
+    def finish(self, rec: UploadRecord, run_id: str) -> UploadRecord:
+        """No more batches. A replace also takes off everyone who is not in it."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if rec.op == "replace":
+                mine = ledger.c.registry_id == rec.registry_id
+                not_in = sa.or_(ledger.c.upload_id.is_(None), ledger.c.upload_id != rec.id)
+                may_hold = sa.or_(
+                    ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None)
+                )
+                conn.execute(
+                    ledger.update()
+                    .where(mine, not_in, ledger.c.status != "removed", may_hold)
+                    .values(
+                        status="in_progress",
+                        op="remove",
+                        upload_id=rec.id,
+                        batch_seq=0,
+                        last_run_id=run_id,
+                        updated_at=now,
+                    )
+                )
+                conn.execute(
+                    ledger.update()
+                    .where(mine, not_in, ledger.c.status != "removed", ~may_hold)
+                    .values(
+                        status="removed",
+                        op=None,
+                        upload_id=None,
+                        batch_seq=None,
+                        last_run_id=run_id,
+                        updated_at=now,
+                    )
+                )
+            conn.execute(
+                uploads.update().where(uploads.c.id == rec.id).values(state="finished", finished_at=now)
+            )
+        return self.get(rec.id)
+
+    def processed(self, rec: UploadRecord, status: ProcessingStatus) -> None:
+        """The platform is done with the upload: its members are ``sent`` / ``removed`` (or back to work)."""
+        now = utcnow()
+        mine = sa.and_(
+            ledger.c.registry_id == rec.registry_id,
+            ledger.c.upload_id == rec.id,
+            ledger.c.status == "in_progress",
+        )
+        adds = ledger.c.op.in_(("add", "replace"))
+        removes = ledger.c.op == "remove"
+        cleared = {"upload_id": None, "batch_seq": None, "updated_at": now}
+        with self.engine.begin() as conn:
+            if status.failed:
+                # the platform dropped the upload: nothing of it is there; the next run sends it again
+                conn.execute(
+                    ledger.update()
+                    .where(mine, adds)
+                    .values(status="failed", last_error_code="platform_dropped", **cleared)
+                )
+                conn.execute(ledger.update().where(mine, removes).values(status="pending", **cleared))
+            else:
+                conn.execute(ledger.update().where(mine, adds).values(status="sent", op=None, **cleared))
+                conn.execute(
+                    ledger.update()
+                    .where(mine, removes)
+                    .values(status="removed", op=None, sent_payload=None, **cleared)
+                )
+            conn.execute(
+                uploads.update()
+                .where(uploads.c.id == rec.id)
+                .values(
+                    state="failed" if status.failed else "processed",
+                    processed_at=now,
+                    detail=status.detail or None,
+                    invalid=sa.func.max(uploads.c.invalid, status.invalid)
+                    if self.store.dialect == "sqlite"
+                    else sa.func.greatest(uploads.c.invalid, status.invalid),
+                )
+            )
+
+    def run_rejected(self, registry_id: int, run_id: str) -> int:
+        """Rows the platform rejected in this run's uploads of the audience."""
+        return sum(r.invalid for r in self.for_run(registry_id, run_id))
+
+    # ------------------------------------------------------------------ helpers
+    def _mark(self, registry_id: int, member_ids: Sequence[str], *, conn: Any = None, **values: Any) -> None:
+        if not member_ids:
+            return
+        values.setdefault("updated_at", utcnow())
+        if conn is None:
+            with self.engine.begin() as c:
+                self._mark(registry_id, member_ids, conn=c, **values)
+            return
+        for i in range(0, len(member_ids), 900):
+            conn.execute(
+                ledger.update()
+                .where(ledger.c.registry_id == registry_id, ledger.c.member_id.in_(member_ids[i : i + 900]))
+                .values(**values)
+            )
+
+
+#: ``last_error_code`` of members in a batch where the platform rejected rows without naming them all
+UNATTRIBUTED = "unattributed_invalid"
+
+
+def _work_filter(registry_id: int, op: str) -> list[sa.ColumnElement[bool]]:
+    mine = ledger.c.registry_id == registry_id
+    # in_progress without an upload: claimed by code that predates upload records; never answered
+    waiting = sa.or_(
+        ledger.c.status.in_(_WORK), sa.and_(ledger.c.status == "in_progress", ledger.c.upload_id.is_(None))
+    )
+    if op == "remove":
+        stale = sa.and_(
+            ledger.c.op == "add",
+            ledger.c.sent_payload.is_not(None),
+            ledger.c.sent_payload != ledger.c.payload,
+        )
+        return [mine, waiting, sa.or_(ledger.c.op == "remove", stale)]
+    # adds wait until the old hashes of changed members are off
+    fresh = sa.or_(ledger.c.sent_payload.is_(None), ledger.c.sent_payload == ledger.c.payload)
+    return [mine, waiting, ledger.c.op == op, fresh]

@@ -1,0 +1,92 @@
+"""Wait task: poll the platform until it has processed the sync's uploads, without holding a worker slot."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.bases.sensor import PokeReturnValue
+from airflow.sdk.exceptions import AirflowFailException
+
+from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.core.sync import poll_processing
+from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.operators.sync import DESTINATIONS
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: the default for how long a campaign waits for a platform to process its uploads
+DEFAULT_PROCESSING_TIMEOUT = dt.timedelta(hours=6)
+
+
+class AwaitProcessingSensor(BaseSensorOperator):
+    """Wait until the platform has processed every finished upload of the audience.
+
+    Runs in ``reschedule`` mode: between pokes the task gives its worker slot back. Each poke asks the
+    platform about the audience's finished uploads (Meta: the upload session's stage) and moves the
+    members of processed ones from ``in_progress`` to ``sent`` / ``removed``. When the platform takes
+    longer than ``timeout`` the task fails; the members stay ``in_progress`` and the next run asks again.
+
+    :param platform: the destination platform.
+    :param ad_account_id: the platform account.
+    :param conn_id: the platform connection.
+    :param segment_name: the audience's segment name (templated).
+    :return: the ledger's counts once everything is processed.
+    """
+
+    template_fields: Sequence[str] = ("segment_name",)
+    ui_color = "#f3eefa"
+
+    def __init__(
+        self,
+        *,
+        platform: str,
+        ad_account_id: str,
+        segment_name: str,
+        conn_id: str | None = None,
+        state_conn_id: str = DEFAULT_CONN_ID,
+        timeout: dt.timedelta | float = DEFAULT_PROCESSING_TIMEOUT,
+        poke_interval: dt.timedelta | float = dt.timedelta(minutes=2),
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(timeout=timeout, poke_interval=poke_interval, **kwargs)
+        if platform not in DESTINATIONS:
+            raise ValueError(f"unknown platform {platform!r}; supported: {', '.join(DESTINATIONS)}")
+        self.platform = platform
+        self.ad_account_id = ad_account_id
+        self.segment_name = segment_name
+        self.conn_id = conn_id or f"{platform}_default"
+        self.state_conn_id = state_conn_id
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        dest = DESTINATIONS[self.platform](self.conn_id, self.ad_account_id)
+        store = AudienceSyncStateHook(self.state_conn_id).store
+        entry = store.get_registry(self.platform, dest.account, self.segment_name)
+        if entry is None:  # the sync task never got as far as the audience: nothing to wait for
+            return PokeReturnValue(is_done=True, xcom_value={})
+        try:
+            waiting = poll_processing(dest, store, entry)
+        except PermanentDestinationError as exc:
+            raise AirflowFailException(str(exc)) from None
+        except TransientDestinationError as exc:  # the platform will answer at a later poke
+            self.log.warning("could not read the processing status (%s); asking again later", exc)
+            return False
+        counts = store.ledger_counts(entry.id)
+        if waiting:
+            self.log.info(
+                "%s is still processing %d upload(s): sent %s, in progress %s, pending %s",
+                self.platform,
+                waiting,
+                counts["sent"],
+                counts["in_progress"],
+                counts["pending"],
+            )
+            return False
+        self.log.info(
+            "%s processed every upload: sent %s, removed %s", self.platform, counts["sent"], counts["removed"]
+        )
+        return PokeReturnValue(is_done=True, xcom_value=counts)
