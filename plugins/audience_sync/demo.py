@@ -9,6 +9,7 @@ import shutil
 import sys
 
 from audience_sync.core.campaign import project_root
+from audience_sync.runner import format_run, run_campaign
 
 DEMO_CAMPAIGN = "demo_abandoned_cart"
 
@@ -34,8 +35,6 @@ def run_demo(rows: int = 3000) -> int:
         os.environ["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
             {"conn_type": "generic", "host": srv.url, "password": token}
         )
-        from audience_sync.cli import format_run, run_campaign
-
         result = run_campaign(DEMO_CAMPAIGN)
         print()
         print(format_run(result))
