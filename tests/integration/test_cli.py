@@ -54,7 +54,7 @@ def test_validate_default_folder_ok() -> None:
 
 def test_validate_reports_each_broken_file() -> None:
     bad = sorted(BAD.glob("*.yaml"))[:3]
-    good = ROOT / "include" / "campaigns" / "demo_abandoned_cart.yaml"
+    good = ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"
     r = cli("validate", str(good), *map(str, bad))
     assert r.returncode == 1
     assert r.stdout.count("INVALID") == 3 and r.stdout.count("OK ") == 1

@@ -16,7 +16,6 @@ from audience_sync.core.campaign import (
     SEGMENT_NAME_RULE_ENV,
     SUPPORTED_PLATFORMS,
     SYNC_MODES,
-    Campaign,
     MetaDestination,
     SegmentNameError,
     campaign_from_mapping,
