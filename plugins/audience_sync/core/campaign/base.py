@@ -1,5 +1,8 @@
-"""What every campaign module shares: the validation error carrying its fix, the strict model base,
-"did you mean" hints and the cross-field rules checked both on the model and on the raw YAML."""
+"""What the campaign modules share: the validation error with its fix, the model base, cross-field rules.
+
+The cross-field rules are checked on the model and again on the raw YAML, so a file reports them even
+when other fields fail.
+"""
 
 from __future__ import annotations
 

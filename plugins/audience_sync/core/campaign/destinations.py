@@ -2,7 +2,8 @@
 
 Adding a platform: define a ``<Platform>Destination(DestinationBase)`` model with
 ``platform: Literal["<platform>"]``, add it to the :data:`Destination` union and to
-:data:`DESTINATION_MODELS`. Everything else (error messages, :data:`SUPPORTED_PLATFORMS`) follows."""
+:data:`DESTINATION_MODELS`. Everything else (error messages, :data:`SUPPORTED_PLATFORMS`) follows.
+"""
 
 from __future__ import annotations
 

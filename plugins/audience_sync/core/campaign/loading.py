@@ -1,5 +1,4 @@
-"""Load campaign files: one file (every problem of it at once) or a whole folder (a broken file
-breaks only itself)."""
+"""Load campaign files: one file with every problem it has, or a folder where a broken file breaks alone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where campaign files and the files they reference live: the project root, the campaign folder, path display."""
+"""Where campaign files and the files they name live: project root, campaign folder, path display."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Segment-name rules (strict and relaxed), their error, and compliant-name suggestions.
 
 Digits in a name are spelled out *digit by digit* when a compliant name is suggested (``2026`` ->
-``two_zero_two_six``), which keeps different numbers distinct and needs no number-to-words grammar."""
+``two_zero_two_six``), which keeps different numbers distinct and needs no number-to-words grammar.
+"""
 
 from __future__ import annotations
 
