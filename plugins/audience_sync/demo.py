@@ -9,8 +9,11 @@ import shutil
 import sys
 
 from audience_sync.core.campaign import project_root
+from audience_sync.runner import format_run, run_campaign
 
 DEMO_CAMPAIGN = "demo_abandoned_cart"
+#: Outside include/campaigns/, so a deployment that mounts that folder does not deploy the demo.
+DEMO_CAMPAIGNS_DIR = project_root() / "include" / "demo" / "campaigns"
 
 
 def run_demo(rows: int = 3000) -> int:
@@ -30,12 +33,11 @@ def run_demo(rows: int = 3000) -> int:
     with start_sandbox(port=0, state_file=str(work / "sandbox_state.json"), access_token=token) as srv:
         print(f"sandbox: Meta Graph API on {srv.url}")
         os.environ["AIRFLOW_HOME"] = str(work / "airflow")
+        os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(DEMO_CAMPAIGNS_DIR)
         os.environ["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
         os.environ["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
             {"conn_type": "generic", "host": srv.url, "password": token}
         )
-        from audience_sync.cli import format_run, run_campaign
-
         result = run_campaign(DEMO_CAMPAIGN)
         print()
         print(format_run(result))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from airflow.sdk import DAG
 
 from audience_sync.core.campaign import Campaign, load_campaigns
 from audience_sync.core.errors import AudienceSyncError
+from audience_sync.core.settings import settings
 from audience_sync.operators.extract import ExtractAudienceOperator
 from audience_sync.operators.metrics import RecordMetricsOperator
 from audience_sync.operators.processing import AwaitProcessingSensor
@@ -27,16 +27,11 @@ from audience_sync.operators.sync import PlanAudienceOperator, SyncAudienceOpera
 
 log = logging.getLogger(__name__)
 
-STRICT_ENV = "AUDIENCE_SYNC_STRICT"
 SCHEDULE_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly"}
 
 
 class CampaignLoadError(AudienceSyncError):
     """One or more campaign files are invalid (shown as an Airflow import error)."""
-
-
-def _strict() -> bool:
-    return os.environ.get(STRICT_ENV, "").lower() in ("1", "true", "yes")
 
 
 def sync_task_id(platform: str, index: int, count: int) -> str:
@@ -148,7 +143,7 @@ def build_dags(
 
     With ``AUDIENCE_SYNC_STRICT=1`` (the test suite) any broken file raises instead.
     """
-    campaigns, errors = load_campaigns(folder, strict=_strict())
+    campaigns, errors = load_campaigns(folder, strict=settings().strict)
     for path, err in errors.items():
         log.error("Skipping campaign %s: %s", path, err)
     dags: dict[str, DAG] = {}

@@ -54,7 +54,7 @@ def test_validate_default_folder_ok() -> None:
 
 def test_validate_reports_each_broken_file() -> None:
     bad = sorted(BAD.glob("*.yaml"))[:3]
-    good = ROOT / "include" / "campaigns" / "demo_abandoned_cart.yaml"
+    good = ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"
     r = cli("validate", str(good), *map(str, bad))
     assert r.returncode == 1
     assert r.stdout.count("INVALID") == 3 and r.stdout.count("OK ") == 1
@@ -144,3 +144,62 @@ def test_plan_prints_without_sending_and_matches_the_next_run(fresh_sandbox, tmp
         and "adds 0 " in text.stdout
         and "removes 0" in text.stdout
     )
+
+
+WINDOW_CAMPAIGN = """\
+campaign: Cart window
+duration: {start: 2099-01-01}
+schedule: "@daily"
+segment_name: cart_window_users
+audience_group:
+  sql: |
+    SELECT customer_id, email, ads_consent FROM customers
+    WHERE cart_abandoned_at IS NOT NULL
+      AND '{{ data_interval_start }}' < '{{ data_interval_end }}' -- {{ ds }}
+  conn_id: crm_db
+  key: customer_id
+  identifiers: {email: email}
+destinations:
+  - platform: meta
+    ad_account_id: "act_1234567890"
+"""
+
+
+@pytest.mark.timeout(300)
+def test_plan_renders_the_query_with_the_data_interval_of_the_scheduled_run(
+    fresh_sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With interval timetables a run's data interval differs from its logical date; plan must match it."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from audience_sync.core.campaign import load_campaign
+    from audience_sync.factory import build_dag
+    from tests.conftest import SANDBOX_TOKEN
+
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    (folder / "cart_window.yaml").write_text(WINDOW_CAMPAIGN, encoding="utf-8")
+    # "@daily" then means the interval [day, next day) with the run's logical date at its start.
+    monkeypatch.setenv("AIRFLOW__SCHEDULER__CREATE_CRON_DATA_INTERVALS", "True")
+    env = campaign_env(tmp_path, fresh_sandbox.url, SANDBOX_TOKEN, rows=100, seed=9)
+    env["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(folder)
+
+    # The scheduler's own first run of this DAG (the campaign starts in the future, so it is that day's).
+    dag = build_dag(load_campaign(folder / "cart_window.yaml"))
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    scheduled = scheduler_dag.next_dagrun_info(last_automated_run_info=None)
+    assert scheduled is not None and scheduled.logical_date.isoformat() == "2099-01-01T00:00:00+00:00"
+    start, end = scheduled.data_interval
+    assert (start.isoformat(), end.isoformat()) == ("2099-01-01T00:00:00+00:00", "2099-01-02T00:00:00+00:00")
+    extract = dag.get_task("extract")
+    scheduled_sql = extract.render_template(
+        extract.sql, {"data_interval_start": start, "data_interval_end": end, "ds": "2099-01-01"}
+    )
+    assert "'2099-01-01 00:00:00+00:00' < '2099-01-02 00:00:00+00:00' -- 2099-01-01" in scheduled_sql
+
+    r = cli("plan", "cart_window", "--logical-date", "2099-01-01", "--json", env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    plan = json.loads(r.stdout)
+    assert plan["data_interval"] == [start.isoformat(), end.isoformat()]
+    assert plan["sql"] == scheduled_sql
+    assert plan["group"]["valid"] > 0  # the rendered query ran against the CRM

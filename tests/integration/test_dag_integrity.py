@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGNS = sorted(
-    p for p in (ROOT / "include" / "campaigns").glob("*.y*ml") if not p.name.startswith(("_", "."))
+    p for p in (ROOT / "include" / "demo" / "campaigns").glob("*.y*ml") if not p.name.startswith(("_", "."))
 )
 
 
@@ -24,7 +24,7 @@ def _bag(folder: str | None = None):
 def test_every_campaign_file_loads_as_a_dag() -> None:
     bag = _bag()
     assert bag.import_errors == {}, bag.import_errors
-    assert CAMPAIGNS, "include/campaigns/ holds no campaign file"
+    assert CAMPAIGNS, "include/demo/campaigns/ holds no campaign file"
     expected = {f"ads_audience__{p.stem}" for p in CAMPAIGNS}
     assert expected <= set(bag.dag_ids)
 

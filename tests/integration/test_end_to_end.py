@@ -20,7 +20,7 @@ from audience_sync.core.normalize import RowHasher
 from audience_sync.demo_data import write_demo_db
 
 ROOT = Path(__file__).resolve().parents[2]
-CAMPAIGN = ROOT / "include" / "campaigns" / "demo_abandoned_cart.yaml"
+CAMPAIGN = ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"
 DAG_ID = "ads_audience__demo_abandoned_cart"
 
 

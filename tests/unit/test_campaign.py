@@ -16,9 +16,9 @@ from audience_sync.core.campaign import (
     SEGMENT_NAME_RULE_ENV,
     SUPPORTED_PLATFORMS,
     SYNC_MODES,
-    Campaign,
     MetaDestination,
     SegmentNameError,
+    campaign_from_mapping,
     campaigns_dir,
     check_segment_name,
     load_campaign,
@@ -224,7 +224,7 @@ def test_absolute_paths_and_other_presets(tmp_path: Path) -> None:
 
 
 def test_from_mapping() -> None:
-    campaign = Campaign.from_mapping(
+    campaign = campaign_from_mapping(
         {
             "campaign": "From a dict",
             "duration": {"start": date(2026, 7, 1)},
@@ -633,7 +633,7 @@ def test_invalid_rule_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_project_root_and_default_campaigns_dir() -> None:
-    assert (project_root() / "plugins" / "audience_sync" / "core" / "campaign.py").is_file()
+    assert (project_root() / "plugins" / "audience_sync" / "core" / "campaign" / "__init__.py").is_file()
     assert campaigns_dir() == project_root() / "include" / "campaigns"
 
 

@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import tenacity
 from audience_sync.core.contract import Destination, ProcessingStatus
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import RegistryEntry, StateStore
+from audience_sync.core.settings import Settings, settings
 from audience_sync.core.uploads import UploadLog, UploadRecord, WorkRow
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,9 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
-        """Defaults, overridden by ``AUDIENCE_SYNC_RETRY_ATTEMPTS`` / ``_INITIAL_WAIT`` / ``_MAX_WAIT`` (seconds)."""
-        env = os.environ if environ is None else environ
-        d = cls()
-        try:
-            return cls(
-                attempts=max(1, int(env.get("AUDIENCE_SYNC_RETRY_ATTEMPTS", d.attempts))),
-                initial_wait=float(env.get("AUDIENCE_SYNC_RETRY_INITIAL_WAIT", d.initial_wait)),
-                max_wait=float(env.get("AUDIENCE_SYNC_RETRY_MAX_WAIT", d.max_wait)),
-            )
-        except ValueError as exc:
-            raise ValueError(f"invalid AUDIENCE_SYNC_RETRY_* setting: {exc}") from None
+        """From the ``AUDIENCE_SYNC_RETRY_*`` settings (:mod:`audience_sync.core.settings`), or ``environ``."""
+        s = settings() if environ is None else Settings.from_env(environ)
+        return cls(attempts=s.retry_attempts, initial_wait=s.retry_initial_wait, max_wait=s.retry_max_wait)
 
     def run(self, fn: Callable[[], T], what: str) -> T:
         retrying = tenacity.Retrying(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -12,16 +11,17 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from audience_sync.core.ledger import StateStore
+from audience_sync.core.settings import settings
 
 DEFAULT_CONN_ID = "audience_sync_db"
 
 
 def airflow_home() -> Path:
-    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    return settings().airflow_home
 
 
 def default_sqlite_path() -> Path:
-    return airflow_home() / "audience_sync" / "state.db"
+    return settings().state_dir / "state.db"
 
 
 class AudienceSyncStateHook(BaseHook):

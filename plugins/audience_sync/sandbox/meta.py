@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from audience_sync.sandbox.server import FaultRule, Journal, PlatformApp, SandboxRequest, SandboxResponse
+from audience_sync.sandbox.base import FaultRule, Journal, PlatformApp, SandboxRequest, SandboxResponse
 
 GRAPH_PATH = re.compile(r"^/v\d+\.\d+(?:/|$)")
 ACCOUNT_ID = re.compile(r"^act_\d+$")

@@ -1,0 +1,240 @@
+"""Every environment setting of audience-sync in one typed, frozen object (:func:`settings`).
+
+Each ``AUDIENCE_SYNC_*`` variable is parsed here and nowhere else; a bad value raises
+:class:`SettingsError` naming the variable, what it must be and how to fix it. The README's settings
+table lists the same variables (``tests/unit/test_settings.py`` checks that the two agree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from audience_sync.core.errors import AudienceSyncError
+
+__all__ = ["VARIABLES", "Settings", "SettingsError", "Variable", "override", "reload", "settings"]
+
+SegmentNameRule = Literal["strict", "relaxed"]
+SEGMENT_NAME_RULES: tuple[str, ...] = SegmentNameRule.__args__
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class SettingsError(AudienceSyncError, ValueError):
+    """An environment variable has a value audience-sync cannot use. Names the variable and the fix."""
+
+    def __init__(self, variable: str, value: str, expected: str, example: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.problem = f"{variable} is '{value}' but must be {expected}"
+        self.fix = f"set {variable}={example}, or unset it for the default"
+        super().__init__(f"{self.problem}. Fix: {self.fix}.")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, the Settings field it fills, and how it is documented."""
+
+    name: str
+    field: str
+    type: str
+    default: str
+    help: str
+    parse: Callable[[str, str], Any]
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _segment_rule(name: str, raw: str) -> str:
+    value = raw.lower()
+    if value not in SEGMENT_NAME_RULES:
+        raise SettingsError(name, raw, "'strict' or 'relaxed' (or unset for strict)", "relaxed")
+    return value
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(name, raw, "a yes/no flag (1, true, yes, on / 0, false, no, off)", "1")
+
+
+def _count(minimum: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise SettingsError(name, raw, f"a whole number of at least {minimum}", str(max(minimum, 5)))
+        return value
+
+    return parse
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses NaN
+        raise SettingsError(name, raw, "a number of seconds, 0 or more", "2")
+    return value
+
+
+#: Every variable audience-sync reads. Order = the README table's order.
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "AUDIENCE_SYNC_CAMPAIGNS_DIR",
+        "campaigns_dir",
+        "path",
+        "`include/campaigns`",
+        "Folder of campaign files, one DAG per file; a relative path is taken from the project root.",
+        _path,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_SEGMENT_NAME_RULE",
+        "segment_name_rule",
+        "`strict` \\| `relaxed`",
+        "`strict`",
+        "`relaxed` also allows capitals, digits, `-` and spaces in segment names (see *Segment names*).",
+        _segment_rule,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_STRICT",
+        "strict",
+        "flag",
+        "off",
+        "On: any broken campaign file fails DAG parsing instead of only its own DAG (the test suite).",
+        _flag,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_RETRY_ATTEMPTS",
+        "retry_attempts",
+        "integer ≥ 1",
+        "5",
+        "Tries per platform request on transient errors inside a task, before Airflow's own retries.",
+        _count(1),
+    ),
+    Variable(
+        "AUDIENCE_SYNC_RETRY_INITIAL_WAIT",
+        "retry_initial_wait",
+        "seconds ≥ 0",
+        "2",
+        "First backoff wait between those tries (exponential with jitter).",
+        _seconds,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_RETRY_MAX_WAIT",
+        "retry_max_wait",
+        "seconds ≥ 0",
+        "120",
+        "Longest single backoff wait.",
+        _seconds,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_SANDBOX_TOKEN",
+        "sandbox_token",
+        "text",
+        "`sandbox-token`",
+        "Access token `audience-sync sandbox` accepts when `--token` is not given.",
+        _text,
+    ),
+    Variable(
+        "AIRFLOW_HOME",
+        "airflow_home",
+        "path",
+        "`~/airflow`",
+        "Airflow's own; audience-sync keeps staging files and the default SQLite state database "
+        "under `$AIRFLOW_HOME/audience_sync/`.",
+        _path,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed environment. Defaults apply to unset or empty variables."""
+
+    campaigns_dir: Path | None = None
+    segment_name_rule: SegmentNameRule = "strict"
+    strict: bool = False
+    retry_attempts: int = 5
+    retry_initial_wait: float = 2.0
+    retry_max_wait: float = 120.0
+    sandbox_token: str = "sandbox-token"
+    airflow_home: Path = dataclasses.field(default_factory=lambda: Path.home() / "airflow")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse ``environ`` (default ``os.environ``); raise SettingsError on the first bad value."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            raw = (env.get(var.name) or "").strip()
+            if raw:
+                values[var.field] = var.parse(var.name, raw)
+        return cls(**values)
+
+    @property
+    def state_dir(self) -> Path:
+        """``$AIRFLOW_HOME/audience_sync``: staging files and the default SQLite state database."""
+        return self.airflow_home / "audience_sync"
+
+
+# The cache is keyed by the raw values of the variables, so a process that changes its own environment
+# after import (the demo, dag.test() in tests, monkeypatch) gets the new values instead of stale ones,
+# while the usual case (nothing changed) parses once.
+_lock = threading.Lock()
+_cached: tuple[tuple[str | None, ...], Settings] | None = None
+_overrides: list[Settings] = []
+
+
+def _key() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(var.name) for var in VARIABLES)
+
+
+def settings() -> Settings:
+    """The current settings: an active :func:`override`, else the environment (parsed once per change)."""
+    global _cached
+    if _overrides:
+        return _overrides[-1]
+    key = _key()
+    with _lock:
+        if _cached is None or _cached[0] != key:
+            _cached = (key, Settings.from_env())
+        return _cached[1]
+
+
+def reload() -> Settings:
+    """Forget the cached settings and parse the environment again."""
+    global _cached
+    with _lock:
+        _cached = None
+    return settings()
+
+
+@contextlib.contextmanager
+def override(**changes: Any) -> Iterator[Settings]:
+    """Within the block, :func:`settings` returns the current settings with ``changes`` applied."""
+    changed = dataclasses.replace(settings(), **changes)
+    _overrides.append(changed)
+    try:
+        yield changed
+    finally:
+        _overrides.remove(changed)
