@@ -12,6 +12,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.ledger import COUNT_KEYS, utcnow
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.operators.context import run_date
+from audience_sync.operators.extract import RUN_MARKER
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -45,7 +47,7 @@ class RecordMetricsOperator(BaseOperator):
         store = AudienceSyncStateHook(self.state_conn_id).store
         ti = context["ti"]
         run_id = context["run_id"]
-        logical: dt.datetime | None = context.get("logical_date")
+        logical: dt.datetime | None = run_date(context)
         extracted = ti.xcom_pull(task_ids="extract") or {}
         failed: list[str] = []
         summary: dict[str, Any] = {}
@@ -104,6 +106,7 @@ class RecordMetricsOperator(BaseOperator):
             p.unlink(missing_ok=True)
         folders = {p.parent for p in paths}
         for folder in folders:
+            (folder / RUN_MARKER).unlink(missing_ok=True)  # the extract's note of whose folder it is
             if folder.exists() and not any(folder.iterdir()):
                 folder.rmdir()
         if paths:
