@@ -148,7 +148,8 @@ class ExtractAudienceOperator(BaseOperator):
     def _run_state(self, context: Context, run_id: str) -> str | None:
         """The state of another run of this DAG, or None when Airflow cannot say (then its files stay)."""
         try:
-            return str(context["ti"].get_dagrun_state(self.dag_id, run_id))
+            state = context["ti"].get_dagrun_state(self.dag_id, run_id)
+            return str(getattr(state, "value", state))  # the SDK's enum prints as DagRunState.FAILED
         except Exception as exc:  # a deleted run, an API hiccup: keeping files is the safe side
             self.log.info("state of run %s unknown (%s); keeping its staged files", run_id, exc)
             return None
