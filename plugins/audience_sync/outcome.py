@@ -9,17 +9,19 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from audience_sync.core.errors import AudienceSyncError, PermanentDestinationError, TransientDestinationError
-from audience_sync.core.ledger import COUNT_KEYS, RUN_KEYS, LockTimeout, utcnow
+from audience_sync.core.ledger import COUNT_KEYS, RUN_KEYS, LeaseLost, LockTimeout, utcnow
 
 #: failures a task retry can fix: the platform or the lock may be free next time
 RETRYABLE = (TransientDestinationError, LockTimeout)
 
 
 def as_airflow_error(exc: Exception) -> Exception:
-    """Permanent platform errors fail the task at once (a retry cannot help); transient ones and a
-    busy audience let Airflow retry; anything else is left as it is."""
+    """Permanent platform errors fail the task at once (a retry cannot help); transient ones, a busy
+    audience and a lost lease let Airflow retry; other audience-sync errors fail; anything else is left."""
     if isinstance(exc, PermanentDestinationError):
         return AirflowFailException(str(exc))
+    if isinstance(exc, LeaseLost):  # another run or a later try of this task is uploading now
+        return AirflowException(f"{exc}. This try stopped so two uploads never interleave.")
     if isinstance(exc, RETRYABLE):
         return AirflowException(f"{exc} (Airflow will retry the task)")
     if isinstance(exc, AudienceSyncError):

@@ -15,14 +15,23 @@ Tables (created on first use, versioned in ``as_schema_version``):
 - ``as_uploads``: one row per platform upload (one operation on one audience) with the platform's
   handle, so a retried task resumes the same upload (see :mod:`audience_sync.core.uploads`).
 - ``as_run_metrics``: one row per (dag, run, destination) with the counts of that run.
+- ``as_stage`` / ``as_stage_owner``: the group of a sync being reconciled, keyed by a random stage key;
+  the owner row says which campaign run (and lease) staged it, so the next run of that campaign can drop
+  what a killed run left behind.
 - ``as_locks``: one row per audience being synced (platform, account, segment), with a lease, so no two
-  runs upload to one audience at once. A retry of the same task takes its own lock over.
+  runs upload to one audience at once. The owner is ``dag|run|task|try``: a later try of the same task
+  takes the lease over at once, anyone else waits for it to expire; a holder that lost it gets
+  :class:`LeaseLost` on its next heartbeat and stops.
+
+Every timestamp column is :class:`UTCDateTime`: aware datetimes in, aware UTC datetimes out, on both
+databases (naive datetimes are rejected).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,9 +43,49 @@ from sqlalchemy.engine import Engine
 
 from audience_sync.core.errors import AudienceSyncError
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 
 STATUSES = ("pending", "in_progress", "sent", "failed", "removed")
+
+#: key of the PostgreSQL advisory lock that serialises schema creation between workers
+SCHEMA_LOCK_KEY = 0x41535F534348454D  # "AS_SCHEM"
+
+#: a stage nobody holds a lease for (a plan's) is left alone this long before a later run may drop it
+UNLEASED_STAGE_GRACE = dt.timedelta(hours=6)
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """A timestamp that is UTC in the database and aware UTC in Python, on SQLite and PostgreSQL.
+
+    SQLite has no time zones: SQLAlchemy writes an aware value's wall time and reads it back naive, so
+    ``10:00+01:00`` came back as ``10:00`` and was then taken for UTC. Here every value is converted to
+    UTC before it is written (and stored naive on SQLite, as ``timestamptz`` on PostgreSQL), and read back
+    as aware UTC. Naive values are rejected rather than guessed: a naive time is a bug at its source.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"naive datetime {value.isoformat()} given to the state database; pass an aware one"
+            )
+        utc = value.astimezone(dt.UTC)
+        # SQLite stores wall time only: store UTC wall time, so text order is time order
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
 
 metadata = sa.MetaData()
 
@@ -44,7 +93,7 @@ schema_version = sa.Table(
     "as_schema_version",
     metadata,
     sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
 )
 
 registry = sa.Table(
@@ -57,9 +106,9 @@ registry = sa.Table(
     sa.Column("audience_id", sa.String(64), nullable=False),
     sa.Column("origin", sa.String(16), nullable=False),  # created | adopted | recreated
     sa.Column("note", sa.Text, nullable=True),
-    sa.Column("last_logical_date", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_logical_date", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("platform", "account", "segment_name", name="uq_as_registry_segment"),
 )
 
@@ -78,7 +127,7 @@ ledger = sa.Table(
     # the upload (as_uploads) and batch the member is being sent in, while ``in_progress``
     sa.Column("upload_id", sa.Integer, nullable=True),
     sa.Column("batch_seq", sa.Integer, nullable=True),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 sa.Index("ix_as_ledger_upload", ledger.c.registry_id, ledger.c.upload_id, ledger.c.batch_seq)
 sa.Index("ix_as_ledger_status", ledger.c.registry_id, ledger.c.status, ledger.c.op)
@@ -102,9 +151,9 @@ uploads = sa.Table(
     sa.Column("received", sa.Integer, nullable=False, default=0),
     sa.Column("invalid", sa.Integer, nullable=False, default=0),  # rows the platform rejected
     sa.Column("detail", sa.Text, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("processed_at", UTCDateTime(), nullable=True),
 )
 sa.Index("ix_as_uploads_state", uploads.c.registry_id, uploads.c.state)
 
@@ -117,13 +166,26 @@ stage = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
 )
 
+stage_owner = sa.Table(
+    "as_stage_owner",
+    metadata,
+    sa.Column("stage_key", sa.String(64), primary_key=True),
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("run_id", sa.String(250), nullable=True),
+    # the audience lease the stage was made under (None for a plan, which takes no lease)
+    sa.Column("lock_key", sa.String(300), nullable=True),
+    sa.Column("lease_owner", sa.String(500), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+sa.Index("ix_as_stage_owner_dag", stage_owner.c.dag_id, stage_owner.c.created_at)
+
 locks = sa.Table(
     "as_locks",
     metadata,
     sa.Column("lock_key", sa.String(300), primary_key=True),
     sa.Column("owner", sa.String(500), nullable=False),
-    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("acquired_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
 )
 
 metrics = sa.Table(
@@ -134,7 +196,7 @@ metrics = sa.Table(
     sa.Column("destination", sa.String(128), primary_key=True),
     sa.Column("segment_name", sa.String(128), nullable=False),
     sa.Column("audience_id", sa.String(64), nullable=True),
-    sa.Column("logical_date", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("logical_date", UTCDateTime(), nullable=True),
     sa.Column("total", sa.Integer, nullable=False, default=0),
     sa.Column("sent", sa.Integer, nullable=False, default=0),
     sa.Column("in_progress", sa.Integer, nullable=False, default=0),
@@ -150,8 +212,8 @@ metrics = sa.Table(
     sa.Column("run_resent", sa.Integer, nullable=False, default=0),
     sa.Column("run_unchanged", sa.Integer, nullable=False, default=0),
     sa.Column("run_rejected", sa.Integer, nullable=False, default=0),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("note", sa.Text, nullable=True),
 )
@@ -165,15 +227,27 @@ class LockTimeout(AudienceSyncError):
     """Another run kept the audience's lock for longer than we were willing to wait."""
 
 
+class LeaseLost(AudienceSyncError):
+    """The audience's lease is no longer ours (it expired and another run, or a later try, took it over)."""
+
+
 def utcnow() -> dt.datetime:
+    """Now, aware, in UTC."""
     return dt.datetime.now(dt.UTC)
 
 
-def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; treat them as UTC so comparisons work on both databases."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+def lease_owner(dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    """The lease owner of one task try: ``dag|run|task|try``."""
+    return f"{dag_id}|{run_id}|{task_id}|{int(try_number)}"
+
+
+def _earlier_try(holder: str, owner: str) -> bool:
+    """Whether ``holder`` is an earlier try of the same task as ``owner`` (same ``dag|run|task``)."""
+    h_task, _, h_try = holder.rpartition("|")
+    o_task, _, o_try = owner.rpartition("|")
+    if not h_task or h_task != o_task or not (h_try.isdigit() and o_try.isdigit()):
+        return False
+    return int(h_try) < int(o_try)
 
 
 @dataclass(frozen=True)
@@ -209,6 +283,7 @@ class StateStore:
     """
 
     def __init__(self, url: str | sa.URL | Engine) -> None:
+        self._lease_seconds: dict[str, float] = {}
         if isinstance(url, Engine):
             self.engine = url
         else:
@@ -226,7 +301,24 @@ class StateStore:
 
     # ------------------------------------------------------------------ schema
     def ensure_schema(self) -> None:
-        """Create the tables on first use and record the schema version (idempotent, race-safe)."""
+        """Create the tables on first use and record the schema version (idempotent, race-safe).
+
+        On PostgreSQL two workers creating the schema at once would both see "no table" and one would
+        fail on a duplicate type or table, so the whole step runs under a session-level advisory lock.
+        SQLite serialises writers by itself.
+        """
+        if self.dialect != "postgresql":
+            self._ensure_schema()
+            return
+        with self.engine.connect() as lock_conn:
+            lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            try:
+                self._ensure_schema()
+            finally:
+                lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
+                lock_conn.commit()
+
+    def _ensure_schema(self) -> None:
         metadata.create_all(self.engine, checkfirst=True)
         with self.engine.begin() as conn:
             current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
@@ -312,11 +404,40 @@ class StateStore:
             )
 
     # ------------------------------------------------------------------ ledger
-    def stage_members(self, rows: Iterable[tuple[str, str, str]], chunk: int = 5000) -> str:
-        """Bulk-load (member_id, row_hash, payload_json) rows into the stage table; return the stage key."""
+    def stage_members(
+        self,
+        rows: Iterable[tuple[str, str, str]],
+        chunk: int = 5000,
+        *,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        lease: tuple[str, str] | None = None,
+    ) -> str:
+        """Bulk-load (member_id, row_hash, payload_json) rows into the stage table; return the stage key.
+
+        :param dag_id: the campaign staging it; with it, stale stages of the same campaign (left by killed
+            runs) are dropped first, see :meth:`drop_stale_stages`.
+        :param run_id: the run staging it (recorded, for whoever looks at the table).
+        :param lease: ``(lock_key, owner)`` of the audience lease held while the stage is in use.
+        """
         key = uuid.uuid4().hex
+        now = utcnow()
+        if dag_id is not None:
+            self.drop_stale_stages(dag_id, now)
+        lock_key, owner = lease if lease else (None, None)
         buf: list[dict[str, str]] = []
         with self.engine.begin() as conn:
+            # owner row and members commit together: nobody sees members without their owner
+            conn.execute(
+                stage_owner.insert().values(
+                    stage_key=key,
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    lock_key=lock_key,
+                    lease_owner=owner,
+                    created_at=now,
+                )
+            )
             for member_id, row_hash, payload in rows:
                 buf.append(
                     {"stage_key": key, "member_id": member_id, "row_hash": row_hash, "payload": payload}
@@ -331,6 +452,45 @@ class StateStore:
     def drop_stage(self, key: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(stage.delete().where(stage.c.stage_key == key))
+            conn.execute(stage_owner.delete().where(stage_owner.c.stage_key == key))
+
+    def drop_stale_stages(self, dag_id: str, before: dt.datetime | None = None) -> int:
+        """Drop the stages a killed run of this campaign left behind; return how many were dropped.
+
+        Only this campaign's stages are candidates (another campaign may be staging right now), and only
+        those created before ``before`` (a run that started after us is not ours to judge). Of those, a
+        stage made under an audience lease is dropped once that lease no longer holds (expired, released,
+        or taken over by a later try); a stage made without a lease (a plan) after
+        :data:`UNLEASED_STAGE_GRACE`.
+        """
+        now = utcnow()
+        before = before or now
+        live_lease = (
+            sa.select(locks.c.lock_key)
+            .where(
+                locks.c.lock_key == stage_owner.c.lock_key,
+                locks.c.owner == stage_owner.c.lease_owner,
+                locks.c.expires_at >= now,
+            )
+            .exists()
+        )
+        stale = sa.select(stage_owner.c.stage_key).where(
+            stage_owner.c.dag_id == dag_id,
+            stage_owner.c.created_at < before,
+            sa.or_(
+                sa.and_(stage_owner.c.lease_owner.is_not(None), ~live_lease),
+                sa.and_(
+                    stage_owner.c.lease_owner.is_(None), stage_owner.c.created_at < now - UNLEASED_STAGE_GRACE
+                ),
+            ),
+        )
+        with self.engine.begin() as conn:
+            keys = list(conn.execute(stale).scalars())
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                conn.execute(stage.delete().where(stage.c.stage_key.in_(chunk)))
+                conn.execute(stage_owner.delete().where(stage_owner.c.stage_key.in_(chunk)))
+        return len(keys)
 
     def plan_counts(self, registry_id: int, key: str, *, removals: bool) -> dict[str, int]:
         """What applying a stage would do, without changing anything.
@@ -437,7 +597,7 @@ class StateStore:
                         stage.c.row_hash,
                         stage.c.payload,
                         sa.literal(run_id),
-                        sa.literal(now, sa.DateTime(timezone=True)),
+                        sa.literal(now, UTCDateTime()),
                     ).where(
                         stage.c.stage_key == key,
                         ~sa.exists().where(
@@ -718,12 +878,18 @@ class StateStore:
         wait_seconds: float = 600,
         poll: float = 0.5,
     ) -> None:
-        """Take the lock, waiting while another owner holds an unexpired lease.
+        """Take the audience's lease, waiting while another owner holds an unexpired one.
 
-        The same owner (a retry of the same task) takes its own lock over at once.
+        ``owner`` is ``dag|run|task|try`` (see :func:`lease_owner`). The same owner re-acquires at once; a
+        later try of the same task takes the lease over from an earlier try at once (Airflow starts a new
+        try only when it considers the old one gone; if that one still runs, it gets :class:`LeaseLost`
+        on its next heartbeat); anyone else waits until the lease expires or is released.
+
+        Every takeover is a compare-and-set on the holder we saw, so two contenders never both win.
         :raises LockTimeout: when the lock stays held for ``wait_seconds``.
         """
         deadline = time.monotonic() + wait_seconds
+        self._lease_seconds[lock_key] = lease_seconds  # what the heartbeat extends the lease by
         while True:
             now = utcnow()
             expires = now + dt.timedelta(seconds=lease_seconds)
@@ -738,29 +904,50 @@ class StateStore:
             except sa.exc.IntegrityError:
                 pass
             with self.engine.begin() as conn:
-                taken = conn.execute(
-                    locks.update()
-                    .where(
-                        locks.c.lock_key == lock_key, sa.or_(locks.c.owner == owner, locks.c.expires_at < now)
-                    )
-                    .values(owner=owner, acquired_at=now, expires_at=expires)
-                ).rowcount
                 holder = conn.execute(sa.select(locks.c.owner).where(locks.c.lock_key == lock_key)).scalar()
+                taken = 0
+                if holder is not None:
+                    cond = [locks.c.lock_key == lock_key, locks.c.owner == holder]
+                    if not (holder == owner or _earlier_try(holder, owner)):
+                        cond.append(locks.c.expires_at < now)
+                    taken = conn.execute(
+                        locks.update().where(*cond).values(owner=owner, acquired_at=now, expires_at=expires)
+                    ).rowcount
             if taken:
+                if holder != owner:
+                    log.info("lease %s taken over from %s", lock_key, holder)
                 return
+            if holder is None:
+                continue  # released between our insert and our read: try the insert again
             if time.monotonic() > deadline:
                 raise LockTimeout(
                     f"audience {lock_key} is being synced by {holder}; gave up after {wait_seconds:.0f}s"
                 )
             time.sleep(poll)
 
-    def refresh_lock(self, lock_key: str, owner: str, lease_seconds: float = 1800) -> None:
+    def refresh_lock(self, lock_key: str, owner: str, lease_seconds: float | None = None) -> None:
+        """Extend our lease, in one statement that also checks it is still ours (the heartbeat).
+
+        :param lease_seconds: the new lease; by default the one this store acquired the lock with.
+
+        A lease that expired but that nobody took over is still ours and is extended: no one else has
+        uploaded in between.
+        :raises LeaseLost: another owner holds the lease now, or it was released.
+        """
+        lease = self._lease_seconds.get(lock_key, 1800.0) if lease_seconds is None else lease_seconds
         with self.engine.begin() as conn:
-            conn.execute(
+            updated = conn.execute(
                 locks.update()
                 .where(locks.c.lock_key == lock_key, locks.c.owner == owner)
-                .values(expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
-            )
+                .values(expires_at=utcnow() + dt.timedelta(seconds=lease))
+            ).rowcount
+            if updated == 1:
+                return
+            holder = conn.execute(sa.select(locks.c.owner).where(locks.c.lock_key == lock_key)).scalar()
+        raise LeaseLost(
+            f"lost the lease on audience {lock_key}: it is now held by {holder or 'nobody'} "
+            f"(ours, {owner}, expired or was taken over by a later try); stopped before the next request"
+        )
 
     def release_lock(self, lock_key: str, owner: str) -> None:
         with self.engine.begin() as conn:
@@ -823,7 +1010,7 @@ def _entry(row: Any) -> RegistryEntry:
         segment_name=row.segment_name,
         audience_id=row.audience_id,
         origin=row.origin,
-        last_logical_date=_as_utc(row.last_logical_date),
+        last_logical_date=row.last_logical_date,
     )
 
 

@@ -21,7 +21,7 @@ import tenacity
 
 from audience_sync.core.contract import Destination, ProcessingStatus
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
-from audience_sync.core.ledger import RegistryEntry, StateStore
+from audience_sync.core.ledger import RegistryEntry, StateStore, lease_owner
 from audience_sync.core.settings import Settings, settings
 from audience_sync.core.uploads import UploadLog, UploadRecord, WorkRow
 
@@ -83,6 +83,9 @@ class SyncRequest:
     description: str = ""
     logical_date: dt.datetime | None = None
     exclude_segments: tuple[str, ...] = ()
+    #: the Airflow task and try: with dag and run they own the audience's lease (``dag|run|task|try``)
+    task_id: str = "sync"
+    try_number: int = 1
 
 
 @dataclass
@@ -198,18 +201,22 @@ def sync_audience(
     retry: RetryPolicy | None = None,
     progress: Callable[[dict[str, int]], None] | None = None,
     lock_wait_seconds: float = 600,
+    lease_seconds: float = 1800,
 ) -> SyncOutcome:
     """Upsert the audience and bring it to the staged group; return the counts from the ledger.
 
     :param staged: (member_id, row_hash, payload_json) of every valid, consenting member of the group.
     :param revoked: member ids that lost consent: removed from the platform in every mode.
+    :param lease_seconds: how long the audience lease lasts without a heartbeat; the engine heartbeats
+        before platform requests, and stops with :class:`~audience_sync.core.ledger.LeaseLost` once the
+        lease is someone else's.
     """
     retry = retry or RetryPolicy.from_env()
     if req.mode not in SYNC_MODES:
         raise ValueError(f"unknown sync mode {req.mode!r}; use one of {', '.join(SYNC_MODES)}")
-    owner = f"{req.dag_id}|{req.run_id}"
+    owner = lease_owner(req.dag_id, req.run_id, req.task_id, req.try_number)
     key_lock = lock_key(req, dest.account)
-    store.acquire_lock(key_lock, owner, wait_seconds=lock_wait_seconds)
+    store.acquire_lock(key_lock, owner, lease_seconds=lease_seconds, wait_seconds=lock_wait_seconds)
     try:
         return _sync_locked(dest, store, req, staged, list(revoked), retry, progress, key_lock, owner)
     finally:
@@ -253,7 +260,7 @@ def _sync_locked(
         notes.append(note)
         mode = "add_only"
 
-    key = store.stage_members(staged)
+    key = store.stage_members(staged, dag_id=req.dag_id, run_id=req.run_id, lease=(key_lock, owner))
     try:
         excluded = store.exclude_from_stage(key, req.platform, dest.account, req.exclude_segments)
         if excluded:
@@ -405,7 +412,7 @@ def plan_sync(
         )
     backfill = is_backfill(req, entry)
     mode = "add_only" if backfill else req.mode
-    key = store.stage_members(staged)
+    key = store.stage_members(staged, dag_id=req.dag_id, run_id=req.run_id)
     try:
         excluded = store.exclude_from_stage(key, req.platform, dest.account, req.exclude_segments)
         group = store.stage_size(key)

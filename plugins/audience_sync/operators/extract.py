@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseOperator
 
+from audience_sync import sources
 from audience_sync.core.extract import CHUNK_ROWS, extract_and_stage
 from audience_sync.hooks.state import airflow_home
 
@@ -16,10 +19,49 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+#: file in a run's staging folder holding its real run id (the folder name is a sanitised one)
+RUN_MARKER = ".run_id"
+
+#: run states after which a run's staged files are no longer read (unless someone clears a task)
+FINISHED = ("success", "failed")
+
+#: a folder without a marker (staged by an older version) is dropped once it is this old
+UNMARKED_MAX_AGE_SECONDS = 7 * 24 * 3600
+
+
 def staging_dir(dag_id: str, run_id: str) -> Path:
     """Where one run stages its hashed members: ``$AIRFLOW_HOME/audience_sync/staging/<dag>/<run>``."""
     safe_run = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
     return airflow_home() / "audience_sync" / "staging" / dag_id / safe_run
+
+
+def prune_staging(dag_id: str, run_id: str, run_state: Callable[[str], str | None]) -> list[Path]:
+    """Delete the staging folders other runs of this DAG left behind (killed or failed runs).
+
+    ``record_metrics`` deletes a run's files when every sync succeeded; a run that was killed or failed
+    leaves them, hashes of the whole group, on disk. A folder is only deleted when its run is finished
+    (``run_state`` says success or failed): a concurrent run (a backfill runs several at once) still
+    needs its files. A later clear of just that old run's sync task then fails with a clear message.
+
+    :return: the folders deleted.
+    """
+    base = staging_dir(dag_id, run_id).parent
+    mine = staging_dir(dag_id, run_id)
+    if not base.is_dir():
+        return []
+    dropped: list[Path] = []
+    for folder in sorted(base.iterdir()):
+        if not folder.is_dir() or folder == mine:
+            continue
+        marker = folder / RUN_MARKER
+        if marker.exists():
+            if run_state(marker.read_text().strip()) not in FINISHED:
+                continue
+        elif time.time() - folder.stat().st_mtime < UNMARKED_MAX_AGE_SECONDS:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        dropped.append(folder)
+    return dropped
 
 
 class ExtractAudienceOperator(BaseOperator):
@@ -70,7 +112,13 @@ class ExtractAudienceOperator(BaseOperator):
         self.chunk_rows = chunk_rows
 
     def execute(self, context: Context) -> dict[str, Any]:
-        out = staging_dir(self.dag_id, context["run_id"])
+        run_id = context["run_id"]
+        dropped = prune_staging(self.dag_id, run_id, lambda rid: self._run_state(context, rid))
+        if dropped:
+            self.log.info("removed staged files of %d finished earlier run(s) of this DAG", len(dropped))
+        out = staging_dir(self.dag_id, run_id)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_MARKER).write_text(run_id)
         counts = extract_and_stage(
             self._chunks(),
             key=self.key,
@@ -97,39 +145,21 @@ class ExtractAudienceOperator(BaseOperator):
     def _chunks(self) -> Iterator[list[dict[str, Any]]]:
         return read_group(self.source_path, self.sql, self.conn_id, self.chunk_rows)
 
+    def _run_state(self, context: Context, run_id: str) -> str | None:
+        """The state of another run of this DAG, or None when Airflow cannot say (then its files stay)."""
+        try:
+            state = context["ti"].get_dagrun_state(self.dag_id, run_id)
+            return str(getattr(state, "value", state))  # the SDK's enum prints as DagRunState.FAILED
+        except Exception as exc:  # a deleted run, an API hiccup: keeping files is the safe side
+            self.log.info("state of run %s unknown (%s); keeping its staged files", run_id, exc)
+            return None
+
 
 def read_group(
     source_path: str | None, sql: str | None, conn_id: str | None, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[list[dict[str, Any]]]:
-    """Yield the audience group in chunks of row dicts, from a CSV/Parquet list or a SQL query."""
-    if sql is not None:
-        yield from _sql_chunks(sql, str(conn_id), chunk_rows)
-        return
-    path = Path(str(source_path))
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-            yield batch.to_pylist()
-    else:
-        import pandas as pd
-
-        for frame in pd.read_csv(path, dtype=str, chunksize=chunk_rows, keep_default_na=False):
-            yield frame.to_dict("records")
-
-
-def _sql_chunks(sql: str, conn_id: str, chunk_rows: int) -> Iterator[list[dict[str, Any]]]:
-    hook = BaseHook.get_connection(conn_id).get_hook()
-    conn = hook.get_conn()
-    try:
-        cur = conn.cursor()
-        cur.execute(sql)
-        names = [d[0] for d in cur.description]
-        while True:
-            rows = cur.fetchmany(chunk_rows)
-            if not rows:
-                break
-            yield [dict(zip(names, r, strict=True)) for r in rows]
-        cur.close()
-    finally:
-        conn.close()
+    """The audience group in chunks (see :func:`audience_sync.sources.read_group`), SQL through ``conn_id``."""
+    connect = (
+        (lambda: BaseHook.get_connection(str(conn_id)).get_hook().get_conn()) if sql is not None else None
+    )
+    return sources.read_group(source_path, sql, connect, chunk_rows)

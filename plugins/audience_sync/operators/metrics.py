@@ -11,6 +11,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.ledger import COUNT_KEYS, RUN_KEYS
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.operators.context import run_date
+from audience_sync.operators.extract import RUN_MARKER
 from audience_sync.outcome import metrics_row
 
 if TYPE_CHECKING:
@@ -66,7 +68,7 @@ class RecordMetricsOperator(BaseOperator):
                     "run_id": context["run_id"],
                     "destination": dest_key,
                     "segment_name": d["segment_name"],
-                    "logical_date": context.get("logical_date"),
+                    "logical_date": run_date(context),
                     "audience_id": entry.audience_id if entry else None,
                 },
                 result,
@@ -99,6 +101,7 @@ class RecordMetricsOperator(BaseOperator):
             p.unlink(missing_ok=True)
         folders = {p.parent for p in paths}
         for folder in folders:
+            (folder / RUN_MARKER).unlink(missing_ok=True)  # the extract's note of whose folder it is
             if folder.exists() and not any(folder.iterdir()):
                 folder.rmdir()
         if paths:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.contract import Destination
 from audience_sync.core.errors import AudienceSyncError
@@ -13,6 +15,7 @@ from audience_sync.core.extract import read_member_ids, read_staged
 from audience_sync.core.ledger import utcnow
 from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, staged_row, sync_audience
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.operators.context import run_date
 from audience_sync.outcome import as_airflow_error
 
 if TYPE_CHECKING:
@@ -34,6 +37,22 @@ def staged_rows(staged: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
     return (staged_row(mid, schema, values) for mid, schema, values in read_staged(staged["path"]))
 
 
+def require_staged(extracted: Mapping[str, Any], platform: str) -> Mapping[str, Any]:
+    """This platform's staged file from the extract XCom; fail clearly when it is gone from disk.
+
+    The next run's extract task deletes the staged files of finished runs, so clearing only the sync
+    task of an old run finds nothing to read.
+    """
+    staged = extracted["staged"][platform]
+    for path in (staged["path"], extracted.get("no_consent_path")):
+        if path and not Path(path).exists():
+            raise AirflowFailException(
+                f"staged file missing: {path}. A later run removed this run's staged files; "
+                "clear the extract task of that run too (with its downstream tasks), not only the sync task."
+            )
+    return staged
+
+
 def build_request(
     context: Context, *, platform: str, account: str, segment_name: str, schema: Sequence[str], **kw: Any
 ) -> SyncRequest:
@@ -44,7 +63,9 @@ def build_request(
         account=account,
         segment_name=segment_name,
         schema=tuple(schema),
-        logical_date=context.get("logical_date"),
+        logical_date=run_date(context),
+        task_id=context["ti"].task_id,
+        try_number=int(getattr(context["ti"], "try_number", None) or 1),
         **kw,
     )
 
@@ -101,7 +122,7 @@ class SyncAudienceOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         started = utcnow()
         extracted = context["ti"].xcom_pull(task_ids=self.extract_task_id)
-        staged = extracted["staged"][self.platform]
+        staged = require_staged(extracted, self.platform)
         dest = DESTINATIONS[self.platform](self.conn_id, self.ad_account_id)
         store = AudienceSyncStateHook(self.state_conn_id).store
         req = build_request(
@@ -215,7 +236,7 @@ class PlanAudienceOperator(BaseOperator):
         revoked = read_member_ids(extracted.get("no_consent_path"))
         plans: dict[str, Any] = {}
         for d in self.destinations:
-            staged = extracted["staged"][d["platform"]]
+            staged = require_staged(extracted, d["platform"])
             dest = DESTINATIONS[d["platform"]](d["conn_id"], d["account"])
             req = build_request(
                 context,

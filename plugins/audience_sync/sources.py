@@ -1,0 +1,100 @@
+"""Source readers: the audience group in bounded chunks from CSV, Parquet or a SQL query (no Airflow import)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: rows per chunk when the caller does not say
+CHUNK_ROWS = 50_000
+
+Chunk = list[dict[str, Any]]
+
+
+def read_group(
+    source_path: str | Path | None,
+    sql: str | None,
+    connect: Callable[[], Any] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[Chunk]:
+    """Yield the audience group in chunks of row dicts, from a CSV/Parquet list or a SQL query.
+
+    :param connect: for ``sql``: returns a new DB-API connection (e.g. an Airflow hook's ``get_conn``);
+        it is closed when the group has been read, or when the caller stops early.
+    """
+    if sql is not None:
+        if connect is None:
+            raise ValueError("a SQL source needs a connection")
+        conn = connect()
+        try:
+            yield from read_sql(conn, sql, chunk_rows)
+        finally:
+            conn.close()
+        return
+    yield from read_file(Path(str(source_path)), chunk_rows)
+
+
+def read_file(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    """Chunks of a ``.parquet`` (row-group batches) or CSV file (every value a string, no NA guessing)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pylist()
+    else:
+        import pandas as pd
+
+        for frame in pd.read_csv(path, dtype=str, chunksize=chunk_rows, keep_default_na=False):
+            yield frame.to_dict("records")
+
+
+def is_postgres(conn: Any) -> bool:
+    """Whether a DB-API connection is psycopg2's or psycopg 3's (PostgreSQL)."""
+    module = type(conn).__module__
+    return module.split(".")[0] in ("psycopg2", "psycopg")
+
+
+def read_sql(conn: Any, sql: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    """Run ``sql`` on an open DB-API connection and yield its rows in chunks of at most ``chunk_rows``.
+
+    On PostgreSQL a plain cursor downloads the whole result at ``execute`` (libpq buffers it all), so a
+    group of millions would sit in memory at once. There the query runs in a server-side (named)
+    cursor instead, and each ``fetchmany`` is one ``FETCH`` of ``chunk_rows`` rows. Other drivers
+    (SQLite, MySQL, ...) keep their cursor's ``fetchmany``. The caller owns (and closes) ``conn``.
+    """
+    if is_postgres(conn):
+        yield from _pg_chunks(conn, sql, chunk_rows)
+        return
+    cur = conn.cursor()
+    try:
+        cur.execute(sql)
+        names = [d[0] for d in cur.description]
+        while rows := cur.fetchmany(chunk_rows):
+            yield [dict(zip(names, r, strict=True)) for r in rows]
+    finally:
+        cur.close()
+
+
+def _pg_chunks(conn: Any, sql: str, chunk_rows: int) -> Iterator[Chunk]:
+    # a named cursor lives in a transaction (DECLARE ... CURSOR WITHOUT HOLD): leave autocommit for it
+    if getattr(conn, "autocommit", False):
+        conn.autocommit = False
+    cur = conn.cursor(name=f"audience_sync_{uuid.uuid4().hex[:12]}")
+    try:
+        cur.itersize = chunk_rows  # psycopg2: rows per FETCH when iterated; fetchmany below says it too
+        cur.execute(sql)
+        names: list[str] | None = None
+        while rows := cur.fetchmany(chunk_rows):
+            if names is None:  # psycopg2 describes a named cursor's columns only after the first FETCH
+                names = [d[0] for d in cur.description]
+            yield [dict(zip(names, r, strict=True)) for r in rows]
+    finally:
+        try:
+            cur.close()
+        finally:
+            conn.rollback()  # read only: end the cursor's transaction
