@@ -28,6 +28,7 @@ from audience_sync.core.sync import (
     staged_row,
     sync_audience,
 )
+from audience_sync.core.uploads import UploadLog
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 
@@ -416,3 +417,24 @@ def test_platform_rejects_are_counted_and_never_reported_as_sent(world: World) -
     sent = set(world.store.ledger_members(entry.id, "sent"))
     assert sent == {member_id(k) for k in range(45) if k not in bad_keys}
     assert world.members(second.audience_id) == expected(k for k in range(45) if k not in bad_keys)
+
+
+def test_a_run_killed_mid_removal_is_finished_by_the_next_run_in_the_same_upload(world: World) -> None:
+    first = world.sync(rows(range(2000)))
+    world.srv.meta.add_fault(
+        method="DELETE", path_regex="/users$", skip=2, times=1, action="drop", apply=True
+    )
+    with pytest.raises(TransientDestinationError):
+        world.sync(rows(range(1000, 2000), changed=range(1000, 1050)), retry=RetryPolicy(attempts=1))
+    entry = world.store.get_registry("meta", world.account, "loyal_users")
+    (open_upload,) = UploadLog(world.store).in_state(entry.id, "open")
+    assert open_upload.op == "remove" and open_upload.confirmed_seq == 2 and open_upload.batches == 3
+    mark = world.mark()
+    # the next run (a new logical date, a new group) first finishes the open removal upload
+    out = world.sync(rows(range(1500, 2000), changed=range(1500, 1510)), day=21)
+    deletes = [e for e in world.member_requests(mark) if e["op"] == "remove"]
+    assert deletes[0]["session"]["session_id"] == int(open_upload.handle)
+    assert deletes[0]["session"]["batch_seq"] == 3  # the batch in flight, again, with its number
+    assert world.members(out.audience_id) == expected(range(1500, 2000), changed=range(1500, 1510))
+    assert out.counts["in_progress"] == out.counts["pending"] == 0 and out.counts["sent"] == 500
+    assert first.audience_id == out.audience_id

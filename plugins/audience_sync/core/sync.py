@@ -594,7 +594,7 @@ class _Uploader:
         self.heartbeat()
         self.retry.run(lambda: self.dest.finish_upload(rec.upload(), rec.batches), f"finish {rec.op} upload")
         rec = self.log.finish(rec, self.req.run_id)
-        if self.dest.processes_synchronously:
+        if self.dest.processes_synchronously or rec.batches == 0:  # nothing the platform has to process
             self.log.processed(rec, ProcessingStatus(done=True, detail="applied as accepted"))
 
     # ------------------------------------------------------------------ reporting
