@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.core.campaign import load_campaign
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
 from audience_sync.core.normalize import RowHasher
 from audience_sync.demo_data import write_demo_db
@@ -45,6 +46,8 @@ def state_db(state_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
             "port": u.port,
             "login": u.username,
             "schema": u.database,
+            # PostgreSQL state needs configured keys (a SQLite state generates a key file beside itself)
+            "extra": StateKeys.generate().as_text(),
         }
     monkeypatch.setenv("AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps(conn))
     return state_url

@@ -17,8 +17,9 @@ from collections.abc import Iterable
 import pytest
 
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
-from audience_sync.core.sync import RetryPolicy, SyncRequest, member_id, plan_sync, staged_row, sync_audience
+from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, sync_audience
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 
@@ -26,6 +27,7 @@ SCHEMA = ("EMAIL", "PHONE", "FN", "LN")
 FAST = RetryPolicy(attempts=4, initial_wait=0.01, max_wait=0.05)
 _accounts = itertools.count(7 * 10**13 + secrets.randbelow(10**12))
 _runs = itertools.count(1)
+KEYS = StateKeys.generate()
 
 
 def sha(text: str) -> str:
@@ -38,7 +40,7 @@ def values(k: int, version: int = 0) -> list[str]:
 
 def rows(keys: Iterable[int], changed: Iterable[int] = ()) -> list[tuple[str, str, str]]:
     ch = set(changed)
-    return [staged_row(member_id(k), SCHEMA, values(k, 1 if k in ch else 0)) for k in keys]
+    return [KEYS.staged_row(KEYS.member_id(k), SCHEMA, values(k, 1 if k in ch else 0)) for k in keys]
 
 
 def expected(keys: Iterable[int], changed: Iterable[int] = ()) -> set[frozenset[tuple[str, str]]]:
@@ -52,7 +54,7 @@ class World:
     def __init__(self, srv, url: str) -> None:
         self.srv = srv
         self.account = f"act_{next(_accounts)}"
-        self.store = StateStore(url)
+        self.store = StateStore(url, keys=KEYS)
 
     def dest(self, token: str = SANDBOX_TOKEN) -> MetaDestination:
         return MetaDestination(make_meta_api(token, graph_url=self.srv.url), self.account)
@@ -237,7 +239,7 @@ def test_exclusion_segments_and_consent_are_honoured_and_counted(world: World) -
     assert world.members(week_two.audience_id) == expected(range(100, 200))
     assert world.members(week_one.audience_id) == expected(range(100))
     # consent withdrawn for 10 members already sent: removed even in add_only mode
-    revoked = [member_id(k) for k in range(100, 110)]
+    revoked = [KEYS.member_id(k) for k in range(100, 110)]
     out = world.sync(
         rows(range(110, 200)),
         segment="week_two_users",

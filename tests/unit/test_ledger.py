@@ -7,19 +7,24 @@ import threading
 
 import pytest
 
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
-from audience_sync.core.sync import member_id, staged_row
 
 SCHEMA = ("EMAIL", "PHONE")
+KEYS = StateKeys.generate()
+
+
+def member_id(k: int) -> str:
+    return KEYS.member_id(k)
 
 
 def rows(keys: list[int], salt: str = "") -> list[tuple[str, str, str]]:
-    return [staged_row(member_id(k), SCHEMA, [f"{k:064x}", f"{k + 7:063x}{salt or 'a'}"]) for k in keys]
+    return [KEYS.staged_row(member_id(k), SCHEMA, [f"{k:064x}", f"{k + 7:063x}{salt or 'a'}"]) for k in keys]
 
 
 @pytest.fixture
 def store(state_url: str) -> StateStore:
-    s = StateStore(state_url)
+    s = StateStore(state_url, keys=KEYS)
     yield s
     s.engine.dispose()
 

@@ -7,12 +7,17 @@ Tables (created on first use, versioned in ``as_schema_version``):
 
 - ``as_audience_registry``: one row per (platform, account, segment name) -> platform audience id.
   The unique constraint is what stops a retry or a second campaign from creating a second audience.
-- ``as_member_ledger``: one row per (registry row, member). ``member_id`` is the SHA-256 of the
-  campaign's member key; ``payload`` holds what should be on the platform and ``sent_payload`` what
-  was last confirmed there, both as JSON objects of schema key -> hash (never raw identifiers).
+- ``as_member_ledger``: one row per (registry row, member). ``member_id`` is the keyed HMAC of the
+  campaign's member key (``core/keys.py``); ``payload`` holds what should be on the platform and
+  ``sent_payload`` what was last confirmed there, both as JSON objects of schema key -> hash, except
+  the identifiers a platform takes unhashed (Meta MADID, EXTERN_ID), which are stored only as Fernet
+  tokens and decrypted when rows are read for sending (:meth:`StateStore.iter_work`). ``row_hash`` is a
+  keyed HMAC of the plaintext payload.
   ``status`` is pending / in_progress / sent / failed / removed and ``op`` the operation it is
   waiting for (``add`` or ``remove``).
 - ``as_run_metrics``: one row per (dag, run, destination) with the counts of that run.
+- ``as_state_keys``: a fingerprint of each key the state was written with, so a wrong key fails fast
+  instead of making every member look new.
 - ``as_locks``: one row per audience being synced (platform, account, segment), with a lease, so no two
   runs upload to one audience at once. A retry of the same task takes its own lock over.
 """
@@ -30,9 +35,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from audience_sync.core import migrations
 from audience_sync.core.errors import AudienceSyncError
+from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeyError, StateKeys
 
-SCHEMA_VERSION = 1
+#: 2: keyed member ids and row hashes, unhashed identifiers encrypted (``migrations.py`` upgrades v1)
+SCHEMA_VERSION = 2
 
 STATUSES = ("pending", "in_progress", "sent", "failed", "removed")
 
@@ -84,6 +92,14 @@ stage = sa.Table(
     sa.Column("member_id", sa.String(64), primary_key=True),
     sa.Column("row_hash", sa.String(64), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
+)
+
+state_keys = sa.Table(
+    "as_state_keys",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),  # member_id_key | encryption_key
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 locks = sa.Table(
@@ -152,7 +168,7 @@ class RegistryEntry:
 
 @dataclass(frozen=True)
 class PendingRow:
-    """A ledger row waiting to be sent: the member and the schema-keyed hashes to send."""
+    """A ledger row waiting to be sent: the member and the schema-keyed values to send (decrypted)."""
 
     member_id: str
     payload: dict[str, str]
@@ -167,9 +183,13 @@ class StateStore:
     """Registry, ledger and metrics on one SQLAlchemy engine.
 
     :param url: a SQLAlchemy URL (``sqlite:///path.db`` or ``postgresql+psycopg2://...``) or an Engine.
+    :param keys: the state's keys. Needed to upgrade a v1 database and to read rows for sending; without
+        them the store still serves the registry, counts and metrics. Given keys are checked against the
+        fingerprints the database was created with.
     """
 
-    def __init__(self, url: str | sa.URL | Engine) -> None:
+    def __init__(self, url: str | sa.URL | Engine, keys: StateKeys | None = None) -> None:
+        self.keys = keys
         if isinstance(url, Engine):
             self.engine = url
         else:
@@ -201,6 +221,7 @@ class StateStore:
                     f"The state database has schema version {current}, newer than this audience-sync "
                     f"({SCHEMA_VERSION}). Upgrade audience-sync on every worker."
                 )
+        migrations.prepare(self.engine, self.keys)  # upgrade an older schema; check the keys match
 
     # ---------------------------------------------------------------- registry
     def get_registry(self, platform: str, account: str, segment_name: str) -> RegistryEntry | None:
@@ -274,7 +295,10 @@ class StateStore:
 
     # ------------------------------------------------------------------ ledger
     def stage_members(self, rows: Iterable[tuple[str, str, str]], chunk: int = 5000) -> str:
-        """Bulk-load (member_id, row_hash, payload_json) rows into the stage table; return the stage key."""
+        """Bulk-load (member_id, row_hash, payload_json) rows into the stage table; return the stage key.
+
+        Rows come as staged (``StateKeys.staged_row``): keyed ids and hashes, unhashed identifiers sealed.
+        """
         key = uuid.uuid4().hex
         buf: list[dict[str, str]] = []
         with self.engine.begin() as conn:
@@ -480,7 +504,7 @@ class StateStore:
             last = rows[-1].member_id
             yield [
                 PendingRow(
-                    r.member_id, json.loads(r.payload), json.loads(r.sent_payload) if r.sent_payload else None
+                    r.member_id, self._open(r.payload), self._open(r.sent_payload) if r.sent_payload else None
                 )
                 for r in rows
             ]
@@ -552,14 +576,14 @@ class StateStore:
         return out
 
     def ledger_members(self, registry_id: int, status: str | None = None) -> dict[str, dict[str, str]]:
-        """member_id -> sent or desired payload (tests and the CLI)."""
+        """member_id -> desired payload, decrypted (tests and the CLI)."""
         q = sa.select(ledger.c.member_id, ledger.c.payload, ledger.c.status).where(
             ledger.c.registry_id == registry_id
         )
         if status:
             q = q.where(ledger.c.status == status)
         with self.engine.connect() as conn:
-            return {r.member_id: json.loads(r.payload) for r in conn.execute(q)}
+            return {r.member_id: self._open(r.payload) for r in conn.execute(q)}
 
     def exclude_from_stage(self, key: str, platform: str, account: str, segment_names: Sequence[str]) -> int:
         """Drop from a stage every member currently on the platform in one of these segments' audiences."""
@@ -600,7 +624,7 @@ class StateStore:
         return n
 
     def iter_stage(self, key: str, batch_rows: int) -> Iterator[list[tuple[str, dict[str, str]]]]:
-        """Yield (member_id, payload) batches of a stage in member id order (keyset pagination)."""
+        """Yield (member_id, payload) batches of a stage in member id order (keyset pagination), decrypted."""
         last = ""
         while True:
             with self.engine.connect() as conn:
@@ -613,7 +637,18 @@ class StateStore:
             if not rows:
                 return
             last = rows[-1].member_id
-            yield [(r.member_id, json.loads(r.payload)) for r in rows]
+            yield [(r.member_id, self._open(r.payload)) for r in rows]
+
+    def _open(self, stored: str) -> dict[str, str]:
+        """A stored payload as sent to the platform: encrypted identifiers decrypted with the state's key."""
+        payload: dict[str, str] = json.loads(stored)
+        if self.keys is None:
+            if any(v and k in ENCRYPTED_KEYS for k, v in payload.items()):
+                raise StateKeyError(
+                    "reading encrypted identifiers needs the state's keys (StateStore(keys=...))"
+                )
+            return payload
+        return self.keys.open_payload(payload)
 
     def finish_replace(self, registry_id: int, key: str, run_id: str) -> None:
         """After a completed replace: the stage is exactly what the platform holds."""
