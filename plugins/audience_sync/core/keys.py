@@ -114,7 +114,7 @@ class StateKeys:
         missing = [f for f in KEY_FIELDS if not values.get(f)]
         if missing:
             raise StateKeyError(
-                f"{source}: field(s) {', '.join(repr(f) for f in missing)} missing; set both "
+                f"{source}: field(s) {', '.join(repr(f) for f in missing)} missing. Fix: set both "
                 f"{' and '.join(KEY_FIELDS)} ({GENERATE_HINT})"
             )
         return cls(*(_decode_key(values[f], f, source) for f in KEY_FIELDS))
