@@ -194,6 +194,7 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     from audience_sync.core.extract import (
         extract_and_stage,
     )  # re-stage run 2's group to inspect a staged file
+    from audience_sync.hooks.state import AudienceSyncStateHook
     from audience_sync.operators.extract import read_group
 
     campaign = load_campaign(CAMPAIGN).audience_group
@@ -207,6 +208,7 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
         identifiers=dict(campaign.identifiers),
         platforms=["meta"],
         staging_dir=staged_dir,
+        keys=AudienceSyncStateHook().keys,  # the state's keys, as the extract task uses them
         default_country=campaign.default_country,
         consent_column="ads_consent",
     )

@@ -101,7 +101,7 @@ def test_key_file_is_generated_once_with_mode_0600_and_reused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "sub" / "state.db.keys"
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     results: list[StateKeys] = []
     threads = [threading.Thread(target=lambda: results.append(load_key_file(path))) for _ in range(6)]
     for t in threads:

@@ -212,7 +212,8 @@ def load_key_file(path: str | Path, *, create: bool = True) -> StateKeys:
                 os.link(tmp, p)
         finally:
             tmp.unlink(missing_ok=True)
-        log.info("Generated new state keys in %s (mode 0600); keep this file with the state database", p)
+        # debug, not info: the CLI prints JSON on stdout, where Airflow's log handler writes too
+        log.debug("Generated new state keys in %s (mode 0600); keep this file with the state database", p)
     if p.stat().st_mode & 0o077:
         log.warning("%s is readable by other users; restrict it with: chmod 600 %s", source, p)
     try:
