@@ -108,6 +108,7 @@ def test_key_file_is_generated_once_with_mode_0600_and_reused(
         t.start()
     for t in threads:
         t.join()
+    assert len(results) == len(threads)  # no opener failed
     assert path.stat().st_mode & 0o777 == 0o600
     assert len({k.member_id("x") for k in results}) == 1  # racing first uses agree on one key
     assert load_key_file(path, create=False).member_id("x") == results[0].member_id("x")

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def load_key_file(path: str | Path, *, create: bool = True) -> StateKeys:
         if not create:
             raise StateKeyError(f"{source} does not exist")
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")  # unique per process and thread
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w") as f:

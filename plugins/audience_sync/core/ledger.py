@@ -40,7 +40,7 @@ from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeyError, StateKeys
 
 #: 2: keyed member ids and row hashes, unhashed identifiers encrypted (``migrations.py`` upgrades v1)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = migrations.LATEST
 
 STATUSES = ("pending", "in_progress", "sent", "failed", "removed")
 

@@ -1,4 +1,4 @@
-"""Extract task: read the audience group, hash per platform, stage hashes only."""
+"""Extract task: read the audience group, hash per platform, stage hashes (unhashed identifiers encrypted)."""
 
 from __future__ import annotations
 
