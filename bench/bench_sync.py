@@ -57,6 +57,8 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 from audience_sync.core.contract import ProcessingStatus, Upload, UploadResult
 from audience_sync.core.extract import ExtractCounts, extract_and_stage, read_staged
+from audience_sync.core.extract import staged_rows as read_staged_rows
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, registry
 from audience_sync.core.sync import (
     RetryPolicy,
@@ -64,7 +66,6 @@ from audience_sync.core.sync import (
     SyncRequest,
     plan_sync,
     resolve_audience,
-    staged_row,
     sync_audience,
 )
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
@@ -73,6 +74,7 @@ from audience_sync.sandbox import SandboxServer, start_sandbox
 T = TypeVar("T")
 
 TOKEN = "bench-token"
+KEYS = StateKeys.generate()  # one throwaway state per benchmark run
 ACCOUNT = "act_1"
 KEY = "customer_id"
 IDENTIFIERS = {
@@ -353,7 +355,7 @@ class TimedStore(StateStore):
 
     def __init__(self, url: str, timings: Timings) -> None:
         self.timings = timings
-        super().__init__(url)
+        super().__init__(url, keys=KEYS)
 
     def stage_members(self, rows: Iterable[tuple[str, str, str]], chunk: int = 5000) -> str:
         source = self.timings.iterate("src.read_staged+staged_row", rows)
@@ -592,8 +594,7 @@ class Bench:
 
 
 def staged_rows(path: str | Path) -> Iterator[tuple[str, str, str]]:
-    for mid, schema, values in read_staged(path):
-        yield staged_row(mid, schema, values)
+    return read_staged_rows(path)
 
 
 def staged_digest(path: str | Path) -> tuple[int, int]:
@@ -628,6 +629,7 @@ def extract(
         identifiers=IDENTIFIERS,
         platforms=["meta"],
         staging_dir=staging,
+        keys=KEYS,
         default_country="US",
     )
     return counts, pop

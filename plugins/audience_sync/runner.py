@@ -167,6 +167,7 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
             identifiers=dict(g.identifiers),
             platforms=platforms,
             staging_dir=tmp,
+            keys=store.keys,
             default_country=g.default_country,
             consent_column=g.consent.column if g.consent else None,
         )

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.core.campaign import load_campaign
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
 from audience_sync.core.normalize import RowHasher
 from audience_sync.demo_data import write_demo_db
@@ -45,6 +46,8 @@ def state_db(state_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
             "port": u.port,
             "login": u.username,
             "schema": u.database,
+            # PostgreSQL state needs configured keys (a SQLite state generates a key file beside itself)
+            "extra": StateKeys.generate().as_text(),
         }
     monkeypatch.setenv("AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps(conn))
     return state_url
@@ -194,6 +197,7 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     from audience_sync.core.extract import (
         extract_and_stage,
     )  # re-stage run 2's group to inspect a staged file
+    from audience_sync.hooks.state import AudienceSyncStateHook
     from audience_sync.operators.extract import read_group
 
     campaign = load_campaign(CAMPAIGN).audience_group
@@ -207,6 +211,7 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
         identifiers=dict(campaign.identifiers),
         platforms=["meta"],
         staging_dir=staged_dir,
+        keys=AudienceSyncStateHook().keys,  # the state's keys, as the extract task uses them
         default_country=campaign.default_country,
         consent_column="ads_consent",
     )

@@ -21,8 +21,9 @@ import time
 
 import pytest
 
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import LeaseLost, StateStore
-from audience_sync.core.sync import RetryPolicy, SyncRequest, member_id, staged_row, sync_audience
+from audience_sync.core.sync import RetryPolicy, SyncRequest, sync_audience
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 
@@ -31,12 +32,15 @@ FAST = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.05)
 _accounts = itertools.count(5 * 10**13 + secrets.randbelow(10**12))
 
 
+KEYS = StateKeys.generate()
+
+
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def rows(keys: range) -> list[tuple[str, str, str]]:
-    return [staged_row(member_id(k), SCHEMA, [sha(f"e{k}"), sha(f"p{k}")]) for k in keys]
+    return [KEYS.staged_row(KEYS.member_id(k), SCHEMA, [sha(f"e{k}"), sha(f"p{k}")]) for k in keys]
 
 
 def request(dag: str, account: str) -> SyncRequest:
@@ -57,7 +61,7 @@ def request(dag: str, account: str) -> SyncRequest:
 def test_a_run_that_lost_its_lease_stops_and_uploads_never_interleave(fresh_sandbox, state_url: str) -> None:
     srv = fresh_sandbox
     account = f"act_{next(_accounts)}"
-    store_a, store_b = StateStore(state_url), StateStore(state_url)  # two workers
+    store_a, store_b = StateStore(state_url, keys=KEYS), StateStore(state_url, keys=KEYS)  # two workers
     dest_a = MetaDestination(make_meta_api(SANDBOX_TOKEN, graph_url=srv.url), account)
     dest_b = MetaDestination(make_meta_api(SANDBOX_TOKEN, graph_url=srv.url), account)
     held = srv.meta.add_fault(

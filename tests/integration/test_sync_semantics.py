@@ -18,16 +18,9 @@ from collections.abc import Iterable
 import pytest
 
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
-from audience_sync.core.sync import (
-    RetryPolicy,
-    SyncRequest,
-    member_id,
-    plan_sync,
-    poll_processing,
-    staged_row,
-    sync_audience,
-)
+from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, poll_processing, sync_audience
 from audience_sync.core.uploads import UploadLog
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
@@ -36,6 +29,7 @@ SCHEMA = ("EMAIL", "PHONE", "FN", "LN")
 FAST = RetryPolicy(attempts=4, initial_wait=0.01, max_wait=0.05)
 _accounts = itertools.count(7 * 10**13 + secrets.randbelow(10**12))
 _runs = itertools.count(1)
+KEYS = StateKeys.generate()
 
 
 def sha(text: str) -> str:
@@ -48,7 +42,7 @@ def values(k: int, version: int = 0) -> list[str]:
 
 def rows(keys: Iterable[int], changed: Iterable[int] = ()) -> list[tuple[str, str, str]]:
     ch = set(changed)
-    return [staged_row(member_id(k), SCHEMA, values(k, 1 if k in ch else 0)) for k in keys]
+    return [KEYS.staged_row(KEYS.member_id(k), SCHEMA, values(k, 1 if k in ch else 0)) for k in keys]
 
 
 def expected(keys: Iterable[int], changed: Iterable[int] = ()) -> set[frozenset[tuple[str, str]]]:
@@ -62,7 +56,7 @@ class World:
     def __init__(self, srv, url: str) -> None:
         self.srv = srv
         self.account = f"act_{next(_accounts)}"
-        self.store = StateStore(url)
+        self.store = StateStore(url, keys=KEYS)
 
     def dest(self, token: str = SANDBOX_TOKEN) -> MetaDestination:
         return MetaDestination(make_meta_api(token, graph_url=self.srv.url), self.account)
@@ -255,7 +249,7 @@ def test_exclusion_segments_and_consent_are_honoured_and_counted(world: World) -
     assert world.members(week_two.audience_id) == expected(range(100, 200))
     assert world.members(week_one.audience_id) == expected(range(100))
     # consent withdrawn for 10 members already sent: removed even in add_only mode
-    revoked = [member_id(k) for k in range(100, 110)]
+    revoked = [KEYS.member_id(k) for k in range(100, 110)]
     out = world.sync(
         rows(range(110, 200)),
         segment="week_two_users",
@@ -395,7 +389,7 @@ def test_a_backfill_never_rolls_back_changed_identifiers(world: World) -> None:
 
 def bad(k: int) -> tuple[str, str, str]:
     """A staged row the platform rejects (its e-mail is not a SHA-256)."""
-    return staged_row(member_id(k), SCHEMA, [f"not-a-hash-{k}", *values(k)[1:]])
+    return KEYS.staged_row(KEYS.member_id(k), SCHEMA, [f"not-a-hash-{k}", *values(k)[1:]])
 
 
 def test_platform_rejects_are_counted_and_never_reported_as_sent(world: World) -> None:
@@ -406,7 +400,7 @@ def test_platform_rejects_are_counted_and_never_reported_as_sent(world: World) -
     assert first.run["rejected"] == 15
     entry = world.store.get_registry("meta", world.account, "loyal_users")
     ledger = world.store.ledger_members(entry.id, "sent")
-    assert not set(ledger) & {member_id(k) for k in bad_keys}  # no rejected member is reported as sent
+    assert not set(ledger) & {KEYS.member_id(k) for k in bad_keys}  # no rejected member is reported as sent
     assert first.counts["sent"] + first.counts["failed"] == 45 and first.counts["failed"] >= 15
     # the next run re-sends the members the platform did not name, in batches small enough to name all
     mark = world.mark()
@@ -415,7 +409,7 @@ def test_platform_rejects_are_counted_and_never_reported_as_sent(world: World) -
     assert adds and max(e["num_rows"] for e in adds) <= 10
     assert second.counts["sent"] == 30 and second.counts["failed"] == 15
     sent = set(world.store.ledger_members(entry.id, "sent"))
-    assert sent == {member_id(k) for k in range(45) if k not in bad_keys}
+    assert sent == {KEYS.member_id(k) for k in range(45) if k not in bad_keys}
     assert world.members(second.audience_id) == expected(k for k in range(45) if k not in bad_keys)
 
 

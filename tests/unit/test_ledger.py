@@ -7,19 +7,26 @@ import threading
 
 import pytest
 
+from audience_sync.core.contract import ProcessingStatus
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
-from audience_sync.core.sync import member_id, staged_row
+from audience_sync.core.uploads import UploadLog
 
 SCHEMA = ("EMAIL", "PHONE")
+KEYS = StateKeys.generate()
+
+
+def member_id(k: int) -> str:
+    return KEYS.member_id(k)
 
 
 def rows(keys: list[int], salt: str = "") -> list[tuple[str, str, str]]:
-    return [staged_row(member_id(k), SCHEMA, [f"{k:064x}", f"{k + 7:063x}{salt or 'a'}"]) for k in keys]
+    return [KEYS.staged_row(member_id(k), SCHEMA, [f"{k:064x}", f"{k + 7:063x}{salt or 'a'}"]) for k in keys]
 
 
 @pytest.fixture
 def store(state_url: str) -> StateStore:
-    s = StateStore(state_url)
+    s = StateStore(state_url, keys=KEYS)
     yield s
     s.engine.dispose()
 
@@ -30,6 +37,9 @@ def test_schema_is_created_once_and_versioned(store: StateStore) -> None:
 
     with store.engine.connect() as c:
         assert c.execute(sa.text("SELECT COUNT(*) FROM as_schema_version")).scalar() == 1
+        assert c.execute(sa.text("SELECT version FROM as_schema_version")).scalar() == 2
+        fingerprints = dict(c.execute(sa.text("SELECT name, fingerprint FROM as_state_keys")).all())
+    assert fingerprints == KEYS.fingerprints()  # the keys the state is written with, recorded on first use
 
 
 def test_registry_is_unique_per_platform_account_segment(store: StateStore) -> None:
@@ -57,11 +67,26 @@ def test_concurrent_registration_keeps_one_audience(store: StateStore) -> None:
 
 
 def _send_all(store: StateStore, rid: int, op: str, run: str) -> list[str]:
+    """Send the op's work through one upload the platform accepts and processes at once."""
+    log = UploadLog(store)
+    rec = log.set_handle(log.create(rid, "aud", op, run, log.count_work(rid, op)), f"h-{op}-{run}")
     sent: list[str] = []
-    for batch in store.iter_work(rid, op, 3):
+    for seq, batch in enumerate(log.iter_work(rid, op, 3), start=1):
         ids = [r.member_id for r in batch]
-        store.mark(rid, ids, "removed" if op == "remove" else "sent", run, confirm=op)
+        log.claim(rec, seq, ids, run)
+        restated = [r.member_id for r in batch if op == "remove" and r.op == "add"]  # old hashes of changed
+        log.confirm(
+            rec,
+            seq,
+            accepted=ids,
+            named_rejects=[],
+            unattributed=[],
+            restated=restated,
+            received=3,
+            invalid=0,
+        )
         sent.extend(ids)
+    log.processed(log.finish(log.get(rec.id), run), ProcessingStatus(done=True))
     return sent
 
 
@@ -89,13 +114,14 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
     assert plan == {"group": 4, "adds": 2, "new": 1, "changed": 1, "removes": 2, "unchanged": 2}
     store.apply_stage(entry.id, key, "r2", mode="mirror")
     store.drop_stage(key)
-    removals = list(store.iter_work(entry.id, "remove", 100))[0]
-    assert {r.member_id for r in removals} == {member_id(1), member_id(2)}
-    assert all(r.sent_payload for r in removals)  # removal uses what was added
-    adds = list(store.iter_work(entry.id, "add", 100))[0]
-    changed = [r for r in adds if r.member_id == member_id(3)][0]
-    assert changed.sent_payload is not None and changed.sent_payload != changed.payload
+    removals = list(UploadLog(store).iter_work(entry.id, "remove", 100))[0]
+    # the removal upload takes off those who left, and the old hashes of the one who changed
+    assert {r.member_id for r in removals} == {member_id(1), member_id(2), member_id(3)}
+    assert {r.op for r in removals if r.member_id == member_id(3)} == {"add"}
+    assert all(r.sent_payload and r.payload == r.sent_payload for r in removals)  # what was added
+    assert UploadLog(store).count_work(entry.id, "add") == 1  # the changed one waits for its removal
     _send_all(store, entry.id, "remove", "r2")
+    assert UploadLog(store).count_work(entry.id, "add") == 2  # the new one, and the changed one again
     _send_all(store, entry.id, "add", "r2")
     counts = store.ledger_counts(entry.id)
     assert counts["sent"] == 4 and counts["removed"] == 2 and counts["pending"] == 0
@@ -104,7 +130,8 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
     key = store.stage_members(staged)
     store.apply_stage(entry.id, key, "r3", mode="mirror")
     store.drop_stage(key)
-    assert store.count_work(entry.id, "add") == 0 and store.count_work(entry.id, "remove") == 0
+    log = UploadLog(store)
+    assert log.count_work(entry.id, "add") == 0 and log.count_work(entry.id, "remove") == 0
 
 
 def test_add_only_never_queues_removals(store: StateStore) -> None:
@@ -114,23 +141,30 @@ def test_add_only_never_queues_removals(store: StateStore) -> None:
     _send_all(store, entry.id, "add", "r1")
     key = store.stage_members(rows([3]))
     store.apply_stage(entry.id, key, "r2", mode="add_only")
-    assert store.count_work(entry.id, "remove") == 0
+    assert UploadLog(store).count_work(entry.id, "remove") == 0
     assert store.ledger_counts(entry.id)["sent"] == 2
 
 
-def test_in_progress_batch_is_resent_after_a_crash(store: StateStore) -> None:
+def test_an_unanswered_batch_is_found_in_flight_after_a_crash(store: StateStore) -> None:
     entry, _ = store.register("meta", "act_1", "crash_users", "1", "created")
     key = store.stage_members(rows(list(range(10))))
     store.apply_stage(entry.id, key, "r1", mode="mirror")
-    batches = store.iter_work(entry.id, "add", 4)
-    first = next(batches)
-    store.mark(entry.id, [r.member_id for r in first], "sent", "r1", confirm="add")
-    second = next(batches)
-    store.mark(entry.id, [r.member_id for r in second], "in_progress", "r1")  # then the task dies
-    # the retry re-applies the same stage: confirmed members stay sent, the rest is work again
+    log = UploadLog(store)
+    rec = log.set_handle(log.create(entry.id, "aud", "add", "r1", 10), "session-1")
+    batches = log.iter_work(entry.id, "add", 4)
+    first = [r.member_id for r in next(batches)]
+    log.claim(rec, 1, first, "r1")
+    log.confirm(rec, 1, accepted=first, named_rejects=[], unattributed=[], restated=[], received=4, invalid=0)
+    second = [r.member_id for r in next(batches)]
+    log.claim(rec, 2, second, "r1")  # sent, then the task dies before the answer
+    # the retry re-applies the same stage: members of the upload are left to it
     store.apply_stage(entry.id, key, "r1", mode="mirror")
-    todo = [r.member_id for b in store.iter_work(entry.id, "add", 100) for r in b]
-    assert len(todo) == 6 and not set(todo) & {r.member_id for r in first}
+    rec = log.get(rec.id)
+    assert (rec.state, rec.batches, rec.confirmed_seq) == ("open", 2, 1)
+    assert [(seq, [r.member_id for r in rows]) for seq, rows in log.in_flight(rec)] == [(2, second)]
+    todo = [r.member_id for b in log.iter_work(entry.id, "add", 100) for r in b]
+    assert len(todo) == 2 and not set(todo) & set(first + second)
+    assert store.ledger_counts(entry.id)["in_progress"] == 8 and store.ledger_counts(entry.id)["sent"] == 0
 
 
 def test_last_logical_date_never_moves_backwards(store: StateStore) -> None:

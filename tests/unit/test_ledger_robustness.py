@@ -12,22 +12,25 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.core import ledger as lg
+from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import LeaseLost, LockTimeout, StateStore, lease_owner
-from audience_sync.core.sync import member_id, staged_row
 
 BERLIN = ZoneInfo("Europe/Berlin")
 LOS_ANGELES = ZoneInfo("America/Los_Angeles")
 
 
+KEYS = StateKeys.generate()
+
+
 @pytest.fixture
 def store(state_url: str) -> StateStore:
-    s = StateStore(state_url)
+    s = StateStore(state_url, keys=KEYS)
     yield s
     s.engine.dispose()
 
 
 def rows(keys: range) -> list[tuple[str, str, str]]:
-    return [staged_row(member_id(k), ("EMAIL",), [f"{k:064x}"]) for k in keys]
+    return [KEYS.staged_row(KEYS.member_id(k), ("EMAIL",), [f"{k:064x}"]) for k in keys]
 
 
 # ------------------------------------------------------------------------------------------ UTC

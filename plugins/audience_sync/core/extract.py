@@ -1,8 +1,10 @@
 """Extraction: read the audience group in chunks, normalise + hash per platform, stage hashes only.
 
-The staged file of each platform is Parquet with the columns ``member_id`` (SHA-256 of the member key)
-and one column per platform schema key holding hashes (or the unhashed MADID / external id). Raw
-identifiers never leave this module: they are read, hashed and dropped chunk by chunk.
+The staged file of each platform is Parquet with the columns ``member_id`` (keyed HMAC of the member
+key), ``row_hash`` (keyed HMAC of the row as sent) and one column per platform schema key holding
+hashes; identifiers the platform takes unhashed (Meta MADID, EXTERN_ID) are staged as Fernet tokens
+(see ``core/keys.py``). Raw identifiers never leave this module: they are read, hashed or encrypted and
+dropped chunk by chunk.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from audience_sync.core.keys import StateKeys, payload_json
 from audience_sync.core.normalize import RowHasher
-from audience_sync.core.sync import member_id
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 50_000
+
+#: staged columns that are not platform schema keys
+META_COLUMNS = ("member_id", "row_hash")
 
 _FALSE = {"", "0", "false", "f", "no", "n", "off", "none", "null", "nan"}
 
@@ -75,10 +80,14 @@ def extract_and_stage(
     identifiers: Mapping[str, str],
     platforms: Sequence[str],
     staging_dir: str | Path,
+    keys: StateKeys,
     default_country: str | None = None,
     consent_column: str | None = None,
 ) -> ExtractCounts:
     """Hash every row for each platform and write ``<staging_dir>/<platform>.parquet``.
+
+    ``keys`` (the state's, see ``hooks/state.py``) key the member ids and row hashes and encrypt the
+    identifiers a platform takes unhashed.
 
     A row counts as invalid (with one reason) when no platform can use it; invalid rows are counted,
     never staged, never fatal. A member key seen twice keeps its first row (``duplicates``).
@@ -88,7 +97,7 @@ def extract_and_stage(
     hashers = {p: RowHasher(p, identifiers, default_country) for p in platforms}
     writers: dict[str, pq.ParquetWriter] = {}
     schemas = {
-        p: pa.schema([("member_id", pa.string())] + [(k, pa.string()) for k in h.schema])
+        p: pa.schema([(c, pa.string()) for c in META_COLUMNS] + [(k, pa.string()) for k in h.schema])
         for p, h in hashers.items()
     }
     per_platform = Counter[str]()
@@ -108,7 +117,7 @@ def extract_and_stage(
                     counts.invalid += 1
                     counts.invalid_by_reason["missing_key"] += 1
                     continue
-                mid = member_id(raw_key)
+                mid = keys.member_id(raw_key)
                 short = bytes.fromhex(mid[:16])
                 if short in seen:
                     counts.duplicates += 1
@@ -129,8 +138,10 @@ def extract_and_stage(
                 counts.valid += 1
                 for p in usable:
                     c = cols[p]
+                    schema, plain = hashers[p].schema, results[p].values
                     c["member_id"].append(mid)
-                    for name, value in zip(hashers[p].schema, results[p].values, strict=True):
+                    c["row_hash"].append(keys.row_hash(payload_json(schema, plain)))
+                    for name, value in zip(schema, keys.seal(schema, plain), strict=True):
                         c[name].append(value)
                     per_platform[p] += 1
             for p in platforms:
@@ -155,15 +166,26 @@ def extract_and_stage(
 
 
 def read_staged(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tuple[str, list[str], list[str]]]:
-    """Yield (member_id, schema, values) from a staged file, in bounded memory."""
+    """Yield (member_id, schema, values) from a staged file, in bounded memory (values as staged: sealed)."""
+    for mid, _row_hash, schema, values in _read(path, batch_rows):
+        yield mid, schema, values
+
+
+def staged_rows(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tuple[str, str, str]]:
+    """Yield (member_id, row_hash, payload_json) from a staged file: the rows the ledger stage takes."""
+    for mid, row_hash, schema, values in _read(path, batch_rows):
+        yield mid, row_hash, payload_json(schema, values)
+
+
+def _read(path: str | Path, batch_rows: int) -> Iterator[tuple[str, str, list[str], list[str]]]:
     pf = pq.ParquetFile(path)
-    schema = [n for n in pf.schema_arrow.names if n != "member_id"]
+    schema = [n for n in pf.schema_arrow.names if n not in META_COLUMNS]
     for batch in pf.iter_batches(batch_size=batch_rows):
         data = batch.to_pydict()
-        ids = data["member_id"]
+        ids, hashes = data["member_id"], data["row_hash"]
         columns = [data[n] for n in schema]
         for i, mid in enumerate(ids):
-            yield mid, schema, [c[i] or "" for c in columns]
+            yield mid, hashes[i], schema, [c[i] or "" for c in columns]
 
 
 def read_member_ids(path: str | Path | None) -> list[str]:
@@ -174,4 +196,4 @@ def read_member_ids(path: str | Path | None) -> list[str]:
 
 
 def staged_schema(path: str | Path) -> list[str]:
-    return [n for n in pq.ParquetFile(path).schema_arrow.names if n != "member_id"]
+    return [n for n in pq.ParquetFile(path).schema_arrow.names if n not in META_COLUMNS]

@@ -7,9 +7,12 @@ Tables (created on first use, versioned in ``as_schema_version``):
 
 - ``as_audience_registry``: one row per (platform, account, segment name) -> platform audience id.
   The unique constraint is what stops a retry or a second campaign from creating a second audience.
-- ``as_member_ledger``: one row per (registry row, member). ``member_id`` is the SHA-256 of the
-  campaign's member key; ``payload`` holds what should be on the platform and ``sent_payload`` what
-  was last confirmed there, both as JSON objects of schema key -> hash (never raw identifiers).
+- ``as_member_ledger``: one row per (registry row, member). ``member_id`` is the keyed HMAC of the
+  campaign's member key (``core/keys.py``); ``payload`` holds what should be on the platform and
+  ``sent_payload`` what was last confirmed there, both as JSON objects of schema key -> hash, except
+  the identifiers a platform takes unhashed (Meta MADID, EXTERN_ID), which are stored only as Fernet
+  tokens and decrypted when rows are read for sending (:meth:`StateStore.open_payload`, used by :mod:`audience_sync.core.uploads`). ``row_hash`` is a
+  keyed HMAC of the plaintext payload.
   ``status`` is pending / in_progress / sent / failed / removed and ``op`` the operation it is
   waiting for (``add`` or ``remove``).
 - ``as_uploads``: one row per platform upload (one operation on one audience) with the platform's
@@ -18,6 +21,8 @@ Tables (created on first use, versioned in ``as_schema_version``):
 - ``as_stage`` / ``as_stage_owner``: the group of a sync being reconciled, keyed by a random stage key;
   the owner row says which campaign run (and lease) staged it, so the next run of that campaign can drop
   what a killed run left behind.
+- ``as_state_keys``: a fingerprint of each key the state was written with, so a wrong key fails fast
+  instead of making every member look new.
 - ``as_locks``: one row per audience being synced (platform, account, segment), with a lease, so no two
   runs upload to one audience at once. The owner is ``dag|run|task|try``: a later try of the same task
   takes the lease over at once, anyone else waits for it to expire; a holder that lost it gets
@@ -34,18 +39,21 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from audience_sync.core import migrations
 from audience_sync.core.errors import AudienceSyncError
+from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeyError, StateKeys
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 2: keyed member ids and row hashes, unhashed identifiers encrypted (``migrations.py`` upgrades v1)
+SCHEMA_VERSION = migrations.LATEST
 
 STATUSES = ("pending", "in_progress", "sent", "failed", "removed")
 
@@ -179,6 +187,14 @@ stage_owner = sa.Table(
 )
 sa.Index("ix_as_stage_owner_dag", stage_owner.c.dag_id, stage_owner.c.created_at)
 
+state_keys = sa.Table(
+    "as_state_keys",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),  # member_id_key | encryption_key
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
 locks = sa.Table(
     "as_locks",
     metadata,
@@ -265,7 +281,7 @@ class RegistryEntry:
 
 @dataclass(frozen=True)
 class PendingRow:
-    """A ledger row waiting to be sent: the member and the schema-keyed hashes to send."""
+    """A ledger row waiting to be sent: the member and the schema-keyed values to send (decrypted)."""
 
     member_id: str
     payload: dict[str, str]
@@ -280,9 +296,13 @@ class StateStore:
     """Registry, ledger and metrics on one SQLAlchemy engine.
 
     :param url: a SQLAlchemy URL (``sqlite:///path.db`` or ``postgresql+psycopg2://...``) or an Engine.
+    :param keys: the state's keys. Needed to upgrade a v1 database and to read rows for sending; without
+        them the store still serves the registry, counts and metrics. Given keys are checked against the
+        fingerprints the database was created with.
     """
 
-    def __init__(self, url: str | sa.URL | Engine) -> None:
+    def __init__(self, url: str | sa.URL | Engine, keys: StateKeys | None = None) -> None:
+        self.keys = keys
         self._lease_seconds: dict[str, float] = {}
         if isinstance(url, Engine):
             self.engine = url
@@ -332,6 +352,7 @@ class StateStore:
                     f"The state database has schema version {current}, newer than this audience-sync "
                     f"({SCHEMA_VERSION}). Upgrade audience-sync on every worker."
                 )
+        migrations.prepare(self.engine, self.keys)  # upgrade an older schema; check the keys match
 
     # ---------------------------------------------------------------- registry
     def get_registry(self, platform: str, account: str, segment_name: str) -> RegistryEntry | None:
@@ -419,6 +440,8 @@ class StateStore:
             runs) are dropped first, see :meth:`drop_stale_stages`.
         :param run_id: the run staging it (recorded, for whoever looks at the table).
         :param lease: ``(lock_key, owner)`` of the audience lease held while the stage is in use.
+
+        Rows come as staged (``StateKeys.staged_row``): keyed ids and hashes, unhashed identifiers sealed.
         """
         key = uuid.uuid4().hex
         now = utcnow()
@@ -678,82 +701,6 @@ class StateStore:
                 )
             )
 
-    def iter_work(self, registry_id: int, op: str, batch_rows: int) -> Iterator[list[PendingRow]]:
-        """Yield batches of ledger rows waiting for ``op``, oldest member id first (keyset pagination).
-
-        Rows still ``in_progress`` from a killed attempt are included: their batch was never confirmed.
-        """
-        last = ""
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    sa.select(ledger.c.member_id, ledger.c.payload, ledger.c.sent_payload)
-                    .where(
-                        ledger.c.registry_id == registry_id,
-                        ledger.c.op == op,
-                        ledger.c.status.in_(("pending", "in_progress", "failed")),
-                        ledger.c.member_id > last,
-                    )
-                    .order_by(ledger.c.member_id)
-                    .limit(batch_rows)
-                ).all()
-            if not rows:
-                return
-            last = rows[-1].member_id
-            yield [
-                PendingRow(
-                    r.member_id, json.loads(r.payload), json.loads(r.sent_payload) if r.sent_payload else None
-                )
-                for r in rows
-            ]
-
-    def count_work(self, registry_id: int, op: str) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.count())
-                .select_from(ledger)
-                .where(
-                    ledger.c.registry_id == registry_id,
-                    ledger.c.op == op,
-                    ledger.c.status.in_(("pending", "in_progress", "failed")),
-                )
-            ).scalar_one()
-
-    def mark(
-        self,
-        registry_id: int,
-        member_ids: Sequence[str],
-        status: str,
-        run_id: str,
-        *,
-        error_code: str | None = None,
-        confirm: str | None = None,
-    ) -> None:
-        """Set the status of a batch of members.
-
-        :param confirm: ``"add"`` copies ``payload`` into ``sent_payload`` (now on the platform) and clears
-            ``op``; ``"remove"`` clears ``sent_payload`` and ``op``.
-        """
-        if status not in STATUSES:
-            raise ValueError(f"unknown ledger status {status!r}")
-        values: dict[str, Any] = {"status": status, "last_run_id": run_id, "updated_at": utcnow()}
-        values["last_error_code"] = error_code
-        if confirm == "add":
-            values["sent_payload"] = ledger.c.payload
-            values["op"] = None
-        elif confirm == "remove":
-            values["sent_payload"] = None
-            values["op"] = None
-        with self.engine.begin() as conn:
-            for i in range(0, len(member_ids), 900):
-                conn.execute(
-                    ledger.update()
-                    .where(
-                        ledger.c.registry_id == registry_id, ledger.c.member_id.in_(member_ids[i : i + 900])
-                    )
-                    .values(**values)
-                )
-
     def ledger_counts(self, registry_id: int) -> dict[str, int]:
         """Status counts for one audience.
 
@@ -774,14 +721,14 @@ class StateStore:
         return out
 
     def ledger_members(self, registry_id: int, status: str | None = None) -> dict[str, dict[str, str]]:
-        """member_id -> sent or desired payload (tests and the CLI)."""
+        """member_id -> desired payload, decrypted (tests and the CLI)."""
         q = sa.select(ledger.c.member_id, ledger.c.payload, ledger.c.status).where(
             ledger.c.registry_id == registry_id
         )
         if status:
             q = q.where(ledger.c.status == status)
         with self.engine.connect() as conn:
-            return {r.member_id: json.loads(r.payload) for r in conn.execute(q)}
+            return {r.member_id: self.open_payload(r.payload) for r in conn.execute(q)}
 
     def exclude_from_stage(self, key: str, platform: str, account: str, segment_names: Sequence[str]) -> int:
         """Drop from a stage every member currently on the platform in one of these segments' audiences."""
@@ -823,44 +770,16 @@ class StateStore:
                 )
         return n
 
-    def iter_stage(self, key: str, batch_rows: int) -> Iterator[list[tuple[str, dict[str, str]]]]:
-        """Yield (member_id, payload) batches of a stage in member id order (keyset pagination)."""
-        last = ""
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    sa.select(stage.c.member_id, stage.c.payload)
-                    .where(stage.c.stage_key == key, stage.c.member_id > last)
-                    .order_by(stage.c.member_id)
-                    .limit(batch_rows)
-                ).all()
-            if not rows:
-                return
-            last = rows[-1].member_id
-            yield [(r.member_id, json.loads(r.payload)) for r in rows]
-
-    def finish_replace(self, registry_id: int, key: str, run_id: str) -> None:
-        """After a completed replace: the stage is exactly what the platform holds."""
-        now = utcnow()
-        in_stage = sa.exists().where(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id)
-        with self.engine.begin() as conn:
-            conn.execute(
-                ledger.update()
-                .where(ledger.c.registry_id == registry_id, in_stage)
-                .values(
-                    status="sent",
-                    op=None,
-                    sent_payload=ledger.c.payload,
-                    last_run_id=run_id,
-                    last_error_code=None,
-                    updated_at=now,
+    def open_payload(self, stored: str) -> dict[str, str]:
+        """A stored payload as sent to the platform: encrypted identifiers decrypted with the state's key."""
+        payload: dict[str, str] = json.loads(stored)
+        if self.keys is None:
+            if any(v and k in ENCRYPTED_KEYS for k, v in payload.items()):
+                raise StateKeyError(
+                    "reading encrypted identifiers needs the state's keys (StateStore(keys=...))"
                 )
-            )
-            conn.execute(
-                ledger.update()
-                .where(ledger.c.registry_id == registry_id, ~in_stage, ledger.c.status != "removed")
-                .values(status="removed", op=None, sent_payload=None, last_run_id=run_id, updated_at=now)
-            )
+            return payload
+        return self.keys.open_payload(payload)
 
     def stage_size(self, key: str) -> int:
         with self.engine.connect() as conn:

@@ -9,8 +9,6 @@ mid-upload resumes from the first unconfirmed batch when it is retried.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -114,17 +112,6 @@ class SyncOutcome:
             "backfill": self.backfill,
             "notes": self.notes,
         }
-
-
-def member_id(key: object) -> str:
-    """The ledger's member id: SHA-256 of the campaign's member key (the key itself is never stored)."""
-    return hashlib.sha256(str(key).strip().encode("utf-8")).hexdigest()
-
-
-def staged_row(mid: str, schema: Sequence[str], values: Sequence[str]) -> tuple[str, str, str]:
-    """(member_id, row_hash, payload_json) for the ledger stage; payload keys keep the schema order."""
-    payload = json.dumps(dict(zip(schema, values, strict=True)), separators=(",", ":"))
-    return mid, hashlib.sha256(payload.encode("utf-8")).hexdigest(), payload
 
 
 # --------------------------------------------------------------------------- audience

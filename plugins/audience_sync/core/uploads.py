@@ -17,7 +17,6 @@ Ledger moves of one member, by operation:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,9 +66,9 @@ class WorkRow(PendingRow):
     op: str = "add"
 
 
-def _pending(row: Any, value: str) -> WorkRow:
-    sent = json.loads(row.sent_payload) if row.sent_payload else None
-    return WorkRow(row.member_id, json.loads(value), sent, row.op)
+def _pending(store: StateStore, row: Any, value: str) -> WorkRow:
+    sent = store.open_payload(row.sent_payload) if row.sent_payload else None
+    return WorkRow(row.member_id, store.open_payload(value), sent, row.op)
 
 
 class UploadLog:
@@ -172,7 +171,7 @@ class UploadLog:
             if not rows:
                 return
             last = rows[-1].member_id
-            yield [_pending(r, r.value) for r in rows]
+            yield [_pending(self.store, r, r.value) for r in rows]
 
     def in_flight(self, rec: UploadRecord) -> list[tuple[int, list[WorkRow]]]:
         """Batches of this upload that were sent (or about to be) but never answered, by batch number."""
@@ -196,7 +195,7 @@ class UploadLog:
             ).all()
         out: dict[int, list[WorkRow]] = {}
         for r in rows:
-            out.setdefault(int(r.batch_seq), []).append(_pending(r, r.value))
+            out.setdefault(int(r.batch_seq), []).append(_pending(self.store, r, r.value))
         return sorted(out.items())
 
     # ------------------------------------------------------------------ batch moves

@@ -1,4 +1,4 @@
-"""Extract task: read the audience group, hash per platform, stage hashes only."""
+"""Extract task: read the audience group, hash per platform, stage hashes (unhashed identifiers encrypted)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from airflow.sdk import BaseHook, BaseOperator
 
 from audience_sync import sources
 from audience_sync.core.extract import CHUNK_ROWS, extract_and_stage
-from audience_sync.hooks.state import airflow_home
+from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook, airflow_home
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -75,6 +75,8 @@ class ExtractAudienceOperator(BaseOperator):
     :param platforms: the platforms to hash for.
     :param default_country: region used when a row has no country.
     :param consent_column: optional column; rows without explicit consent are excluded.
+    :param state_conn_id: the state database connection, whose keys make member ids and encrypt
+        identifiers sent unhashed.
     :return: counts (rows, valid, invalid by reason, excluded) and the staged file of each platform.
     """
 
@@ -94,6 +96,7 @@ class ExtractAudienceOperator(BaseOperator):
         default_country: str | None = None,
         consent_column: str | None = None,
         chunk_rows: int = CHUNK_ROWS,
+        state_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -110,6 +113,7 @@ class ExtractAudienceOperator(BaseOperator):
         self.default_country = default_country
         self.consent_column = consent_column
         self.chunk_rows = chunk_rows
+        self.state_conn_id = state_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         run_id = context["run_id"]
@@ -119,12 +123,17 @@ class ExtractAudienceOperator(BaseOperator):
         out = staging_dir(self.dag_id, run_id)
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_MARKER).write_text(run_id)
+        # the store's keys, not the hook's: opening the store checks them against the state database,
+        # so a worker with the wrong key fails here instead of staging ids no ledger row matches
+        keys = AudienceSyncStateHook(self.state_conn_id).store.keys
+        assert keys is not None  # noqa: S101 - the hook always opens the store with keys
         counts = extract_and_stage(
             self._chunks(),
             key=self.key,
             identifiers=self.identifiers,
             platforms=self.platforms,
             staging_dir=out,
+            keys=keys,
             default_country=self.default_country,
             consent_column=self.consent_column,
         )

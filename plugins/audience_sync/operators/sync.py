@@ -11,9 +11,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.contract import Destination
 from audience_sync.core.errors import AudienceSyncError
-from audience_sync.core.extract import read_member_ids, read_staged
+from audience_sync.core.extract import read_member_ids
+from audience_sync.core.extract import staged_rows as read_staged_rows
 from audience_sync.core.ledger import utcnow
-from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, staged_row, sync_audience
+from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, sync_audience
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
 from audience_sync.operators.context import run_date
 from audience_sync.outcome import as_airflow_error
@@ -34,7 +35,7 @@ DESTINATIONS: dict[str, Callable[[str, str], Destination]] = {"meta": _meta}
 
 def staged_rows(staged: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
     """(member_id, row_hash, payload) rows of one platform's staged file."""
-    return (staged_row(mid, schema, values) for mid, schema, values in read_staged(staged["path"]))
+    return read_staged_rows(staged["path"])
 
 
 def require_staged(extracted: Mapping[str, Any], platform: str) -> Mapping[str, Any]:

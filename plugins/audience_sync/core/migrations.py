@@ -1,0 +1,211 @@
+"""Schema upgrades of the state database, and the check that the configured keys are the state's own.
+
+v1 -> v2 (keyed member ids and row hashes, unhashed identifiers encrypted), in place:
+
+- ``member_id``: v1 stored SHA-256(member key); v2 stores HMAC(member_id_key, that id), so the upgrade
+  re-keys every row without knowing a single raw customer key;
+- ``row_hash``: recomputed as the keyed HMAC of the stored payload JSON (exactly the text v1 hashed, so
+  the next run's extract produces the same hash and sends nothing new);
+- ``payload`` / ``sent_payload``: unhashed identifiers (``keys.ENCRYPTED_KEYS``) replaced by Fernet tokens;
+- ``as_stage``: emptied (only rows of runs killed under v1 can be there, holding plain identifiers);
+- new columns: the ledger's ``upload_id`` / ``batch_seq`` (upload records) and the metrics' ``run_*``
+  counts (what one run did).
+
+The upgrade is one transaction (all or nothing, so it is safe to re-run after a crash), reads and writes
+the ledger in batches through a work table (bounded memory; re-keying the primary key in place would
+revisit rows), and serialises concurrent upgraders by locking the version rows first. Tables are
+described here as they were at v1 (lightweight ``sa.table``), not imported from ``ledger.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from audience_sync.core.keys import StateKeyError, StateKeys
+
+log = logging.getLogger(__name__)
+
+LATEST = 2
+BATCH_ROWS = 5_000
+
+_version = sa.table("as_schema_version", sa.column("version"), sa.column("applied_at"))
+_stage = sa.table("as_stage", sa.column("stage_key"))
+_state_keys = sa.table("as_state_keys", sa.column("name"), sa.column("fingerprint"), sa.column("created_at"))
+_LEDGER_COLUMNS = (
+    "registry_id",
+    "member_id",
+    "status",
+    "op",
+    "row_hash",
+    "payload",
+    "sent_payload",
+    "last_run_id",
+    "last_error_code",
+    "updated_at",
+)
+_ledger = sa.table(
+    "as_member_ledger",
+    *(
+        sa.column(c, sa.DateTime(timezone=True)) if c == "updated_at" else sa.column(c)
+        for c in _LEDGER_COLUMNS
+    ),
+)
+
+_work_md = sa.MetaData()
+_work = sa.Table(
+    "as_migration_v2_ledger",
+    _work_md,
+    sa.Column("registry_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("op", sa.String(8), nullable=True),
+    sa.Column("row_hash", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("sent_payload", sa.Text, nullable=True),
+    sa.Column("last_run_id", sa.String(250), nullable=True),
+    sa.Column("last_error_code", sa.String(32), nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def prepare(engine: Engine, keys: StateKeys | None) -> None:
+    """Upgrade an older schema to :data:`LATEST`, then check (or, on first use, record) the keys."""
+    with engine.connect() as conn:
+        current = conn.execute(sa.select(sa.func.max(_version.c.version))).scalar()
+    if current is not None and current < LATEST:
+        upgrade_v1_to_v2(engine, keys)
+    if keys is not None:
+        check_keys(engine, keys)
+
+
+def upgrade_v1_to_v2(engine: Engine, keys: StateKeys | None) -> bool:
+    """Upgrade a v1 state database in place; False when another process already did (idempotent)."""
+    with engine.begin() as conn:
+        # Take the write lock before re-reading the version: a PostgreSQL row lock, SQLite's write lock.
+        # A second upgrader waits here and then sees version 2.
+        conn.execute(_version.update().values(applied_at=_version.c.applied_at))
+        current = conn.execute(sa.select(sa.func.max(_version.c.version))).scalar()
+        if current is None or current >= LATEST:
+            return False
+        rows = conn.execute(sa.select(sa.func.count()).select_from(_ledger)).scalar_one()
+        if rows and keys is None:
+            raise StateKeyError(
+                f"the state database has schema version {current} with {rows} ledger rows; upgrading it "
+                "re-keys member ids and needs the state's keys (open it through the audience_sync_db hook)"
+            )
+        conn.execute(_stage.delete())
+        _add_v2_columns(conn)
+        if rows:
+            assert keys is not None  # noqa: S101 - checked above
+            _rekey_ledger(conn, keys)
+        conn.execute(_version.insert().values(version=LATEST, applied_at=dt.datetime.now(dt.UTC)))
+    log.info("Upgraded the state database to schema version %s (%s ledger rows re-keyed)", LATEST, rows)
+    return True
+
+
+#: columns v2 added to v1 tables (new tables are created by ``metadata.create_all``)
+_V2_COLUMNS = {
+    # the upload and batch a member is being sent in (core/uploads.py)
+    "as_member_ledger": ("upload_id INTEGER", "batch_seq INTEGER"),
+    # what one run did, beside the ledger's snapshot
+    "as_run_metrics": tuple(
+        f"run_{k} INTEGER NOT NULL DEFAULT 0" for k in ("added", "removed", "resent", "unchanged", "rejected")
+    ),
+}
+
+
+def _add_v2_columns(conn: Connection) -> None:
+    inspector = sa.inspect(conn)
+    for table, columns in _V2_COLUMNS.items():
+        have = {c["name"] for c in inspector.get_columns(table)}
+        for column in columns:
+            if column.split()[0] not in have:
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column}"))
+    indexes = {i["name"] for i in inspector.get_indexes("as_member_ledger")}
+    if "ix_as_ledger_upload" not in indexes:
+        conn.execute(
+            sa.text(
+                "CREATE INDEX ix_as_ledger_upload ON as_member_ledger (registry_id, upload_id, batch_seq)"
+            )
+        )
+
+
+def _rekey_ledger(conn: Connection, keys: StateKeys) -> None:
+    _work.drop(conn, checkfirst=True)
+    _work.create(conn)
+    registry_ids = conn.execute(sa.select(_ledger.c.registry_id).distinct()).scalars().all()
+    for rid in registry_ids:
+        last = ""
+        while True:  # keyset pagination over the old ids; the ledger is not written until the swap
+            batch = conn.execute(
+                sa.select(*(_ledger.c[c] for c in _LEDGER_COLUMNS))
+                .where(_ledger.c.registry_id == rid, _ledger.c.member_id > last)
+                .order_by(_ledger.c.member_id)
+                .limit(BATCH_ROWS)
+            ).all()
+            if not batch:
+                break
+            last = batch[-1].member_id
+            conn.execute(_work.insert(), [_v2_row(r._mapping, keys) for r in batch])
+    conn.execute(_ledger.delete())
+    conn.execute(
+        _ledger.insert().from_select(list(_LEDGER_COLUMNS), sa.select(*(_work.c[c] for c in _LEDGER_COLUMNS)))
+    )
+    _work.drop(conn)
+
+
+def _v2_row(row: Mapping[str, object], keys: StateKeys) -> dict[str, object]:
+    out = dict(row)
+    payload = str(row["payload"])
+    out["member_id"] = keys.rekey(str(row["member_id"]))
+    out["row_hash"] = keys.row_hash(payload)  # v1 hashed exactly this stored text
+    out["payload"] = _seal(payload, keys)
+    out["sent_payload"] = _seal(str(row["sent_payload"]), keys) if row["sent_payload"] else None
+    return out
+
+
+def _seal(text: str, keys: StateKeys) -> str:
+    sealed = keys.seal_payload(json.loads(text))  # dict order is the stored order, the order sent
+    return json.dumps(sealed, separators=(",", ":"))
+
+
+def check_keys(engine: Engine, keys: StateKeys) -> None:
+    """Record the keys' fingerprints on first use; afterwards refuse keys the state was not written with.
+
+    A different member-id key would make every member look new (the whole audience re-sent, the old ids
+    queued for removal); a different encryption key would make stored identifiers unreadable.
+    """
+    wanted = keys.fingerprints()
+    stored = _fingerprints(engine)
+    for name in wanted.keys() - stored.keys():
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    _state_keys.insert().values(
+                        name=name, fingerprint=wanted[name], created_at=dt.datetime.now(dt.UTC)
+                    )
+                )
+        except sa.exc.IntegrityError:  # a concurrent first use recorded it: compare with theirs below
+            pass
+    stored = _fingerprints(engine)
+    wrong = [name for name, fp in wanted.items() if stored.get(name) != fp]
+    if wrong:
+        raise StateKeyError(
+            f"the configured {' and '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not the one(s) this "
+            "state database was written with. Fix: configure the state's original key(s); changing the "
+            "member-id key needs a migration of the ledger (see README, 'Keys')."
+        )
+
+
+def _fingerprints(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return {
+            r.name: r.fingerprint
+            for r in conn.execute(sa.select(_state_keys.c.name, _state_keys.c.fingerprint))
+        }
