@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -78,10 +79,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- plan
 def cmd_plan(args: argparse.Namespace) -> int:
-    from audience_sync.operators.sync import format_plan
-    from audience_sync.runner import plan_campaign
+    # With --json, stdout carries the JSON alone: whatever logs while planning (Airflow binds its log
+    # handlers to the stdout of the moment it is imported) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        from audience_sync.operators.sync import format_plan
+        from audience_sync.runner import plan_campaign
 
-    result = plan_campaign(args.campaign, args.logical_date)
+        result = plan_campaign(args.campaign, args.logical_date)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0

@@ -104,11 +104,13 @@ def test_a_run_without_logical_date_is_guarded_and_prunes_finished_runs_staging(
     member_calls = [e for e in fresh_sandbox.meta.requests_log(mark) if e.get("op")]
     assert member_calls == [] or {e["op"] for e in member_calls} == {"add"}  # no removals
     (aud,) = [a for a in fresh_sandbox.meta.audiences(ACCOUNT) if a["name"] == "manual_run_users"]
-    # nobody removed: the 300 of the newer run stay, and the 20 the failed run left pending are sent
-    assert aud["count"] == 320
+    # nobody removed: the 300 of the newer run stay; the 20 the failed run could not send wait, failed,
+    # for the next regular run (a backfill only adds members new to the audience)
+    assert aud["count"] == 300
 
     store = StateStore(f"sqlite:///{state}")
     entry = store.get_registry("meta", ACCOUNT, "manual_run_users")
+    assert store.ledger_counts(entry.id)["failed"] == 20
     assert entry.last_logical_date == dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
     (row,) = store.read_metrics(DAG_ID, manual.run_id)
     assert row["outcome"] == "success_backfill"

@@ -432,3 +432,22 @@ def test_a_run_killed_mid_removal_is_finished_by_the_next_run_in_the_same_upload
     assert world.members(out.audience_id) == expected(range(1500, 2000), changed=range(1500, 1510))
     assert out.counts["in_progress"] == out.counts["pending"] == 0 and out.counts["sent"] == 500
     assert first.audience_id == out.audience_id
+
+
+def test_an_upload_whose_last_batch_failed_is_closed_by_the_next_run(world: World) -> None:
+    world.srv.meta.add_fault(method="POST", path_regex="/users$", skip=1, times=1, action="error", code=2655)
+    with pytest.raises(PermanentDestinationError):
+        world.sync(rows(range(15_000)))
+    entry = world.store.get_registry("meta", world.account, "loyal_users")
+    (upload,) = UploadLog(world.store).in_state(entry.id, "open")
+    assert (upload.confirmed_seq, upload.batches, upload.closed) == (1, 2, False)
+    mark = world.mark()
+    out = world.sync(rows(range(15_000)))
+    reqs = world.member_requests(mark)
+    # the platform is told the first upload ended (an empty last batch), then the failed batch goes again
+    closing = reqs[0]
+    assert closing["session"]["session_id"] == int(upload.handle) and closing["num_rows"] == 0
+    assert closing["session"]["batch_seq"] == 3 and closing["session"]["last_batch_flag"] is True
+    assert sent_rows(reqs[1:], "add") == 5_000
+    assert out.waiting == 0 and out.counts["sent"] == 15_000
+    assert world.members(out.audience_id) == expected(range(15_000))

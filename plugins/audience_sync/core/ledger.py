@@ -156,6 +156,7 @@ uploads = sa.Table(
     sa.Column("estimated_total", sa.Integer, nullable=False, default=0),
     sa.Column("confirmed_seq", sa.Integer, nullable=False, default=0),  # batches 1..n answered
     sa.Column("batches", sa.Integer, nullable=False, default=0),  # batches numbered so far
+    sa.Column("closed", sa.Boolean, nullable=False, default=False),  # the platform took the last batch
     sa.Column("received", sa.Integer, nullable=False, default=0),
     sa.Column("invalid", sa.Integer, nullable=False, default=0),  # rows the platform rejected
     sa.Column("detail", sa.Text, nullable=True),

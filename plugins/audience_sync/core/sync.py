@@ -572,16 +572,22 @@ class _Uploader:
             restated=restated,
             received=result.received,
             invalid=result.invalid,
+            last=last,
         )
         self.accepted[rec.op] += len(accepted) - len(restated)
         self.accepted["restated"] += len(restated)
         self.report()
 
     def _finish(self, rec: UploadRecord) -> None:
+        if rec.confirmed_seq and not rec.closed:
+            # an earlier attempt's last batch failed, or it died before sending one: the platform still
+            # waits for the upload's end, so close it with an empty last batch
+            self._send(rec, rec.batches + 1, [], last=True)
+            rec = self.log.get(rec.id)
         self.heartbeat()
         self.retry.run(lambda: self.dest.finish_upload(rec.upload(), rec.batches), f"finish {rec.op} upload")
         rec = self.log.finish(rec, self.req.run_id)
-        if self.dest.processes_synchronously or rec.batches == 0:  # nothing the platform has to process
+        if self.dest.processes_synchronously or rec.confirmed_seq == 0:  # nothing reached the platform
             self.log.processed(rec, ProcessingStatus(done=True, detail="applied as accepted"))
 
     # ------------------------------------------------------------------ reporting

@@ -45,6 +45,7 @@ class UploadRecord:
     estimated_total: int
     confirmed_seq: int
     batches: int
+    closed: bool
     received: int
     invalid: int
 
@@ -113,6 +114,7 @@ class UploadLog:
                         estimated_total=estimated_total,
                         confirmed_seq=0,
                         batches=0,
+                        closed=False,
                         received=0,
                         invalid=0,
                         created_at=utcnow(),
@@ -121,12 +123,10 @@ class UploadLog:
             )
 
     def set_handle(self, upload_id: int, handle: str) -> UploadRecord:
-        self._update(upload_id, handle=handle)
-        return self.get(upload_id)
-
-    def _update(self, upload_id: int, **values: Any) -> None:
+        """Store the platform's handle: from here on a retry resumes this upload, never opens another."""
         with self.engine.begin() as conn:
-            conn.execute(uploads.update().where(uploads.c.id == upload_id).values(**values))
+            conn.execute(uploads.update().where(uploads.c.id == upload_id).values(handle=handle))
+        return self.get(upload_id)
 
     def abandon_all(self, registry_id: int, note: str) -> None:
         """The audience was re-created: its uploads will never be processed into it."""
@@ -225,6 +225,7 @@ class UploadLog:
         restated: Sequence[str],
         received: int,
         invalid: int,
+        last: bool = False,
     ) -> None:
         """The platform answered batch ``seq``: record what it took, and what it rejected."""
         rid = rec.registry_id
@@ -258,6 +259,7 @@ class UploadLog:
                     else sa.func.greatest(uploads.c.confirmed_seq, seq),
                     received=uploads.c.received + received,
                     invalid=uploads.c.invalid + invalid,
+                    closed=sa.or_(uploads.c.closed, sa.literal(last)),
                 )
             )
 
