@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from audience_sync.core.normalize import RowHasher
+from audience_sync.core.platforms import get_platform
 from audience_sync.core.sync import member_id
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def extract_and_stage(
     """
     out_dir = Path(staging_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hashers = {p: RowHasher(p, identifiers, default_country) for p in platforms}
+    hashers = {p: RowHasher(p, identifiers, default_country, rules=get_platform(p).rules) for p in platforms}
     writers: dict[str, pq.ParquetWriter] = {}
     schemas = {
         p: pa.schema([("member_id", pa.string())] + [(k, pa.string()) for k in h.schema])

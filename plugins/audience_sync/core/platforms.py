@@ -142,9 +142,7 @@ def register(platform: Platform, *, replace: bool = False) -> Platform:
     _load_builtins()  # built-ins first, so they keep their place in listings
     current = _registry.get(platform.name)
     if current is not None and current != platform and not replace:
-        raise ValueError(
-            f"platform {platform.name!r} is already registered; pass replace=True to replace it"
-        )
+        raise ValueError(f"platform {platform.name!r} is already registered; pass replace=True to replace it")
     _registry[platform.name] = platform
     return platform
 

@@ -82,12 +82,7 @@ def _clean_loc(loc: Iterable[str | int]) -> Loc:
     for i, part in enumerate(parts):
         if part == "[key]":
             continue
-        if (
-            i >= 2
-            and parts[i - 2] == "destinations"
-            and isinstance(parts[i - 1], int)
-            and part in models
-        ):
+        if i >= 2 and parts[i - 2] == "destinations" and isinstance(parts[i - 1], int) and part in models:
             continue
         cleaned.append(part)
     return tuple(cleaned)
@@ -209,8 +204,10 @@ def convert_error(error: Mapping[str, Any]) -> Problem:
             ),
         )
     if kind == "too_short" and loc and loc[-1] == "destinations":
-        return loc, "needs at least one destination", "add " + _destination_examples().get(
-            "destinations", "destinations: [{platform: <name>, ...}]"
+        return (
+            loc,
+            "needs at least one destination",
+            "add " + _destination_examples().get("destinations", "destinations: [{platform: <name>, ...}]"),
         )
     if kind == "greater_than_equal":
         return (
