@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 import pytest
@@ -65,9 +66,8 @@ def test_meta_plan_warnings() -> None:
 
 
 def test_unknown_platform_proposes_a_name_and_lists_the_supported() -> None:
-    with pytest.raises(UnknownPlatformError) as info:
-        get_platform("Meta ")
-    assert "did you mean 'meta'?" not in str(info.value) or "supported platforms: meta" in str(info.value)
+    with pytest.raises(UnknownPlatformError, match="did you mean 'meta'"):
+        get_platform("Meta")
     with pytest.raises(
         ValueError, match=r"unknown platform 'mata'; did you mean 'meta'\? supported platforms: meta"
     ):
@@ -100,7 +100,7 @@ def test_register_and_unregister() -> None:
     ],
 )
 def test_a_registration_is_checked(changes: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         zed(**changes)
 
 
