@@ -1,4 +1,7 @@
-"""Meta custom audiences, registered once: campaign model, account format, rules, limits and warnings."""
+"""Meta custom audiences as the registry knows them: campaign model, account format, rules, limits, warnings.
+
+Registered by :mod:`audience_sync.platforms` (importing this module alone registers nothing).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any, Literal
 from audience_sync.core.campaign.base import Invalid
 from audience_sync.core.campaign.destinations import Account, DestinationBase
 from audience_sync.core.normalize.platforms import META as META_RULES
-from audience_sync.core.platforms import Platform, register
+from audience_sync.core.platforms import Platform
 
 _ACCOUNT_FIX = 'write the numeric ad account id, e.g. "act_1234567890" or "1234567890"'
 
@@ -83,22 +86,20 @@ class MetaCampaignDestination(DestinationBase):
     ad_account_id: Account
 
 
-META = register(
-    Platform(
-        name="meta",
-        title="Meta",
-        default_conn_id="meta_default",
-        account_field="ad_account_id",
-        normalise_account=normalise_ad_account_id,
-        account_example="act_1234567890",
-        rules=META_RULES,
-        max_batch_rows=10_000,
-        # DELETE puts the payload in the URL; python-sdk#717 breaks at 300 single-key rows (~21 KB) and
-        # works at 250 (~18 KB)
-        max_remove_rows=250,
-        min_useful_size=100,  # Meta's help centre: avoid customer lists of fewer than 100 people
-        warnings=sensitive_name_warnings,
-        campaign_model=MetaCampaignDestination,
-        destination="audience_sync.hooks.meta:meta_destination",
-    )
+META = Platform(
+    name="meta",
+    title="Meta",
+    default_conn_id="meta_default",
+    account_field="ad_account_id",
+    normalise_account=normalise_ad_account_id,
+    account_example="act_1234567890",
+    rules=META_RULES,
+    max_batch_rows=10_000,
+    # DELETE puts the payload in the URL; python-sdk#717 breaks at 300 single-key rows (~21 KB) and
+    # works at 250 (~18 KB)
+    max_remove_rows=250,
+    min_useful_size=100,  # Meta's help centre: avoid customer lists of fewer than 100 people
+    warnings=sensitive_name_warnings,
+    campaign_model=MetaCampaignDestination,
+    destination="audience_sync.hooks.meta:meta_destination",
 )
