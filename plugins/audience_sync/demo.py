@@ -56,12 +56,14 @@ def summary(result: dict, srv: object) -> str:
     for task, x in sorted(result["xcom"].items()):
         if not task.startswith("sync_") or not isinstance(x, dict):
             continue
+        platform = str(x.get("platform") or task.removeprefix("sync_"))
         size = "?"
-        for a in srv.meta.audiences():  # type: ignore[attr-defined]
+        app = getattr(srv, platform, None)  # the sandbox's app of that platform, when it serves one
+        for a in app.audiences() if app is not None else ():
             if str(a.get("id")) == str(x["audience_id"]):
                 size = str(a.get("count", a.get("member_count", "?")))
         lines.append(
-            f"{task.removeprefix('sync_'):<9} {x['account']:<16} {x['audience_id']:<18} {x['total']:>5} "
+            f"{platform:<9} {x['account']:<16} {x['audience_id']:<18} {x['total']:>5} "
             f"{x['sent']:>6} {x['pending']:>8} {x['failed']:>7} {ext.get('invalid', 0):>8} "
             f"{x.get('excluded', 0):>9} {size:>5}"
         )

@@ -50,7 +50,7 @@ def build_dag(c: Campaign) -> DAG:
     platforms = sorted({d.platform for d in c.destinations})
     doc = (
         f"### {c.campaign}\n\nAds campaign **{c.ads_campaign_name}**, segment `{c.segment_name}` "
-        f"({c.sync_mode}) to {', '.join(f'{d.platform} {d.ad_account_id}' for d in c.destinations)}.\n\n"
+        f"({c.sync_mode}) to {', '.join(f'{d.platform} {d.account}' for d in c.destinations)}.\n\n"
         f"Campaign file: `{c.path.name}`. Audience group: {group.source} "
         f"{'(' + str(group.conn_id) + ')' if group.conn_id else ''}."
     )
@@ -92,7 +92,7 @@ def build_dag(c: Campaign) -> DAG:
             sync = SyncAudienceOperator(
                 task_id=task_id,
                 platform=d.platform,
-                ad_account_id=d.ad_account_id,
+                account=d.account,
                 conn_id=d.conn_id,
                 segment_name=c.segment_name,
                 sync_mode=c.sync_mode,
@@ -103,7 +103,7 @@ def build_dag(c: Campaign) -> DAG:
             wait = AwaitProcessingSensor(
                 task_id=wait_id,
                 platform=d.platform,
-                ad_account_id=d.ad_account_id,
+                account=d.account,
                 conn_id=d.conn_id,
                 segment_name=c.segment_name,
                 timeout=dt.timedelta(minutes=c.processing_timeout_minutes),
@@ -116,7 +116,7 @@ def build_dag(c: Campaign) -> DAG:
                     "task_id": task_id,
                     "wait_task_id": wait_id,
                     "platform": d.platform,
-                    "account": d.ad_account_id,
+                    "account": d.account,
                     "conn_id": d.conn_id,
                     "segment_name": c.segment_name,
                 }

@@ -146,7 +146,7 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
     from audience_sync.factory import build_dag
     from audience_sync.hooks.state import AudienceSyncStateHook
     from audience_sync.operators.extract import read_group
-    from audience_sync.operators.sync import DESTINATIONS, staged_rows
+    from audience_sync.operators.sync import build_destination, staged_rows
 
     folder = campaigns_dir()
     path = next((p for p in (folder / f"{stem}.yaml", folder / f"{stem}.yml") if p.exists()), None)
@@ -174,7 +174,7 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
         revoked = read_member_ids(counts.no_consent_path)
         plans = []
         for d in c.destinations:
-            dest = DESTINATIONS[d.platform](d.conn_id, d.ad_account_id)
+            dest = build_destination(d.platform, d.conn_id, d.account)
             staged = counts.staged[d.platform]
             req = SyncRequest(
                 dag_id=c.dag_id,

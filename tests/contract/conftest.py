@@ -9,8 +9,10 @@ facts the tests check against (batch limit, list page size, error codes and what
 say, which lifecycle calls make no request, whether batches are applied synchronously) and a factory
 of valid hashed rows.
 
-To add a platform: subclass :class:`Harness` and register it in :data:`HARNESSES`. Every test of the
-suite then runs against it too (tests are parametrized over ``platform``). A test that needs an
+The suite runs against every platform of the registry (:mod:`audience_sync.core.platforms`): tests
+are parametrized over the registered platforms, and a registered platform without a harness in
+:data:`HARNESSES` fails ``test_registry.py`` by name instead of being skipped. To add a platform: register
+it, subclass :class:`Harness` and add it to :data:`HARNESSES`. A test that needs an
 optional platform feature carries ``@pytest.mark.harness_has("attr")`` and runs only against the
 harnesses whose ``attr`` is truthy (it is not collected for the others, rather than skipped).
 
@@ -37,6 +39,7 @@ import pytest
 from facebook_business.adobjects.customaudience import CustomAudience
 
 from audience_sync.core.contract import Destination, Upload
+from audience_sync.core.platforms import platforms
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 
@@ -282,10 +285,12 @@ class MetaHarness(Harness):
         self.account = account
         self.other_account = f"act_{next(_accounts)}"
         self.token = SANDBOX_TOKEN
-        self.destination = MetaDestination(
-            make_meta_api(SANDBOX_TOKEN, graph_url=srv.url, timeout=10), account
-        )
+        self.destination = self.make_destination(make_meta_api(SANDBOX_TOKEN, graph_url=srv.url, timeout=10))
         self._admin = make_meta_api(SANDBOX_TOKEN, graph_url=srv.url, timeout=10)
+
+    def make_destination(self, api: Any) -> Destination:
+        """The destination under test on this harness's account, talking through ``api``."""
+        return MetaDestination(api, self.account)
 
     def members(self, audience_id: str) -> set[Member]:
         return {frozenset((k, v) for k, v in m.items() if v) for m in self.srv.meta.members(audience_id)}
@@ -320,11 +325,11 @@ class MetaHarness(Harness):
 
     def another_destination(self, *, token: str | None = None, timeout: float | None = None) -> Destination:
         api = make_meta_api(token or self.token, graph_url=self.srv.url, timeout=timeout or 10)
-        return MetaDestination(api, self.account)
+        return self.make_destination(api)
 
     def unreachable(self) -> Destination:
         url = f"http://127.0.0.1:{_closed_port()}"
-        return MetaDestination(make_meta_api(self.token, graph_url=url, timeout=5), self.account)
+        return self.make_destination(make_meta_api(self.token, graph_url=url, timeout=5))
 
     def request_mark(self) -> int:
         return int(self.srv.journal.log.last_seq)
@@ -356,7 +361,7 @@ class MetaHarness(Harness):
         self.srv.meta.clear_faults()
 
 
-#: platform -> harness class; Google Ads and TikTok add theirs here
+#: registered platform -> harness class; Google Ads and TikTok add theirs here
 HARNESSES: dict[str, type[Harness]] = {"meta": MetaHarness}
 
 
@@ -382,12 +387,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``platform`` over :data:`HARNESSES`; ``transient_case`` / ``permanent_case`` over
+    """Parametrize ``registered_platform`` over every registered platform; ``platform`` over the
+    registered platforms that have a harness in :data:`HARNESSES` (one without a harness fails
+    ``test_every_registered_platform_has_a_harness``); ``transient_case`` / ``permanent_case`` over
     each platform's own error cases; ``call`` over the calls of :data:`CALLS` that make requests on
     the platform and ``offline_call`` over those that make none."""
+    if "registered_platform" in metafunc.fixturenames:
+        metafunc.parametrize("registered_platform", list(platforms()))
+        return
     if "platform" not in metafunc.fixturenames:
         return
-    harnesses = dict(HARNESSES)
+    harnesses = {p: HARNESSES[p] for p in platforms() if p in HARNESSES}
     for mark in metafunc.definition.iter_markers("harness_has"):
         harnesses = {p: h for p, h in harnesses.items() if getattr(h, mark.args[0])}
     per_platform: dict[str, tuple[Callable[[type[Harness]], Sequence[Any]], Callable[[Any], str]]] = {

@@ -14,9 +14,8 @@ from audience_sync.core.campaign import (
     CAMPAIGNS_DIR_ENV,
     IDENTIFIER_TYPES,
     SEGMENT_NAME_RULE_ENV,
-    SUPPORTED_PLATFORMS,
     SYNC_MODES,
-    MetaDestination,
+    Campaign,
     SegmentNameError,
     campaign_from_mapping,
     campaigns_dir,
@@ -25,8 +24,10 @@ from audience_sync.core.campaign import (
     load_campaigns,
     project_root,
     suggest_segment_name,
+    supported_platforms,
 )
 from audience_sync.core.errors import CampaignError, CampaignErrors
+from audience_sync.platforms.meta import MetaCampaignDestination
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "campaigns"
 GOOD = FIXTURES / "good"
@@ -87,6 +88,7 @@ def only_error(path: Path, field: str) -> CampaignError:
 def test_full_file_loads_with_every_field() -> None:
     campaign = load_campaign(GOOD / "abandoned_cart.yaml")
 
+    assert isinstance(campaign, Campaign)
     assert campaign.path == (GOOD / "abandoned_cart.yaml").resolve()
     assert campaign.stem == "abandoned_cart"
     assert campaign.dag_id == "ads_audience__abandoned_cart"
@@ -127,10 +129,11 @@ def test_full_file_loads_with_every_field() -> None:
     assert group.consent.column == "ads_consent"
 
     (destination,) = campaign.destinations
-    assert isinstance(destination, MetaDestination)
+    assert isinstance(destination, MetaCampaignDestination)
     assert destination.platform == "meta"
-    assert destination.ad_account_id == "act_1234567890"
+    assert destination.ad_account_id == destination.account == "act_1234567890"
     assert destination.conn_id == "meta_default"
+    assert destination.identity() == ("meta", "act_1234567890")
 
 
 def test_minimal_file_gets_defaults() -> None:
@@ -181,7 +184,7 @@ def test_campaign_is_immutable() -> None:
 
 
 def test_constants() -> None:
-    assert SUPPORTED_PLATFORMS == ("meta",)
+    assert supported_platforms() == ("meta",)
     assert SYNC_MODES == ("mirror", "add_only", "replace")
     assert set(IDENTIFIER_TYPES) == {
         "email", "phone", "first_name", "last_name", "city", "state", "zip", "country", "gender",

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from audience_sync.core.keys import StateKeys, payload_json
 from audience_sync.core.normalize import RowHasher
+from audience_sync.core.platforms import get_platform
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def extract_and_stage(
     """
     out_dir = Path(staging_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hashers = {p: RowHasher(p, identifiers, default_country) for p in platforms}
+    hashers = {p: RowHasher(p, identifiers, default_country, rules=get_platform(p).rules) for p in platforms}
     writers: dict[str, pq.ParquetWriter] = {}
     schemas = {
         p: pa.schema([(c, pa.string()) for c in META_COLUMNS] + [(k, pa.string()) for k in h.schema])

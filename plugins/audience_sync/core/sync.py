@@ -20,6 +20,7 @@ import tenacity
 from audience_sync.core.contract import Destination, ProcessingStatus
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import RegistryEntry, StateStore, lease_owner
+from audience_sync.core.platforms import get_platform
 from audience_sync.core.settings import Settings, settings
 from audience_sync.core.uploads import UploadLog, UploadRecord, WorkRow
 
@@ -311,62 +312,6 @@ def poll_processing(
 
 
 # ------------------------------------------------------------------------------ plan
-#: words that may get an audience flagged by Meta as suggesting health or financial status (reference §1.2)
-SENSITIVE_TERMS = (
-    "health",
-    "medical",
-    "disease",
-    "diabet",
-    "cancer",
-    "hiv",
-    "aids",
-    "pregnan",
-    "fertility",
-    "depress",
-    "anxiety",
-    "mental",
-    "therapy",
-    "pharma",
-    "drug",
-    "addict",
-    "alcohol",
-    "obes",
-    "weight_loss",
-    "disab",
-    "income",
-    "salary",
-    "wealth",
-    "rich",
-    "debt",
-    "loan",
-    "credit",
-    "bankrupt",
-    "mortgage",
-    "insolven",
-    "poverty",
-    "welfare",
-    "benefit",
-)
-
-
-def plan_warnings(dest: Destination, segment_name: str, group: int) -> list[str]:
-    warnings: list[str] = []
-    if dest.min_useful_size and group < dest.min_useful_size:
-        warnings.append(
-            f"group of {group} is below {dest.platform}'s useful minimum (~{dest.min_useful_size} matched "
-            "members); the audience may be too small to deliver"
-        )
-    name = segment_name.lower()
-    words = name.replace("-", "_").replace(" ", "_").split("_")
-    hits = [t for t in SENSITIVE_TERMS if (t in name if "_" in t else any(w.startswith(t) for w in words))]
-    if hits and dest.platform == "meta":
-        warnings.append(
-            f"segment name {segment_name!r} contains {', '.join(repr(h) for h in hits)}: Meta may flag audiences "
-            "whose names suggest health conditions or financial status and then block uploads"
-        )
-    return warnings
-
-
 def plan_sync(
     dest: Destination,
     store: StateStore,
@@ -436,7 +381,8 @@ def plan_sync(
         "changed": changed,
         "removes": removes,
         "unchanged": unchanged,
-        "warnings": plan_warnings(dest, req.segment_name, group),
+        # the platform's own: its useful minimum and warnings (Meta: names it may flag)
+        "warnings": get_platform(req.platform).plan_warnings(req.segment_name, group),
     }
 
 

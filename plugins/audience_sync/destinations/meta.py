@@ -31,6 +31,7 @@ from audience_sync.core.contract import (
     UploadResult,
 )
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.platforms.meta import META
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,13 @@ class MetaDestination(Destination):
     :param conn_label: the Airflow connection id, named in error messages so operators know what to fix.
     """
 
-    platform = "meta"
-    max_batch_rows = 10_000
-    min_useful_size = 100  # Meta's help centre: avoid customer lists of fewer than 100 people
-    #: DELETE puts the payload in the URL; python-sdk#717 breaks at 300 single-key rows (~21 KB) and
-    #: works at 250 (~18 KB). Removal batches are sized so the encoded payload stays under this budget.
-    max_remove_rows = 250
+    platform = META.name
+    # the limits are the platform's registered facts (audience_sync.platforms.meta), not repeated here
+    max_batch_rows = META.max_batch_rows
+    min_useful_size = META.min_useful_size
+    #: DELETE puts the payload in the URL, so removal batches are also sized so that the encoded
+    #: payload stays under this budget (python-sdk#717: ~21 KB breaks, ~18 KB works)
+    max_remove_rows = META.max_remove_rows
     url_budget_bytes = 12_000
 
     def __init__(self, api: FacebookAdsApi, ad_account_id: str, conn_label: str = "meta_default") -> None:

@@ -82,6 +82,11 @@ class MetaAudienceHook(BaseHook):
         return MetaDestination(self.get_conn(), ad_account_id, conn_label=self.meta_conn_id)
 
 
+def meta_destination(conn_id: str, account: str) -> MetaDestination:
+    """The destination factory Meta's registration names (``audience_sync.platforms.meta``)."""
+    return MetaAudienceHook(conn_id).get_destination(account)
+
+
 def graph_url(host: str | None, port: int | None) -> str:
     """Connection host/port -> Graph base URL."""
     if not host:

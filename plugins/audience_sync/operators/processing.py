@@ -11,9 +11,10 @@ from airflow.sdk.bases.sensor import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.core.platforms import get_platform
 from audience_sync.core.sync import poll_processing
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
-from audience_sync.operators.sync import DESTINATIONS
+from audience_sync.operators.sync import build_destination
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -31,7 +32,7 @@ class AwaitProcessingSensor(BaseSensorOperator):
     longer than ``timeout`` the task fails; the members stay ``in_progress`` and the next run asks again.
 
     :param platform: the destination platform.
-    :param ad_account_id: the platform account.
+    :param account: the platform account.
     :param conn_id: the platform connection.
     :param segment_name: the audience's segment name (templated).
     :return: the ledger's counts once everything is processed.
@@ -44,7 +45,7 @@ class AwaitProcessingSensor(BaseSensorOperator):
         self,
         *,
         platform: str,
-        ad_account_id: str,
+        account: str,
         segment_name: str,
         conn_id: str | None = None,
         state_conn_id: str = DEFAULT_CONN_ID,
@@ -54,16 +55,14 @@ class AwaitProcessingSensor(BaseSensorOperator):
     ) -> None:
         kwargs.setdefault("mode", "reschedule")
         super().__init__(timeout=timeout, poke_interval=poke_interval, **kwargs)
-        if platform not in DESTINATIONS:
-            raise ValueError(f"unknown platform {platform!r}; supported: {', '.join(DESTINATIONS)}")
-        self.platform = platform
-        self.ad_account_id = ad_account_id
+        self.platform = get_platform(platform).name  # an unknown platform fails when the DAG is parsed
+        self.account = account
         self.segment_name = segment_name
-        self.conn_id = conn_id or f"{platform}_default"
+        self.conn_id = conn_id or get_platform(platform).default_conn_id
         self.state_conn_id = state_conn_id
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        dest = DESTINATIONS[self.platform](self.conn_id, self.ad_account_id)
+        dest = build_destination(self.platform, self.conn_id, self.account)
         store = AudienceSyncStateHook(self.state_conn_id).store
         entry = store.get_registry(self.platform, dest.account, self.segment_name)
         if entry is None:  # the sync task never got as far as the audience: nothing to wait for

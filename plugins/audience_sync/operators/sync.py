@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import read_member_ids
 from audience_sync.core.extract import staged_rows as read_staged_rows
 from audience_sync.core.ledger import utcnow
+from audience_sync.core.platforms import get_platform
 from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, sync_audience
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
 from audience_sync.operators.context import run_date
@@ -23,14 +25,22 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-def _meta(conn_id: str, account: str) -> Destination:
-    from audience_sync.hooks.meta import MetaAudienceHook
+def build_destination(platform: str, conn_id: str, account: str) -> Destination:
+    """The destination of one account on a registered platform, built by its registered factory.
 
-    return MetaAudienceHook(conn_id).get_destination(account)
-
-
-#: platform -> factory(conn_id, account) of its destination (each built by the platform's hook)
-DESTINATIONS: dict[str, Callable[[str, str], Destination]] = {"meta": _meta}
+    The factory is a dotted ``"module:callable"`` in the platform's registration, imported only now,
+    when a task runs, so parsing DAGs never imports a platform SDK.
+    """
+    spec = get_platform(platform)
+    module, _, attr = spec.destination.partition(":")
+    factory: Callable[[str, str], Destination] = getattr(importlib.import_module(module), attr)
+    dest = factory(conn_id, account)
+    if dest.platform != spec.name:
+        raise AudienceSyncError(
+            f"platform {spec.name!r}: its destination factory {spec.destination} built a destination of "
+            f"platform {dest.platform!r}; fix the registration's destination"
+        )
+    return dest
 
 
 def staged_rows(staged: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -78,9 +88,9 @@ class SyncAudienceOperator(BaseOperator):
     only what changed, batch by batch. Transient platform errors are retried with backoff inside the
     task; permanent ones fail the task at once with an actionable message.
 
-    :param platform: ``meta``.
-    :param ad_account_id: the platform account.
-    :param conn_id: the platform connection (default per platform, e.g. ``meta_default``).
+    :param platform: a registered platform (``meta``).
+    :param account: the platform account (the campaign's normalised account, Meta ``act_<digits>``).
+    :param conn_id: the platform connection (default: the platform's, e.g. ``meta_default``).
     :param segment_name: the audience name on the platform (templated).
     :param sync_mode: ``mirror`` | ``add_only`` | ``replace``.
     :param exclude_segments: members currently in these segments' audiences are left out.
@@ -95,7 +105,7 @@ class SyncAudienceOperator(BaseOperator):
         self,
         *,
         platform: str,
-        ad_account_id: str,
+        account: str,
         segment_name: str,
         conn_id: str | None = None,
         sync_mode: str = "mirror",
@@ -107,11 +117,9 @@ class SyncAudienceOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if platform not in DESTINATIONS:
-            raise ValueError(f"unknown platform {platform!r}; supported: {', '.join(DESTINATIONS)}")
-        self.platform = platform
-        self.ad_account_id = ad_account_id
-        self.conn_id = conn_id or f"{platform}_default"
+        self.platform = get_platform(platform).name  # an unknown platform fails when the DAG is parsed
+        self.account = account
+        self.conn_id = conn_id or get_platform(platform).default_conn_id
         self.segment_name = segment_name
         self.sync_mode = sync_mode
         self.exclude_segments = tuple(exclude_segments)
@@ -124,7 +132,7 @@ class SyncAudienceOperator(BaseOperator):
         started = utcnow()
         extracted = context["ti"].xcom_pull(task_ids=self.extract_task_id)
         staged = require_staged(extracted, self.platform)
-        dest = DESTINATIONS[self.platform](self.conn_id, self.ad_account_id)
+        dest = build_destination(self.platform, self.conn_id, self.account)
         store = AudienceSyncStateHook(self.state_conn_id).store
         req = build_request(
             context,
@@ -155,6 +163,7 @@ class SyncAudienceOperator(BaseOperator):
         result.update(
             started_at=started.isoformat(),
             finished_at=utcnow().isoformat(),
+            platform=self.platform,
             account=dest.account,
             segment_name=self.segment_name,
             mode=self.sync_mode,
@@ -238,7 +247,7 @@ class PlanAudienceOperator(BaseOperator):
         plans: dict[str, Any] = {}
         for d in self.destinations:
             staged = require_staged(extracted, d["platform"])
-            dest = DESTINATIONS[d["platform"]](d["conn_id"], d["account"])
+            dest = build_destination(d["platform"], d["conn_id"], d["account"])
             req = build_request(
                 context,
                 platform=d["platform"],

@@ -4,8 +4,10 @@ Pure Python (no Airflow import), so it can be unit-tested and reused by the CLI.
 
 * :mod:`.paths` - the project root, the campaign folder, how paths are resolved and shown;
 * :mod:`.segment_name` - the segment-name rules, their error and compliant-name suggestions;
-* :mod:`.destinations` - one model per ad platform a campaign sends to;
-* :mod:`.models` - Duration, Consent, AudienceGroup, Campaign;
+* :mod:`.destinations` - the destination base; each platform's own model is registered with the platform
+  (:mod:`audience_sync.core.platforms`);
+* :mod:`.models` - Duration, Consent, AudienceGroup, Campaign (and :func:`campaign_model`, the campaign
+  with the registered platforms' destinations);
 * :mod:`.problems` - pydantic errors turned into (field, message, fix);
 * :mod:`.yaml_reader` and :mod:`.loading` - reading files (duplicate keys, line numbers) and folders;
 * :mod:`.base` - what the others share (the validation error with its fix, cross-field rules).
@@ -42,11 +44,9 @@ from __future__ import annotations
 
 from audience_sync.core.campaign.base import FILE_FIELD, FILE_NAME_FIELD
 from audience_sync.core.campaign.destinations import (
-    DESTINATION_MODELS,
-    SUPPORTED_PLATFORMS,
-    Destination,
     DestinationBase,
-    MetaDestination,
+    destination_models,
+    supported_platforms,
 )
 from audience_sync.core.campaign.loading import campaign_from_mapping, load_campaign, load_campaigns
 from audience_sync.core.campaign.models import (
@@ -57,6 +57,7 @@ from audience_sync.core.campaign.models import (
     Campaign,
     Consent,
     Duration,
+    campaign_model,
 )
 from audience_sync.core.campaign.paths import CAMPAIGNS_DIR_ENV, campaigns_dir, project_root
 from audience_sync.core.campaign.segment_name import (
@@ -72,29 +73,28 @@ from audience_sync.core.settings import SEGMENT_NAME_RULES
 __all__ = [
     "CAMPAIGNS_DIR_ENV",
     "DAG_ID_PREFIX",
-    "DESTINATION_MODELS",
     "FILE_FIELD",
     "FILE_NAME_FIELD",
     "IDENTIFIER_TYPES",
     "SCHEDULE_PRESETS",
     "SEGMENT_NAME_RULES",
     "SEGMENT_NAME_RULE_ENV",
-    "SUPPORTED_PLATFORMS",
     "SYNC_MODES",
     "AudienceGroup",
     "Campaign",
     "Consent",
-    "Destination",
     "DestinationBase",
     "Duration",
-    "MetaDestination",
     "SegmentNameError",
     "campaign_from_mapping",
+    "campaign_model",
     "campaigns_dir",
     "check_segment_name",
+    "destination_models",
     "load_campaign",
     "load_campaigns",
     "project_root",
     "segment_name_rule",
     "suggest_segment_name",
+    "supported_platforms",
 ]

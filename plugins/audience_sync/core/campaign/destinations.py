@@ -1,21 +1,21 @@
-"""Destination models of a campaign (one per ad platform) and their validation rules.
+"""Destination models of a campaign: the shared base, and the per-platform models read from the registry.
 
-Adding a platform: define a ``<Platform>Destination(DestinationBase)`` model with
-``platform: Literal["<platform>"]``, add it to the :data:`Destination` union and to
-:data:`DESTINATION_MODELS`. Everything else (error messages, :data:`SUPPORTED_PLATFORMS`) follows.
+Each platform's own model (``platform: Literal["<name>"]`` plus its account field) is part of its
+registration in :mod:`audience_sync.core.platforms`; nothing here names a platform.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, get_args
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from audience_sync.core.campaign.base import Invalid, NonEmptyStr, Problem, StrictModel
+from audience_sync.core.platforms import Platform, get_platform, platforms
 
 
 def destination_problems(keys: list[tuple[Any, Any] | None]) -> list[Problem]:
-    """The same (platform, ad account) must not appear twice."""
+    """The same (platform, account) must not appear twice."""
     problems: list[Problem] = []
     seen: dict[tuple[Any, Any], int] = {}
     for i, key in enumerate(keys):
@@ -25,7 +25,7 @@ def destination_problems(keys: list[tuple[Any, Any] | None]) -> list[Problem]:
             problems.append(
                 (
                     ("destinations", i),
-                    f"duplicates destinations[{seen[key]}] (same platform and ad account)",
+                    f"duplicates destinations[{seen[key]}] (same platform and account)",
                     "remove the duplicate destination",
                 )
             )
@@ -34,47 +34,72 @@ def destination_problems(keys: list[tuple[Any, Any] | None]) -> list[Problem]:
     return problems
 
 
-def normalise_ad_account_id(value: Any) -> str:
-    """Return ``act_<digits>`` for ``1234``, ``"1234"`` or ``"act_1234"``; raise otherwise."""
-    fix = 'write the numeric ad account id, e.g. "act_1234567890" or "1234567890"'
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise Invalid("must be an ad account id", fix)
-    text = str(value).strip()
-    digits = text[4:] if text.lower().startswith("act_") else text
-    if not digits.isascii() or not digits.isdigit():
-        raise Invalid(f"'{text}' is not a valid ad account id: expected digits, optionally after 'act_'", fix)
-    return f"act_{digits}"
+def normalised_account(spec: Platform, value: Any) -> str:
+    """``spec.normalise_account(value)``, with a plain ValueError turned into one carrying a fix."""
+    try:
+        return spec.normalise_account(value)
+    except Invalid:
+        raise
+    except ValueError as exc:
+        raise Invalid(
+            str(exc), f'write the {spec.title} account as {spec.account_field}: "{spec.account_example}"'
+        ) from None
+
+
+def _normalise_account_field(value: Any, info: ValidationInfo) -> Any:
+    """Normalise an account field with its platform's rule (``platform`` is validated before it)."""
+    name = info.data.get("platform")
+    if not isinstance(name, str):  # the platform failed already; that error is the one to report
+        return value
+    return normalised_account(get_platform(name), value)
+
+
+#: The type of a platform's account field: normalised with the platform's ``normalise_account``.
+Account = Annotated[str, BeforeValidator(_normalise_account_field)]
 
 
 class DestinationBase(StrictModel):
-    """Fields every destination shares. Subclasses fix ``platform`` to a ``Literal``."""
+    """What every destination of a campaign has. A platform's model fixes ``platform`` to a ``Literal``
+    and declares its account field (named by its registration's ``account_field``) as :data:`Account`,
+    so it is normalised with the platform's own rule.
+
+    Code outside the platform's modules reads :attr:`platform`, :attr:`account` and :attr:`conn_id`.
+    """
 
     platform: str
+    conn_id: NonEmptyStr | None = Field(default=None, validate_default=True)
 
-    def identity(self) -> tuple[str, str]:
-        """Identity used to detect duplicate destinations."""
-        return (self.platform, self.model_dump_json())
-
-
-class MetaDestination(DestinationBase):
-    """A Meta (Facebook/Instagram) ad account. ``ad_account_id`` is normalised to ``act_<digits>``."""
-
-    platform: Literal["meta"]
-    ad_account_id: str
-    conn_id: NonEmptyStr = "meta_default"
-
-    @field_validator("ad_account_id", mode="before")
     @classmethod
-    def _normalise(cls, value: Any) -> str:
-        """Accept ``1234``, ``"1234"`` and ``"act_1234"``."""
-        return normalise_ad_account_id(value)
+    def spec(cls) -> Platform:
+        """The registration of this model's platform."""
+        (name,) = get_args(cls.model_fields["platform"].annotation)
+        return get_platform(name)
+
+    @field_validator("conn_id")
+    @classmethod
+    def _default_conn_id(cls, value: str | None) -> str | None:
+        """Default to the platform's connection (``meta_default``)."""
+        if value is None and cls is not DestinationBase:
+            return cls.spec().default_conn_id
+        return value
+
+    @property
+    def account(self) -> str:
+        """The account, normalised by the platform's rule (Meta: ``act_<digits>``)."""
+        spec = self.spec()
+        # normalising is idempotent; doing it here too keeps a model that forgot ``Account`` correct
+        return spec.normalise_account(getattr(self, spec.account_field))
 
     def identity(self) -> tuple[str, str]:
-        """Identity used to detect duplicate destinations."""
-        return (self.platform, self.ad_account_id)
+        """Identity used to detect duplicate destinations: the platform and its normalised account."""
+        return (self.platform, self.account)
 
 
-#: Discriminated union on ``platform``. Add new platform models here and in DESTINATION_MODELS.
-Destination = Annotated[Union[MetaDestination], Field(discriminator="platform")]  # noqa: UP007
-DESTINATION_MODELS: dict[str, type[DestinationBase]] = {"meta": MetaDestination}
-SUPPORTED_PLATFORMS: tuple[str, ...] = tuple(DESTINATION_MODELS)
+def destination_models() -> dict[str, type[DestinationBase]]:
+    """Platform name -> the model of one of its destinations in a campaign file, from the registry."""
+    return {name: spec.campaign_model for name, spec in platforms().items()}
+
+
+def supported_platforms() -> tuple[str, ...]:
+    """The platform names a campaign file may use (the registered ones)."""
+    return tuple(platforms())

@@ -21,16 +21,13 @@ from audience_sync.core.campaign.base import (
     exclusion_problems,
     source_problems,
 )
-from audience_sync.core.campaign.destinations import (
-    DESTINATION_MODELS,
-    destination_problems,
-    normalise_ad_account_id,
-)
-from audience_sync.core.campaign.models import Campaign
+from audience_sync.core.campaign.destinations import destination_problems, normalised_account
+from audience_sync.core.campaign.models import Campaign, campaign_model
 from audience_sync.core.campaign.paths import campaigns_dir, display_path, resolve_path
 from audience_sync.core.campaign.problems import convert_error, format_loc
 from audience_sync.core.campaign.yaml_reader import line_of, read_yaml
 from audience_sync.core.errors import CampaignError, CampaignErrors
+from audience_sync.core.platforms import platforms
 
 _STEM_RE = re.compile(r"[A-Za-z0-9_]+")
 
@@ -51,12 +48,15 @@ def _pre_checks(data: Mapping[Any, Any]) -> list[Problem]:
         problems += [(("duration", *at), m, f) for at, m, f in duration_problems(start, end)]
     destinations = data.get("destinations")
     if isinstance(destinations, list):
+        specs = platforms()
         keys: list[tuple[Any, Any] | None] = []
         for item in destinations:
             key = None
-            if isinstance(item, Mapping) and item.get("platform") in DESTINATION_MODELS:
-                try:
-                    key = (item["platform"], normalise_ad_account_id(item.get("ad_account_id")))
+            name = item.get("platform") if isinstance(item, Mapping) else None
+            spec = specs.get(name) if isinstance(name, str) else None
+            if isinstance(item, Mapping) and spec is not None:
+                try:  # each platform's own account rule: "123" and "act_123" are one Meta account
+                    key = (spec.name, normalised_account(spec, item.get(spec.account_field)))
                 except Invalid:
                     key = None
             keys.append(key)
@@ -129,7 +129,7 @@ def _build(data: Any, path: Path, node: Node | None, problems: list[CampaignErro
     found: list[Problem] = list(_pre_checks(data))
     campaign: Campaign | None = None
     try:
-        campaign = Campaign.model_validate(data)
+        campaign = campaign_model().model_validate(data)
     except ValidationError as exc:
         found += [convert_error(e) for e in exc.errors() if not _items_failed(e, data)]
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, create_model, field_validator, model_validator
 
 from audience_sync.core.campaign.base import (
     Invalid,
@@ -22,7 +23,11 @@ from audience_sync.core.campaign.base import (
     is_sql_file_ref,
     source_problems,
 )
-from audience_sync.core.campaign.destinations import Destination, destination_problems
+from audience_sync.core.campaign.destinations import (
+    DestinationBase,
+    destination_models,
+    destination_problems,
+)
 from audience_sync.core.campaign.paths import resolve_path
 from audience_sync.core.campaign.segment_name import SegmentName
 from audience_sync.core.normalize import IDENTIFIER_TYPES
@@ -171,7 +176,9 @@ class AudienceGroup(StrictModel):
 class Campaign(StrictModel):
     """One validated campaign file. Build it with :func:`load_campaign` (or :func:`campaign_from_mapping`).
 
-    ``campaign`` is the campaign name (also :attr:`name`); ``ads_campaign_name`` defaults to it.
+    ``campaign`` is the campaign name (also :attr:`name`); ``ads_campaign_name`` defaults to it. Files
+    are validated with :func:`campaign_model`, this class with ``destinations`` narrowed to the
+    registered platforms' models.
     """
 
     campaign: NonEmptyStr
@@ -185,7 +192,7 @@ class Campaign(StrictModel):
     segment_name: SegmentName
     sync_mode: SyncMode = "mirror"
     audience_group: AudienceGroup
-    destinations: tuple[Destination, ...] = Field(min_length=1)
+    destinations: tuple[DestinationBase, ...] = Field(min_length=1)
     retries: int = Field(default=3, ge=0, strict=True)
     retry_delay_minutes: int = Field(default=5, ge=0, strict=True)
     # how long the wait task lets a platform process the uploads (Meta: up to 24 h) and how often it asks
@@ -271,3 +278,22 @@ class Campaign(StrictModel):
     def tzinfo(self) -> ZoneInfo:
         """The campaign time zone as a :class:`zoneinfo.ZoneInfo`."""
         return ZoneInfo(self.timezone)
+
+
+def campaign_model() -> type[Campaign]:
+    """:class:`Campaign` whose ``destinations`` are a union, discriminated on ``platform``, of the
+    registered platforms' destination models (built once per registry content)."""
+    return _campaign_model(tuple(destination_models().values()))
+
+
+@lru_cache(maxsize=8)
+def _campaign_model(models: tuple[type[DestinationBase], ...]) -> type[Campaign]:
+    """The campaign model for exactly these destination models."""
+    one = Annotated[Union[models], Field(discriminator="platform")]  # noqa: UP007 - a runtime-built union
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "Campaign",
+        __base__=Campaign,
+        __module__=__name__,
+        __doc__=Campaign.__doc__,
+        destinations=(tuple[one, ...], Field(min_length=1)),  # type: ignore[valid-type]
+    )

@@ -9,9 +9,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from audience_sync.core.campaign.base import Invalid, Loc, Problem, did_you_mean
-from audience_sync.core.campaign.destinations import DESTINATION_MODELS, SUPPORTED_PLATFORMS
+from audience_sync.core.campaign.destinations import destination_models, supported_platforms
 from audience_sync.core.campaign.models import SYNC_MODES, Campaign
 from audience_sync.core.normalize import IDENTIFIER_TYPES
+from audience_sync.core.platforms import platforms
 
 _EXAMPLES: dict[str, str] = {
     "campaign": "campaign: Abandoned cart July",
@@ -26,9 +27,6 @@ _EXAMPLES: dict[str, str] = {
     "audience_group.key": "key: customer_id",
     "audience_group.identifiers": "identifiers: {email: email}",
     "audience_group.consent.column": "column: ads_consent",
-    "destinations": 'destinations: [{platform: meta, ad_account_id: "act_1234567890"}]',
-    "destinations[].platform": "platform: meta",
-    "destinations[].ad_account_id": 'ad_account_id: "act_1234567890"',
 }
 _TYPE_MESSAGES: dict[str, tuple[str, str]] = {
     "string_type": (
@@ -52,19 +50,39 @@ _TYPE_MESSAGES: dict[str, tuple[str, str]] = {
 }
 
 
+def _destination_examples() -> dict[str, str]:
+    """Examples for missing destination keys, from the registry (the first registered platform)."""
+    specs = list(platforms().values())
+    if not specs:
+        return {}
+    first = specs[0]
+    example = f'{{platform: {first.name}, {first.account_field}: "{first.account_example}"}}'
+    return {
+        "destinations": f"destinations: [{example}]",
+        "destinations[].platform": f"platform: {first.name}",
+        **{f"destinations[].{s.account_field}": f'{s.account_field}: "{s.account_example}"' for s in specs},
+    }
+
+
+def _example(loc: Loc, raw_loc: Loc) -> str | None:
+    """An example line for the missing key at ``loc``: the platform's own account example when the
+    key belongs to a destination."""
+    if len(raw_loc) >= 4 and raw_loc[0] == "destinations" and raw_loc[2] in platforms():
+        spec = platforms()[str(raw_loc[2])]
+        if raw_loc[-1] == spec.account_field:
+            return f'{spec.account_field}: "{spec.account_example}"'
+    return _EXAMPLES.get(_index_free(loc)) or _destination_examples().get(_index_free(loc))
+
+
 def _clean_loc(loc: Iterable[str | int]) -> Loc:
     """Drop pydantic's internal parts (discriminator tags, ``[key]``) from an error location."""
     parts = list(loc)
+    models = destination_models()
     cleaned: list[str | int] = []
     for i, part in enumerate(parts):
         if part == "[key]":
             continue
-        if (
-            i >= 2
-            and parts[i - 2] == "destinations"
-            and isinstance(parts[i - 1], int)
-            and part in DESTINATION_MODELS
-        ):
+        if i >= 2 and parts[i - 2] == "destinations" and isinstance(parts[i - 1], int) and part in models:
             continue
         cleaned.append(part)
     return tuple(cleaned)
@@ -115,7 +133,7 @@ def _allowed_keys(raw_loc: Loc) -> list[str]:
         if model is Campaign and part == "destinations":
             # ("destinations", index, tag, ...)
             tag = parts[i + 2] if i + 2 < len(parts) else None
-            model = DESTINATION_MODELS.get(tag) if isinstance(tag, str) else None
+            model = destination_models().get(tag) if isinstance(tag, str) else None
             i += 3
             continue
         if isinstance(part, int):
@@ -139,7 +157,7 @@ def convert_error(error: Mapping[str, Any]) -> Problem:
     if isinstance(cause, Invalid):
         return loc + cause.at, cause.message, cause.fix
     if kind == "missing":
-        example = _EXAMPLES.get(_index_free(loc))
+        example = _example(loc, raw_loc)
         fix = f"add '{example}'" if example else f"add '{loc[-1]}: ...'"
         return loc, "is required but missing", fix
     if kind == "extra_forbidden":
@@ -164,16 +182,17 @@ def convert_error(error: Mapping[str, Any]) -> Problem:
         return loc, "is not a known sync mode", "use one of: " + ", ".join(SYNC_MODES)
     if kind == "union_tag_invalid":
         tag = str(ctx.get("tag", ""))
+        names = supported_platforms()
         return (
             loc + ("platform",),
             f"unsupported platform '{tag}'",
-            did_you_mean(tag, SUPPORTED_PLATFORMS) + "supported platforms: " + ", ".join(SUPPORTED_PLATFORMS),
+            did_you_mean(tag, names) + "supported platforms: " + ", ".join(names),
         )
     if kind == "union_tag_not_found":
         return (
             loc + ("platform",),
             "is required but missing",
-            ("add 'platform: <name>'; supported platforms: " + ", ".join(SUPPORTED_PLATFORMS)),
+            ("add 'platform: <name>'; supported platforms: " + ", ".join(supported_platforms())),
         )
     if kind == "too_short" and loc and loc[-1] == "identifiers":
         return (
@@ -185,7 +204,11 @@ def convert_error(error: Mapping[str, Any]) -> Problem:
             ),
         )
     if kind == "too_short" and loc and loc[-1] == "destinations":
-        return loc, "needs at least one destination", "add " + _EXAMPLES["destinations"]
+        return (
+            loc,
+            "needs at least one destination",
+            "add " + _destination_examples().get("destinations", "destinations: [{platform: <name>, ...}]"),
+        )
     if kind == "greater_than_equal":
         return (
             loc,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from audience_sync.core.normalize.platforms import IDENTIFIER_TYPES, get_rules
+from audience_sync.core.normalize.platforms import IDENTIFIER_TYPES, PlatformRules, get_rules
 from audience_sync.core.normalize.values import InvalidValue, coerce, normalize_country
 
 NO_IDENTIFIER = "no_identifier"
@@ -110,12 +110,19 @@ class RowHasher:
         ignored; names that are not identifier types raise :class:`ValueError`.
     :param default_country: region when the row has no (valid) country; anything :func:`normalize_country`
         accepts.
+    :param rules: the platform's rules table when it is not one of this package's (a registered
+        platform's ``rules``, see :mod:`audience_sync.core.platforms`); default ``get_rules(platform)``.
     """
 
     def __init__(
-        self, platform: str, identifiers: Mapping[str, str], default_country: str | None = None
+        self,
+        platform: str,
+        identifiers: Mapping[str, str],
+        default_country: str | None = None,
+        *,
+        rules: PlatformRules | None = None,
     ) -> None:
-        rules = get_rules(platform)
+        rules = rules if rules is not None else get_rules(platform)
         unknown = sorted(set(identifiers) - set(IDENTIFIER_TYPES))
         if unknown:
             raise ValueError(
