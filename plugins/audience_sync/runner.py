@@ -79,6 +79,13 @@ def format_run(result: dict[str, Any]) -> str:
                     f"in progress {x['in_progress']}, pending {x['pending']}, failed {x['failed']}, "
                     f"removed {x['removed']}, invalid {x['invalid']}, requests {x['requests']}"
                 )
+                run = x.get("run") or {}
+                if run:
+                    lines.append(
+                        f"    this run: added {run['added']}, removed {run['removed']}, re-sent {run['resent']} "
+                        f"(changed identifiers), unchanged {run['unchanged']}, rejected by the platform "
+                        f"{run['rejected']}"
+                    )
             else:
                 lines.append(f"  {task} [{state}] no result (see the task log)")
         elif state not in ("success", "skipped"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,8 @@ def test_run_executes_the_dag_and_exits_non_zero_on_failure(fresh_sandbox, tmp_p
     r = cli("run", "demo_abandoned_cart", "--logical-date", "2026-12-01", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "sync_meta [success]" in r.stdout and "sent" in r.stdout
+    added = re.search(r"this run: added (\d+), removed 0, re-sent 0 .* rejected by the platform 0", r.stdout)
+    assert added and int(added.group(1)) > 0
     (aud,) = fresh_sandbox.meta.audiences("act_1234567890")
     assert f"audience {aud['id']}" in r.stdout and aud["count"] > 0
 
