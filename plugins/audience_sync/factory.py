@@ -89,12 +89,16 @@ def build_dag(c: Campaign) -> DAG:
             same = [x for x in c.destinations if x.platform == d.platform]
             task_id = sync_task_id(d.platform, same.index(d), len(same))
             wait_id = "wait_" + task_id.removeprefix("sync_")
+            # where this destination's tasks send and wait: the same for the sync, the wait and the metrics
+            target = {
+                "platform": d.platform,
+                "account": d.account,
+                "conn_id": d.conn_id,
+                "segment_name": c.segment_name,
+            }
             sync = SyncAudienceOperator(
                 task_id=task_id,
-                platform=d.platform,
-                account=d.account,
-                conn_id=d.conn_id,
-                segment_name=c.segment_name,
+                **target,
                 sync_mode=c.sync_mode,
                 exclude_segments=group.exclude_segments,
                 description=f"{c.ads_campaign_name} (audience-sync campaign {c.stem})",
@@ -102,25 +106,13 @@ def build_dag(c: Campaign) -> DAG:
             # the platform processes uploads after accepting them: wait for it without holding a slot
             wait = AwaitProcessingSensor(
                 task_id=wait_id,
-                platform=d.platform,
-                account=d.account,
-                conn_id=d.conn_id,
-                segment_name=c.segment_name,
+                **target,
                 timeout=dt.timedelta(minutes=c.processing_timeout_minutes),
                 poke_interval=dt.timedelta(seconds=c.processing_poke_seconds),
             )
             sync >> wait
             syncs.append((sync, wait))
-            dests.append(
-                {
-                    "task_id": task_id,
-                    "wait_task_id": wait_id,
-                    "platform": d.platform,
-                    "account": d.account,
-                    "conn_id": d.conn_id,
-                    "segment_name": c.segment_name,
-                }
-            )
+            dests.append({"task_id": task_id, "wait_task_id": wait_id, **target})
         plan = PlanAudienceOperator(
             task_id="plan",
             destinations=dests,

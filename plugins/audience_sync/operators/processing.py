@@ -11,10 +11,9 @@ from airflow.sdk.bases.sensor import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
-from audience_sync.core.platforms import get_platform
 from audience_sync.core.sync import poll_processing
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
-from audience_sync.operators.sync import build_destination
+from audience_sync.operators.sync import build_destination, resolve_target
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -55,10 +54,9 @@ class AwaitProcessingSensor(BaseSensorOperator):
     ) -> None:
         kwargs.setdefault("mode", "reschedule")
         super().__init__(timeout=timeout, poke_interval=poke_interval, **kwargs)
-        self.platform = get_platform(platform).name  # an unknown platform fails when the DAG is parsed
+        self.platform, self.conn_id = resolve_target(platform, conn_id)
         self.account = account
         self.segment_name = segment_name
-        self.conn_id = conn_id or get_platform(platform).default_conn_id
         self.state_conn_id = state_conn_id
 
     def poke(self, context: Context) -> PokeReturnValue | bool:

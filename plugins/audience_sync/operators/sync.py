@@ -81,6 +81,13 @@ def build_request(
     )
 
 
+def resolve_target(platform: str, conn_id: str | None) -> tuple[str, str]:
+    """The registered platform's name and the connection to use (the platform's default when none is
+    given); an unknown platform fails when the DAG is parsed."""
+    registered = get_platform(platform)
+    return registered.name, conn_id or registered.default_conn_id
+
+
 class SyncAudienceOperator(BaseOperator):
     """Upsert the audience named ``segment_name`` on one platform account and sync its members.
 
@@ -117,9 +124,8 @@ class SyncAudienceOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.platform = get_platform(platform).name  # an unknown platform fails when the DAG is parsed
+        self.platform, self.conn_id = resolve_target(platform, conn_id)
         self.account = account
-        self.conn_id = conn_id or get_platform(platform).default_conn_id
         self.segment_name = segment_name
         self.sync_mode = sync_mode
         self.exclude_segments = tuple(exclude_segments)
