@@ -20,4 +20,3 @@ def test_the_harness_and_the_destination_agree_with_the_registration(harness: Ha
     assert dest.platform == spec.name
     assert harness.max_batch_rows == dest.max_batch_rows == spec.max_batch_rows
     assert dest.max_remove_rows == spec.max_remove_rows
-    assert dest.min_useful_size == spec.min_useful_size

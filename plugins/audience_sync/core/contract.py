@@ -86,8 +86,6 @@ class Destination(abc.ABC):
     max_batch_rows: ClassVar[int]
     #: most member rows one remove batch may carry (Meta puts removals in the URL)
     max_remove_rows: ClassVar[int]
-    #: below this many members an audience is unlikely to deliver (0: no known minimum)
-    min_useful_size: ClassVar[int] = 0
     #: True when the platform has applied a batch once it accepted it (no processing to wait for)
     processes_synchronously: ClassVar[bool] = False
     #: at most this many rejected rows are named per batch answer; batches this small name every reject

@@ -87,7 +87,6 @@ class MetaDestination(Destination):
     platform = META.name
     # the limits are the platform's registered facts (audience_sync.platforms.meta), not repeated here
     max_batch_rows = META.max_batch_rows
-    min_useful_size = META.min_useful_size
     #: DELETE puts the payload in the URL, so removal batches are also sized so that the encoded
     #: payload stays under this budget (python-sdk#717: ~21 KB breaks, ~18 KB works)
     max_remove_rows = META.max_remove_rows

@@ -1,8 +1,9 @@
 """One rules table per platform, all behind :class:`PlatformRules`.
 
 To add a platform, build one more :class:`PlatformRules` from the normalisers in ``normalizers.py`` (add a
-normaliser there only if no existing one fits) and register it in :data:`RULES`. Nothing else changes:
-``normalize_field`` and ``RowHasher`` only read these tables.
+normaliser there only if no existing one fits), list it in :data:`RULES` (what ``audience-sync hash`` and
+the normaliser's tests read) and hand it to the platform's registration (``core/platforms.py``), which is
+what extraction reads.
 
 Choices where the platforms' documents are ambiguous (see ``docs`` in each table and the package docstring):
 
