@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from audience_sync.core.keys import StateKeys
+
 ROOT = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="audience-sync-airflow-"))
 os.environ["AIRFLOW_HOME"] = str(_HOME)
@@ -86,3 +88,25 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with admin.connect() as c:
         c.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
     admin.dispose()
+
+
+def state_connection(state_url: str) -> tuple[dict[str, object], StateKeys | None]:
+    """The ``audience_sync_db`` connection for a test state URL, and the keys configured on it.
+
+    A PostgreSQL state needs configured keys; a SQLite state generates a key file beside itself (None).
+    """
+    import sqlalchemy as sa
+
+    u = sa.make_url(state_url)
+    if u.get_backend_name() == "sqlite":
+        return {"conn_type": "sqlite", "host": u.database}, None
+    keys = StateKeys.generate()
+    conn = {
+        "conn_type": "postgres",
+        "host": u.host,
+        "port": u.port,
+        "login": u.username,
+        "schema": u.database,
+        "extra": keys.as_text(),
+    }
+    return conn, keys

@@ -15,10 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.core.campaign import load_campaign
-from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
 from audience_sync.core.normalize import RowHasher
 from audience_sync.demo_data import write_demo_db
+from tests.conftest import state_connection
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGN = ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"
@@ -36,19 +36,7 @@ def crm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def state_db(state_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The state database as the DAG sees it: the ``audience_sync_db`` connection (SQLite or PostgreSQL)."""
-    u = sa.make_url(state_url)
-    if u.get_backend_name() == "sqlite":
-        conn = {"conn_type": "sqlite", "host": u.database}
-    else:
-        conn = {
-            "conn_type": "postgres",
-            "host": u.host,
-            "port": u.port,
-            "login": u.username,
-            "schema": u.database,
-            # PostgreSQL state needs configured keys (a SQLite state generates a key file beside itself)
-            "extra": StateKeys.generate().as_text(),
-        }
+    conn, _ = state_connection(state_url)
     monkeypatch.setenv("AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps(conn))
     return state_url
 

@@ -30,6 +30,7 @@ from audience_sync.core.extract import META_COLUMNS
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys, load_key_file
 from audience_sync.core.normalize import IDENTIFIER_TYPES, RowHasher
 from audience_sync.hooks.state import key_file_beside
+from tests.conftest import state_connection
 
 STEM = "privacy_scan"
 DAG_ID = f"ads_audience__{STEM}"
@@ -183,20 +184,7 @@ def test_no_raw_identifier_or_plain_key_hash_anywhere_after_runs_with_every_iden
     write_csv(csv_path, group)
     write_campaign(tmp_path / "campaigns", csv_path)
     monkeypatch.setenv("AUDIENCE_SYNC_CAMPAIGNS_DIR", str(tmp_path / "campaigns"))
-    u = sa.make_url(state_url)
-    configured: StateKeys | None = None
-    if u.get_backend_name() == "sqlite":
-        conn = {"conn_type": "sqlite", "host": u.database}
-    else:
-        configured = StateKeys.generate()
-        conn = {
-            "conn_type": "postgres",
-            "host": u.host,
-            "port": u.port,
-            "login": u.username,
-            "schema": u.database,
-            "extra": configured.as_text(),
-        }
+    conn, configured = state_connection(state_url)
     monkeypatch.setenv("AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps(conn))
     assert {c for c in FIELDS if c != "customer_id"} == set(IDENTIFIER_TYPES)  # every identifier type
 
@@ -225,7 +213,7 @@ def test_no_raw_identifier_or_plain_key_hash_anywhere_after_runs_with_every_iden
 
     # the keys: configured on the connection, or generated once beside the SQLite state (mode 0600)
     if configured is None:
-        key_file = key_file_beside(u.database)
+        key_file = key_file_beside(sa.make_url(state_url).database)
         assert key_file.stat().st_mode & 0o777 == 0o600
         keys = load_key_file(key_file, create=False)
     else:
