@@ -1,9 +1,11 @@
 """The sync engine: upsert an audience by segment name and bring its membership to the staged group.
 
-Pure orchestration over a :class:`~audience_sync.core.contract.Destination` and a
-:class:`~audience_sync.core.ledger.StateStore`; no Airflow import. The ledger moves every member
-pending -> in_progress -> sent | failed (and sent -> removed) batch by batch, so a task killed
-mid-upload resumes from the first unconfirmed batch when it is retried.
+Pure orchestration over a :class:`~audience_sync.core.contract.Destination`'s upload lifecycle and a
+:class:`~audience_sync.core.ledger.StateStore`; no Airflow import. A sync first finishes the uploads an
+earlier attempt left open (same handles, same batch numbers), then applies the group to the ledger and
+sends each operation's work as one upload (:mod:`audience_sync.core.uploads` moves members pending ->
+in_progress batch by batch), and looks once at the platform's processing: members become sent / removed
+when the platform says it processed them (:func:`poll_processing`, which the wait task keeps calling).
 """
 
 from __future__ import annotations
