@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 #: 2: keyed member ids and row hashes, unhashed identifiers encrypted (``migrations.py`` upgrades v1)
 SCHEMA_VERSION = migrations.LATEST
 
-STATUSES = ("pending", "in_progress", "sent", "failed", "removed")
-
 #: key of the PostgreSQL advisory lock that serialises schema creation between workers
 SCHEMA_LOCK_KEY = 0x41535F534348454D  # "AS_SCHEM"
 
@@ -140,8 +138,6 @@ ledger = sa.Table(
 sa.Index("ix_as_ledger_upload", ledger.c.registry_id, ledger.c.upload_id, ledger.c.batch_seq)
 sa.Index("ix_as_ledger_status", ledger.c.registry_id, ledger.c.status, ledger.c.op)
 
-UPLOAD_STATES = ("open", "finished", "processed", "failed", "abandoned")
-
 #: one row per platform upload (see core/uploads.py)
 uploads = sa.Table(
     "as_uploads",
@@ -152,7 +148,7 @@ uploads = sa.Table(
     sa.Column("op", sa.String(8), nullable=False),
     sa.Column("handle", sa.String(300), nullable=True),  # None until the platform gave one
     sa.Column("run_id", sa.String(250), nullable=False),  # the run that opened it
-    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # open | finished | processed | failed | abandoned
     sa.Column("estimated_total", sa.Integer, nullable=False, default=0),
     sa.Column("confirmed_seq", sa.Integer, nullable=False, default=0),  # batches 1..n answered
     sa.Column("batches", sa.Integer, nullable=False, default=0),  # batches numbered so far
@@ -287,10 +283,6 @@ class PendingRow:
     member_id: str
     payload: dict[str, str]
     sent_payload: dict[str, str] | None
-
-
-def dumps_payload(payload: Mapping[str, str]) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
 class StateStore:

@@ -254,9 +254,7 @@ class UploadLog:
                 uploads.update()
                 .where(uploads.c.id == rec.id)
                 .values(
-                    confirmed_seq=sa.func.max(uploads.c.confirmed_seq, seq)
-                    if self.store.dialect == "sqlite"
-                    else sa.func.greatest(uploads.c.confirmed_seq, seq),
+                    confirmed_seq=self._greatest(uploads.c.confirmed_seq, seq),
                     received=uploads.c.received + received,
                     invalid=uploads.c.invalid + invalid,
                     closed=sa.or_(uploads.c.closed, sa.literal(last)),
@@ -342,9 +340,7 @@ class UploadLog:
                     state="failed" if status.failed else "processed",
                     processed_at=now,
                     detail=status.detail or None,
-                    invalid=sa.func.max(uploads.c.invalid, status.invalid)
-                    if self.store.dialect == "sqlite"
-                    else sa.func.greatest(uploads.c.invalid, status.invalid),
+                    invalid=self._greatest(uploads.c.invalid, status.invalid),
                 )
             )
 
@@ -353,6 +349,11 @@ class UploadLog:
         return sum(r.invalid for r in self.for_run(registry_id, run_id))
 
     # ------------------------------------------------------------------ helpers
+    def _greatest(self, column: sa.ColumnElement[int], value: int) -> sa.ColumnElement[int]:
+        """The larger of a column and a value (SQLite's two-argument ``max``, PostgreSQL's ``greatest``)."""
+        fn = sa.func.max if self.store.dialect == "sqlite" else sa.func.greatest
+        return fn(column, value)
+
     def _mark(self, registry_id: int, member_ids: Sequence[str], *, conn: Any = None, **values: Any) -> None:
         if not member_ids:
             return
