@@ -148,12 +148,13 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
     :func:`data_interval`), so the plan reads the same group that run will read.
     """
     prepare_airflow_env()
+    from audience_sync.core.delta import StagedGroup
     from audience_sync.core.extract import extract_and_stage, read_member_ids
     from audience_sync.core.sync import SyncRequest, plan_sync
     from audience_sync.factory import build_dag
     from audience_sync.hooks.state import AudienceSyncStateHook
     from audience_sync.operators.extract import read_group
-    from audience_sync.operators.sync import build_destination, staged_rows
+    from audience_sync.operators.sync import build_destination
 
     folder = campaigns_dir()
     path = next((p for p in (folder / f"{stem}.yaml", folder / f"{stem}.yml") if p.exists()), None)
@@ -194,7 +195,7 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
                 logical_date=when,
                 exclude_segments=tuple(g.exclude_segments),
             )
-            plans.append(plan_sync(dest, store, req, staged_rows(staged), revoked=revoked))
+            plans.append(plan_sync(dest, store, req, StagedGroup(staged["path"]), revoked=revoked))
     ext = counts.as_dict()
     ext.pop("staged", None)
     ext.pop("no_consent_path", None)

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import pendulum
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -194,8 +195,8 @@ def test_no_raw_identifier_or_plain_key_hash_anywhere_after_runs_with_every_iden
     assert failed.state == "failed"
     staged_path = Path(xcom(failed.run_id, "extract")["staged"]["meta"]["path"])
     assert staged_path.exists()
-    staged_files = sorted(staged_path.parent.glob("*.parquet"))
-    staged_tables = {p.name: pq.read_table(p) for p in staged_files}
+    staged_files = sorted(staged_path.parent.rglob("*.parquet"))
+    staged_tables = {str(p.relative_to(staged_path.parent)): pq.read_table(p) for p in staged_files}
     staged_bytes = b"".join(p.read_bytes() for p in staged_files)
     sandbox.meta.clear_faults()
 
@@ -221,7 +222,7 @@ def test_no_raw_identifier_or_plain_key_hash_anywhere_after_runs_with_every_iden
     ids = {keys.member_id(customer(i)["customer_id"]): i for i in group}
 
     # structure: staged files and ledger hold keyed ids, hashes, and tokens of the unhashed values only
-    meta_table = staged_tables["meta.parquet"]
+    meta_table = pa.concat_tables(t for name, t in staged_tables.items() if name.startswith("meta/"))
     assert set(META_COLUMNS) <= set(meta_table.column_names)
     for row in meta_table.to_pylist():
         i = ids[row.pop("member_id")]

@@ -3,25 +3,35 @@
 The staged file of each platform is Parquet with the columns ``member_id`` (keyed HMAC of the member
 key), ``row_hash`` (keyed HMAC of the row as sent) and one column per platform schema key holding
 hashes; identifiers the platform takes unhashed (Meta MADID, EXTERN_ID) are staged as Fernet tokens
-(see ``core/keys.py``). Raw identifiers never leave this module: they are read, hashed or encrypted and
-dropped chunk by chunk.
+(see ``core/keys.py``). Raw identifiers never leave this module and its worker processes: they are
+read, hashed or encrypted and dropped chunk by chunk.
+
+Chunks are hashed column by column (``normalize/columns.py``) by a pool of worker processes when the
+group has more than one chunk, and staged in their order by this process, which also drops repeated
+member keys (the first row wins).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter
+import multiprocessing
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from audience_sync.core.keys import StateKeys, payload_json
-from audience_sync.core.normalize import RowHasher
-from audience_sync.core.platforms import get_platform
+from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys, payload_json
+from audience_sync.core.normalize import NO_IDENTIFIER
+from audience_sync.core.normalize.columns import ChunkHasher, PlatformColumns
+from audience_sync.core.platforms import get_platform, is_builtin
+from audience_sync.core.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +85,7 @@ class ExtractCounts:
 
 
 def extract_and_stage(
-    chunks: Iterable[Sequence[Mapping[str, Any]]],
+    chunks: Iterable[Chunk],
     *,
     key: str,
     identifiers: Mapping[str, str],
@@ -84,6 +94,7 @@ def extract_and_stage(
     keys: StateKeys,
     default_country: str | None = None,
     consent_column: str | None = None,
+    workers: int | None = None,
 ) -> ExtractCounts:
     """Hash every row for each platform and write ``<staging_dir>/<platform>.parquet``.
 
@@ -92,78 +103,349 @@ def extract_and_stage(
 
     A row counts as invalid (with one reason) when no platform can use it; invalid rows are counted,
     never staged, never fatal. A member key seen twice keeps its first row (``duplicates``).
+
+    :param chunks: the group in order: Arrow record batches, column mappings (name -> values) or
+        lists of row mappings.
+    :param workers: processes hashing chunks in parallel (default: the ``AUDIENCE_SYNC_EXTRACT_WORKERS``
+        setting, one per usable core). A group of one chunk is hashed in this process; so is a group
+        for a platform registered at run time, which a fresh worker process would not know.
     """
+    spec = _Spec(key, dict(identifiers), tuple(platforms), default_country, consent_column)
+    local = _Hasher(spec, keys)
     out_dir = Path(staging_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hashers = {p: RowHasher(p, identifiers, default_country, rules=get_platform(p).rules) for p in platforms}
-    writers: dict[str, pq.ParquetWriter] = {}
-    schemas = {
-        p: pa.schema([(c, pa.string()) for c in META_COLUMNS] + [(k, pa.string()) for k in h.schema])
-        for p, h in hashers.items()
-    }
-    per_platform = Counter[str]()
-    seen: set[bytes] = set()
-    counts = ExtractCounts()
-    no_consent: list[str] = []
+    stager = _Stager(out_dir, local.schemas)
     try:
-        for chunk in chunks:
-            cols: dict[str, dict[str, list[str]]] = {
-                p: {name: [] for name in schemas[p].names} for p in platforms
-            }
-            for row in chunk:
-                counts.rows += 1
-                raw_key = row.get(key)
-                if raw_key is None or str(raw_key).strip() in ("", "nan", "None"):
-                    counts.missing_key += 1
-                    counts.invalid += 1
-                    counts.invalid_by_reason["missing_key"] += 1
-                    continue
-                mid = keys.member_id(raw_key)
-                short = bytes.fromhex(mid[:16])
-                if short in seen:
-                    counts.duplicates += 1
-                    continue
-                seen.add(short)
-                if consent_column and not consent_given(row.get(consent_column)):
-                    counts.excluded_no_consent += 1
-                    no_consent.append(mid)  # only the hashed key: to remove them if they were sent before
-                    continue
-                results = {p: hashers[p].hash_row(row) for p in platforms}
-                usable = [p for p, r in results.items() if r.valid]
-                first = results[platforms[0]]  # field errors are reported once per row, from one platform
-                counts.field_errors.update(first.field_errors)
-                if not usable:
-                    counts.invalid += 1
-                    counts.invalid_by_reason[first.reason or "invalid"] += 1
-                    continue
-                counts.valid += 1
-                for p in usable:
-                    c = cols[p]
-                    schema, plain = hashers[p].schema, results[p].values
-                    c["member_id"].append(mid)
-                    c["row_hash"].append(keys.row_hash(payload_json(schema, plain)))
-                    for name, value in zip(schema, keys.seal(schema, plain), strict=True):
-                        c[name].append(value)
-                    per_platform[p] += 1
-            for p in platforms:
-                if not cols[p]["member_id"]:
-                    continue
-                table = pa.table(cols[p], schema=schemas[p])
-                if p not in writers:
-                    writers[p] = pq.ParquetWriter(out_dir / f"{p}.parquet", schemas[p])
-                writers[p].write_table(table)
+        for part in _hashed(chunks, spec, keys, local, workers):
+            stager.add(part)
     finally:
-        for w in writers.values():
-            w.close()
-    for p in platforms:
-        path = out_dir / f"{p}.parquet"
-        if p not in writers:  # nothing valid: stage an empty file so the sync still reconciles
-            pq.write_table(schemas[p].empty_table(), path)
-        counts.staged[p] = {"path": str(path), "rows": per_platform[p], "schema": list(hashers[p].schema)}
-    revoked = out_dir / "no_consent.parquet"
-    pq.write_table(pa.table({"member_id": pa.array(no_consent, pa.string())}), revoked)
-    counts.no_consent_path = str(revoked)
-    return counts
+        stager.close()
+    return stager.counts
+
+
+# ------------------------------------------------------------------------------------------ hashing
+Chunk = Any  # pa.RecordBatch | pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
+
+#: kinds of row, one byte per row in a hashed chunk
+MISSING_KEY, NO_CONSENT, INVALID, VALID, DUPLICATE = 0, 1, 2, 3, 4
+
+#: chunks handed to workers ahead of the one being staged, per worker (bounds memory)
+AHEAD_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What a worker needs to hash a chunk, except the keys (picklable)."""
+
+    key: str
+    identifiers: dict[str, str]
+    platforms: tuple[str, ...]
+    default_country: str | None
+    consent_column: str | None
+
+    @property
+    def columns(self) -> list[str]:
+        """The source columns extraction reads."""
+        names = [self.key, *self.identifiers.values()]
+        if self.consent_column:
+            names.append(self.consent_column)
+        return list(dict.fromkeys(names))
+
+
+@dataclass
+class _Hashed:
+    """One chunk, hashed: per row its short member id and kind; per platform the rows to stage."""
+
+    n: int
+    ids: list[bytes | None]  # first 8 bytes of the member id (duplicate detection), None: no key
+    kinds: bytes
+    no_consent: dict[int, str]  # row -> member id
+    reasons: dict[int, str]  # invalid row -> reason
+    field_errors: dict[int, tuple[str, ...]]  # hashed row -> field errors (first platform's)
+    # platform -> staged columns (``_row``: the row's number in the chunk); plain lists, so a worker
+    # process never builds Arrow arrays (pyarrow would import pandas there, a second per process)
+    staged: dict[str, dict[str, list[Any]]]
+
+
+class _Hasher:
+    """Hashes chunks: member ids, consent, every platform's values, row hashes, sealed values."""
+
+    def __init__(self, spec: _Spec, keys: StateKeys) -> None:
+        self.spec = spec
+        self.keys = keys
+        rules = {p: get_platform(p).rules for p in spec.platforms}
+        self.columns = ChunkHasher(spec.identifiers, rules, spec.default_country)
+        self.schemas = {p: h.schema for p, h in self.columns.hashers.items()}
+        # the row hash is the keyed hash of payload_json(schema, values); built from a template,
+        # identical to json.dumps: hashed values are hex, unhashed ones are JSON-quoted here
+        self._templates = {
+            p: "{{" + ",".join(f'"{k}":' + ("{}" if k in ENCRYPTED_KEYS else '"{}"') for k in schema) + "}}"
+            for p, schema in self.schemas.items()
+        }
+
+    def hash(self, chunk: Chunk) -> _Hashed:
+        columns, n = as_columns(chunk, self.spec.columns)
+        spec, keys = self.spec, self.keys
+        mids: list[str | None] = [
+            None if raw is None or str(raw).strip() in ("", "nan", "None") else keys.member_id(raw)
+            for raw in columns.get(spec.key) or [None] * n
+        ]
+        kinds = bytearray(n)
+        no_consent: dict[int, str] = {}
+        consent = columns.get(spec.consent_column) if spec.consent_column else None
+        rows: list[int] = []
+        for i, mid in enumerate(mids):
+            if mid is None:
+                continue  # MISSING_KEY
+            if consent is not None and not consent_given(consent[i]):
+                kinds[i] = NO_CONSENT
+                no_consent[i] = mid
+                continue
+            kinds[i] = INVALID
+            rows.append(i)
+        if len(rows) < n:  # hash only rows with a key and consent
+            columns = {name: [col[i] for i in rows] for name, col in columns.items()}
+        results = self.columns.hash_chunk(columns, len(rows))
+        first = results[spec.platforms[0]]
+        reasons: dict[int, str] = {}
+        usable = [False] * len(rows)
+        for result in results.values():
+            usable = [u or v for u, v in zip(usable, result.valid, strict=True)]
+        for j, i in enumerate(rows):
+            if usable[j]:
+                kinds[i] = VALID
+            else:
+                reasons[i] = first.reasons.get(j, NO_IDENTIFIER)
+        staged = {p: self._staged(p, results[p], rows, mids) for p in spec.platforms}
+        return _Hashed(
+            n=n,
+            ids=[bytes.fromhex(m[:16]) if m is not None else None for m in mids],
+            kinds=bytes(kinds),
+            no_consent=no_consent,
+            reasons=reasons,
+            field_errors={rows[j]: errs for j, errs in first.field_errors.items()},
+            staged=staged,
+        )
+
+    def _staged(
+        self, platform: str, result: PlatformColumns, rows: list[int], mids: list[str | None]
+    ) -> dict[str, list[Any]]:
+        keep = [j for j, ok in enumerate(result.valid) if ok]
+        schema = self.schemas[platform]
+        values = [[col[j] for j in keep] for col in result.values]
+        sealed = [
+            [self.keys.seal_value(v) for v in col] if name in ENCRYPTED_KEYS else col
+            for name, col in zip(schema, values, strict=True)
+        ]
+        quoted = [
+            [json.dumps(v) for v in col] if name in ENCRYPTED_KEYS else col
+            for name, col in zip(schema, values, strict=True)
+        ]
+        row_hash = self.keys.row_hash
+        template = self._templates[platform].format
+        data: dict[str, Any] = {
+            "_row": [rows[j] for j in keep],
+            "member_id": [mids[rows[j]] for j in keep],
+            "row_hash": [row_hash(template(*parts)) for parts in zip(*quoted)]
+            if schema
+            else [row_hash("{}")] * len(keep),
+        }
+        for name, col in zip(schema, sealed, strict=True):
+            data[name] = col
+        return data
+
+
+def as_columns(chunk: Chunk, names: Sequence[str]) -> tuple[dict[str, list[Any]], int]:
+    """The named columns of a chunk as lists (absent columns are left out), and its row count."""
+    if isinstance(chunk, pa.RecordBatch | pa.Table):
+        present = [c for c in names if c in chunk.schema.names]
+        return {c: chunk.column(c).to_pylist() for c in present}, chunk.num_rows
+    if isinstance(chunk, Mapping):
+        cols = {c: list(chunk[c]) for c in names if c in chunk}
+        return cols, len(next(iter(chunk.values()))) if chunk else 0
+    rows = list(chunk)
+    return {c: [r.get(c) for r in rows] for c in names}, len(rows)
+
+
+def _staged_schema(schema: Sequence[str], *, with_row: bool = False) -> pa.Schema:
+    fields = [(c, pa.string()) for c in (*META_COLUMNS, *schema)]
+    return pa.schema(([("_row", pa.int32())] if with_row else []) + fields)
+
+
+# -------------------------------------------------------------------------------------- parallelism
+_worker: _Hasher | None = None
+
+
+def _init_worker(spec: _Spec, key_text: dict[str, str]) -> None:
+    global _worker
+    # the keys come through the pool's pipe, never through a file or an environment variable
+    _worker = _Hasher(spec, StateKeys.from_text(key_text, "extraction worker"))
+
+
+def _hash_in_worker(chunk: Chunk) -> _Hashed:
+    assert _worker is not None  # noqa: S101 - set by the pool initializer
+    return _worker.hash(chunk)
+
+
+def _hashed(
+    chunks: Iterable[Chunk], spec: _Spec, keys: StateKeys, local: _Hasher, workers: int | None
+) -> Iterator[_Hashed]:
+    """The chunks, hashed and in order: here for a one-chunk group, else by a pool of processes."""
+    it = iter(chunks)
+    first = next(it, None)
+    if first is None:
+        return
+    second = next(it, None)
+    count = workers if workers is not None else settings().workers
+    if second is None or count <= 1 or not all(is_builtin(p) for p in spec.platforms):
+        yield local.hash(first)
+        if second is not None:
+            yield local.hash(second)
+            for chunk in it:
+                yield local.hash(chunk)
+        return
+    # spawn, not fork: the task's process may run threads (a fork would copy their held locks)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text())) as pool:
+        pending: deque[Future[_Hashed]] = deque()
+        pending.append(pool.submit(_hash_in_worker, _slim(first, spec)))
+        pending.append(pool.submit(_hash_in_worker, _slim(second, spec)))
+        for chunk in it:
+            pending.append(pool.submit(_hash_in_worker, _slim(chunk, spec)))
+            while len(pending) >= count * AHEAD_PER_WORKER:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _slim(chunk: Chunk, spec: _Spec) -> Chunk:
+    """Only the columns extraction reads go to a worker (Arrow batches travel as Arrow buffers)."""
+    if isinstance(chunk, pa.RecordBatch | pa.Table):
+        return chunk.select([c for c in spec.columns if c in chunk.schema.names])
+    return as_columns(chunk, spec.columns)[0] if not isinstance(chunk, Mapping) else chunk
+
+
+# ------------------------------------------------------------------------------------------ staging
+class _Stager:
+    """Drops later rows of a member key already seen, counts, and writes the staged files in order."""
+
+    def __init__(self, out_dir: Path, schemas: Mapping[str, tuple[str, ...]]) -> None:
+        self.out_dir = out_dir
+        self.schemas = schemas
+        self.counts = ExtractCounts()
+        self.seen: set[bytes] = set()
+        self.per_platform = Counter[str]()
+        self.parts = {p: _Parts(out_dir / p, _staged_schema(schema)) for p, schema in schemas.items()}
+        revoked = pa.schema([("member_id", pa.string())])
+        self.revoked = pq.ParquetWriter(out_dir / "no_consent.parquet", revoked)
+
+    def add(self, h: _Hashed) -> None:
+        c = self.counts
+        dropped = self._duplicates(h.ids)
+        kinds = h.kinds
+        if dropped:
+            kinds = bytes(DUPLICATE if i in dropped else k for i, k in enumerate(kinds))
+        c.rows += h.n
+        c.duplicates += len(dropped)
+        missing = kinds.count(MISSING_KEY)
+        if missing:
+            c.missing_key += missing
+            c.invalid_by_reason["missing_key"] += missing
+        c.excluded_no_consent += kinds.count(NO_CONSENT)
+        c.valid += kinds.count(VALID)
+        invalid = [i for i in h.reasons if i not in dropped]
+        c.invalid += missing + len(invalid)
+        c.invalid_by_reason.update(h.reasons[i] for i in invalid)
+        for i, errs in h.field_errors.items():
+            if i not in dropped:
+                c.field_errors.update(errs)
+        revoked = [mid for i, mid in h.no_consent.items() if i not in dropped]
+        if revoked:
+            self.revoked.write_table(pa.table({"member_id": pa.array(revoked, pa.string())}))
+        for p, columns in h.staged.items():
+            table = pa.table(columns, schema=_staged_schema(self.schemas[p], with_row=True))
+            if dropped:
+                gone = pa.array(sorted(dropped), pa.int32())
+                table = table.filter(pc.invert(pc.is_in(table["_row"], gone)))
+            self.parts[p].add(table.drop_columns(["_row"]))
+            self.per_platform[p] += table.num_rows
+
+    def _duplicates(self, ids: list[bytes | None]) -> set[int]:
+        """Rows whose member key came earlier (in this chunk or before); records the others as seen."""
+        present = [m for m in ids if m is not None]
+        fresh = set(present)
+        if len(fresh) == len(present) and self.seen.isdisjoint(fresh):
+            self.seen |= fresh  # the usual case, in C
+            return set()
+        dropped: set[int] = set()
+        for i, m in enumerate(ids):
+            if m is None:
+                continue
+            if m in self.seen:
+                dropped.add(i)
+            else:
+                self.seen.add(m)
+        return dropped
+
+    def close(self) -> None:
+        self.revoked.close()
+        for p, parts in self.parts.items():
+            parts.close()
+            self.counts.staged[p] = {
+                "path": str(parts.folder),
+                "rows": self.per_platform[p],
+                "schema": list(self.schemas[p]),
+            }
+        self.counts.no_consent_path = str(self.out_dir / "no_consent.parquet")
+
+
+#: the staged rows of a platform are split by the first hex digit of the member id, so the group can
+#: be compared with the ledger one slice at a time (``core/delta.py``)
+PARTS = "0123456789abcdef"
+
+#: rows buffered per part before they are written as one row group
+PART_ROWS = 65_536
+
+
+class _Parts:
+    """One platform's staged folder: ``<h>.parquet`` for each first hex digit ``h`` of the member id."""
+
+    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+        self.folder = folder
+        self.schema = schema
+        folder.mkdir(parents=True, exist_ok=True)
+        self.buffers: dict[str, list[pa.Table]] = {h: [] for h in PARTS}
+        self.buffered = dict.fromkeys(PARTS, 0)
+        self.writers: dict[str, pq.ParquetWriter] = {}
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        first = pc.utf8_slice_codeunits(table["member_id"], 0, 1)
+        for h in pc.unique(first).to_pylist():
+            part = table.filter(pc.equal(first, h))
+            self.buffers[h].append(part)
+            self.buffered[h] += part.num_rows
+            if self.buffered[h] >= PART_ROWS:
+                self._flush(h)
+
+    def _flush(self, h: str) -> None:
+        if h not in self.writers:
+            self.writers[h] = pq.ParquetWriter(self.folder / f"{h}.parquet", self.schema)
+        if self.buffers[h]:
+            self.writers[h].write_table(pa.concat_tables(self.buffers[h]))
+        self.buffers[h], self.buffered[h] = [], 0
+
+    def close(self) -> None:
+        for h in PARTS:
+            self._flush(h)  # every part exists, if empty: readers find the schema in any of them
+            self.writers[h].close()
+
+
+def staged_parts(path: str | Path) -> list[Path]:
+    """The files of a staged group: a platform's folder of parts, or a single file (older runs)."""
+    p = Path(path)
+    return sorted(p.glob("*.parquet")) if p.is_dir() else [p]
 
 
 def read_staged(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -179,14 +461,15 @@ def staged_rows(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tupl
 
 
 def _read(path: str | Path, batch_rows: int) -> Iterator[tuple[str, str, list[str], list[str]]]:
-    pf = pq.ParquetFile(path)
-    schema = [n for n in pf.schema_arrow.names if n not in META_COLUMNS]
-    for batch in pf.iter_batches(batch_size=batch_rows):
-        data = batch.to_pydict()
-        ids, hashes = data["member_id"], data["row_hash"]
-        columns = [data[n] for n in schema]
-        for i, mid in enumerate(ids):
-            yield mid, hashes[i], schema, [c[i] or "" for c in columns]
+    for part in staged_parts(path):
+        pf = pq.ParquetFile(part)
+        schema = [n for n in pf.schema_arrow.names if n not in META_COLUMNS]
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            data = batch.to_pydict()
+            ids, hashes = data["member_id"], data["row_hash"]
+            columns = [data[n] for n in schema]
+            for i, mid in enumerate(ids):
+                yield mid, hashes[i], schema, [c[i] or "" for c in columns]
 
 
 def read_member_ids(path: str | Path | None) -> list[str]:
@@ -197,4 +480,5 @@ def read_member_ids(path: str | Path | None) -> list[str]:
 
 
 def staged_schema(path: str | Path) -> list[str]:
-    return [n for n in pq.ParquetFile(path).schema_arrow.names if n not in META_COLUMNS]
+    first = staged_parts(path)[0]
+    return [n for n in pq.ParquetFile(first).schema_arrow.names if n not in META_COLUMNS]

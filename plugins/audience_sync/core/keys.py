@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -90,10 +90,30 @@ def _decode_key(text: object, field: str, source: str) -> bytes:
     return raw
 
 
+def _hmac_sha256(key: bytes) -> Callable[[bytes], str]:
+    """HMAC-SHA256 hex of a message under ``key`` (RFC 2104), with the padded key hashed once.
+
+    Equal to ``hmac.new(key, msg, hashlib.sha256).hexdigest()``, about twice as fast: every member of
+    every run goes through it (member id and row hash), and ``hmac.new`` sets the key up per call.
+    """
+    padded = key.ljust(64, b"\0")  # SHA-256 block size; keys here are 32 bytes
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+
+    def mac(message: bytes) -> str:
+        i = inner.copy()
+        i.update(message)
+        o = outer.copy()
+        o.update(i.digest())
+        return o.hexdigest()
+
+    return mac
+
+
 class StateKeys:
     """The member-id key and the encryption key of one state database."""
 
-    __slots__ = ("_member_key", "_row_key", "_enc_key", "_fernet")
+    __slots__ = ("_member_key", "_row_key", "_enc_key", "_fernet", "_member_mac", "_row_mac")
 
     def __init__(self, member_id_key: bytes, encryption_key: bytes) -> None:
         if len(member_id_key) != KEY_BYTES or len(encryption_key) != KEY_BYTES:
@@ -103,6 +123,8 @@ class StateKeys:
         self._row_key = hmac.new(member_id_key, b"audience-sync row hash v2", hashlib.sha256).digest()
         self._enc_key = encryption_key
         self._fernet = Fernet(base64.urlsafe_b64encode(encryption_key))
+        self._member_mac = _hmac_sha256(self._member_key)
+        self._row_mac = _hmac_sha256(self._row_key)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -141,11 +163,11 @@ class StateKeys:
 
     def rekey(self, v1_member_id: str) -> str:
         """The v2 member id of a v1 (plain SHA-256) member id."""
-        return hmac.new(self._member_key, v1_member_id.encode("ascii"), hashlib.sha256).hexdigest()
+        return self._member_mac(v1_member_id.encode("ascii"))
 
     def row_hash(self, plain_payload_json: str) -> str:
         """Keyed hash of a row's plaintext payload JSON: equal rows, equal hashes; no lookup table."""
-        return hmac.new(self._row_key, plain_payload_json.encode("utf-8"), hashlib.sha256).hexdigest()
+        return self._row_mac(plain_payload_json.encode("utf-8"))
 
     def fingerprints(self) -> dict[str, str]:
         """Per key, an HMAC of a constant: identifies the key in the state database, reveals nothing."""
@@ -159,10 +181,11 @@ class StateKeys:
     # ------------------------------------------------------------------ encryption
     def seal(self, schema: Sequence[str], values: Sequence[str]) -> list[str]:
         """``values`` with every non-empty unhashed identifier replaced by its Fernet token."""
-        return [
-            self._fernet.encrypt(v.encode("utf-8")).decode("ascii") if v and k in ENCRYPTED_KEYS else v
-            for k, v in zip(schema, values, strict=True)
-        ]
+        return [self.seal_value(v) if k in ENCRYPTED_KEYS else v for k, v in zip(schema, values, strict=True)]
+
+    def seal_value(self, value: str) -> str:
+        """One unhashed identifier as its Fernet token (``""`` stays ``""``)."""
+        return self._fernet.encrypt(value.encode("utf-8")).decode("ascii") if value else value
 
     def seal_payload(self, payload: Mapping[str, str]) -> dict[str, str]:
         return dict(zip(payload, self.seal(list(payload), list(payload.values())), strict=True))

@@ -117,6 +117,7 @@ class UnknownPlatformError(AudienceSyncError, ValueError):
 
 
 _registry: dict[str, Platform] = {}
+_builtins: dict[str, Platform] = {}  # as the built-ins package registered them
 _builtins_loaded = False
 
 
@@ -131,6 +132,7 @@ def _load_builtins() -> None:
     except BaseException:
         _builtins_loaded = False
         raise
+    _builtins.update(_registry)
 
 
 def register(platform: Platform, *, replace: bool = False) -> Platform:
@@ -145,6 +147,14 @@ def register(platform: Platform, *, replace: bool = False) -> Platform:
         raise ValueError(f"platform {platform.name!r} is already registered; pass replace=True to replace it")
     _registry[platform.name] = platform
     return platform
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is registered as the built-ins package registers it, so that a fresh process
+    (an extraction worker) gets the same platform by importing that package."""
+    _load_builtins()
+    spec = _registry.get(name)
+    return spec is not None and _builtins.get(name) is spec
 
 
 def unregister(name: str) -> None:

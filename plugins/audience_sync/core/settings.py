@@ -148,6 +148,15 @@ VARIABLES: tuple[Variable, ...] = (
         _seconds,
     ),
     Variable(
+        "AUDIENCE_SYNC_EXTRACT_WORKERS",
+        "extract_workers",
+        "integer ≥ 0",
+        "0 (one per usable core)",
+        "Processes that normalise and hash a large audience group in parallel; 1 hashes in the task's "
+        "own process.",
+        _count(0),
+    ),
+    Variable(
         "AUDIENCE_SYNC_SANDBOX_TOKEN",
         "sandbox_token",
         "text",
@@ -177,6 +186,7 @@ class Settings:
     retry_attempts: int = 5
     retry_initial_wait: float = 2.0
     retry_max_wait: float = 120.0
+    extract_workers: int = 0
     sandbox_token: str = "sandbox-token"
     airflow_home: Path = dataclasses.field(default_factory=lambda: Path.home() / "airflow")
 
@@ -190,6 +200,16 @@ class Settings:
             if raw:
                 values[var.field] = var.parse(var.name, raw)
         return cls(**values)
+
+    @property
+    def workers(self) -> int:
+        """Extraction processes: ``extract_workers``, or one per core this process may use."""
+        if self.extract_workers:
+            return self.extract_workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def state_dir(self) -> Path:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import tenacity
 
 from audience_sync.core.contract import Destination, ProcessingStatus
+from audience_sync.core.delta import Exclusion, StagedGroup, compare
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import RegistryEntry, StateStore, lease_owner
 from audience_sync.core.platforms import get_platform
@@ -318,12 +319,16 @@ def plan_sync(
     dest: Destination,
     store: StateStore,
     req: SyncRequest,
-    staged: Iterable[tuple[str, str, str]],
+    staged: StagedGroup | Iterable[tuple[str, str, str]],
     *,
     revoked: Iterable[str] = (),
     retry: RetryPolicy | None = None,
 ) -> dict[str, Any]:
-    """What :func:`sync_audience` would do, without sending or recording anything (read-only on the platform)."""
+    """What :func:`sync_audience` would do, without sending or recording anything (read-only on the platform).
+
+    The group is compared with the ledger in Arrow (:mod:`audience_sync.core.delta`): nothing is written
+    to the state database, and memory stays bounded however large the group.
+    """
     retry = retry or RetryPolicy.from_env()
     entry = store.get_registry(req.platform, dest.account, req.segment_name)
     audience: dict[str, Any]
@@ -346,30 +351,23 @@ def plan_sync(
         )
     backfill = is_backfill(req, entry)
     mode = "add_only" if backfill else req.mode
-    key = store.stage_members(staged, dag_id=req.dag_id, run_id=req.run_id)
-    try:
-        excluded = store.exclude_from_stage(key, req.platform, dest.account, req.exclude_segments)
-        group = store.stage_size(key)
-        if entry is not None and audience["id"]:
-            pc = store.plan_counts(entry.id, key, removals=mode in ("mirror", "replace"))
-            revoked_ids = set(revoked)
-            on_platform = (
-                store.members_on_platform(entry.id, revoked_ids) if revoked_ids and mode != "replace" else 0
-            )
-            adds, removes, unchanged, changed = (
-                pc["adds"],
-                pc["removes"] + on_platform,
-                pc["unchanged"],
-                pc["changed"],
-            )
-            if mode == "replace":
-                adds, unchanged = group, 0
-            elif backfill:  # a backfill adds members new to the audience only
-                adds, removes, changed, unchanged = pc["new"], 0, 0, group - pc["new"]
-        else:
-            adds, removes, unchanged, changed = group, 0, 0, 0
-    finally:
-        store.drop_stage(key)
+    known = entry.id if entry is not None and audience["id"] else None
+    c = compare(
+        store,
+        known,
+        staged if isinstance(staged, StagedGroup) else StagedGroup(staged),
+        removals=mode in ("mirror", "replace"),
+        revoked=list(revoked) if mode != "replace" else (),
+        exclude=Exclusion(req.platform, dest.account, req.exclude_segments),
+    )
+    group, excluded = c.group, c.excluded
+    adds, removes, unchanged, changed = c.adds, c.removes, c.unchanged, c.changed
+    if known is None:  # a new (or re-created) audience gets everyone
+        adds, removes, unchanged, changed = group, 0, 0, 0
+    elif mode == "replace":
+        adds, unchanged = group, 0
+    elif backfill:  # a backfill adds members new to the audience only
+        adds, removes, changed, unchanged = c.new, 0, 0, group - c.new
     return {
         "platform": req.platform,
         "account": dest.account,

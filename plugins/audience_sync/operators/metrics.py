@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,7 +99,10 @@ class RecordMetricsOperator(BaseOperator):
         if extracted.get("no_consent_path"):
             paths.append(Path(extracted["no_consent_path"]))
         for p in paths:
-            p.unlink(missing_ok=True)
+            if p.is_dir():  # a platform's staged parts
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
         folders = {p.parent for p in paths}
         for folder in folders:
             (folder / RUN_MARKER).unlink(missing_ok=True)  # the extract's note of whose folder it is

@@ -11,6 +11,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.contract import Destination
+from audience_sync.core.delta import StagedGroup
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import read_member_ids
 from audience_sync.core.extract import staged_rows as read_staged_rows
@@ -264,7 +265,7 @@ class PlanAudienceOperator(BaseOperator):
                 exclude_segments=self.exclude_segments,
             )
             try:
-                plan = plan_sync(dest, store, req, staged_rows(staged), revoked=revoked)
+                plan = plan_sync(dest, store, req, StagedGroup(staged["path"]), revoked=revoked)
             except AudienceSyncError as exc:
                 raise as_airflow_error(exc) from None
             plan["invalid"] = int(extracted.get("invalid", 0))

@@ -1,0 +1,222 @@
+"""The staged group against the ledger, in Arrow, one slice of member ids at a time (bounded memory).
+
+A group of millions is never loaded into the state database to be compared with the ledger: the
+staged files (split by the first hex digit of the member id, see ``extract.py``) and the ledger rows
+of the same member-id range are read into Arrow and joined there, slice by slice, so memory follows
+the slice, not the group. :func:`compare` answers what a sync would do (the dry-run plan).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from audience_sync.core.extract import PARTS, staged_parts
+from audience_sync.core.ledger import StateStore, ledger, registry
+
+#: members (staged + ledger) compared at once, at most about
+SLICE_ROWS = 2_000_000
+
+#: ledger rows fetched per database round trip
+FETCH_ROWS = 100_000
+
+_IDS = pa.schema([("member_id", pa.string()), ("row_hash", pa.string())])
+
+
+class StagedGroup:
+    """(member_id, row_hash) of one platform's staged group, sliced by member-id prefix.
+
+    :param source: a staged folder (or single file) written by extraction, or rows
+        ``(member_id, row_hash, payload)`` (tests, small groups).
+    """
+
+    def __init__(self, source: str | Path | Iterable[tuple[str, str, str]]) -> None:
+        self.parts: dict[str, Path] = {}
+        self.table: pa.Table | None = None
+        if isinstance(source, str | Path):
+            for part in staged_parts(source):
+                self.parts[part.stem] = part
+            self.size = sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts.values())
+        else:
+            ids, hashes = [], []
+            for member_id, row_hash, _payload in source:
+                ids.append(member_id)
+                hashes.append(row_hash)
+            self.table = pa.table([ids, hashes], schema=_IDS)
+            self.size = self.table.num_rows
+
+    def slice(self, prefix: str) -> pa.Table:
+        """The members whose id starts with ``prefix`` (``""``: all)."""
+        if self.table is not None:
+            return _starting(self.table, prefix)
+        if prefix and len(self.parts) == len(PARTS) and set(self.parts) == set(PARTS):
+            files = [self.parts[prefix[0]]]
+        else:  # every part, or a single file staged by an older version
+            files = list(self.parts.values())
+        tables = [pq.read_table(f, columns=["member_id", "row_hash"]) for f in files]
+        return _starting(pa.concat_tables(tables) if tables else _IDS.empty_table(), prefix)
+
+
+@dataclass
+class Comparison:
+    """What applying the group to an audience would do (the counts ``plan_counts`` gave, and more).
+
+    ``adds``: members to send (new, changed, or not confirmed with these hashes); ``new``: unknown to
+    the ledger; ``changed``: confirmed on the platform with other hashes; ``removes``: members the
+    platform may hold that left the group, or withdrew consent; ``excluded``: staged members held by
+    an excluded segment's audience (left out of the group).
+    """
+
+    group: int = 0
+    new: int = 0
+    unchanged: int = 0
+    changed: int = 0
+    removes: int = 0
+    excluded: int = 0
+
+    @property
+    def adds(self) -> int:
+        return self.group - self.unchanged
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Members currently in these segments' audiences (same platform and account) are left out."""
+
+    platform: str
+    account: str
+    segments: Sequence[str]
+
+
+def compare(
+    store: StateStore,
+    registry_id: int | None,
+    staged: StagedGroup,
+    *,
+    removals: bool,
+    revoked: Sequence[str] = (),
+    exclude: Exclusion | None = None,
+) -> Comparison:
+    """Compare the staged group with the ledger of one audience (``None``: an audience not yet known).
+
+    :param removals: count members that left the group (mirror and replace modes).
+    :param revoked: member ids without consent: counted as removals when the platform may hold them.
+    """
+    out = Comparison()
+    held = registry_id is not None
+    total = staged.size + (_ledger_size(store, registry_id) if registry_id is not None else 0)
+    revoked_ids = pa.array(sorted(set(revoked)), pa.string())
+    for prefix in _prefixes(total):
+        group = staged.slice(prefix)
+        if exclude is not None and exclude.segments:
+            holders = _holders(store, exclude, prefix)
+            kept = group.filter(pc.invert(pc.is_in(group["member_id"], holders)))
+            out.excluded += group.num_rows - kept.num_rows
+            group = kept
+        out.group += group.num_rows
+        if not held:
+            out.new += group.num_rows
+            continue
+        assert registry_id is not None  # noqa: S101 - held
+        known = _ledger_slice(store, registry_id, prefix)
+        joined = group.join(known, "member_id", join_type="left outer", right_suffix="_ledger")
+        status, ours, theirs = joined["status"], joined["row_hash"], joined["row_hash_ledger"]
+        same_hash = pc.fill_null(pc.equal(ours, theirs), False)
+        out.new += _count(pc.is_null(status))
+        out.unchanged += _count(pc.and_(pc.fill_null(pc.equal(status, "sent"), False), same_hash))
+        out.changed += _count(pc.and_(pc.fill_null(joined["has_sent"], False), pc.invert(same_hash)))
+        may_hold = pc.or_(pc.is_in(known["status"], pa.array(["sent", "in_progress"])), known["has_sent"])
+        leaving = pc.is_in(known["member_id"], _starting_ids(revoked_ids, prefix))
+        if removals:
+            leaving = pc.or_(leaving, pc.invert(pc.is_in(known["member_id"], group["member_id"])))
+        out.removes += _count(pc.and_(may_hold, leaving))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ reading
+def _prefixes(total: int) -> list[str]:
+    """Member-id prefixes splitting ``total`` members into slices of about :data:`SLICE_ROWS`."""
+    if total <= SLICE_ROWS:
+        return [""]
+    length = math.ceil(math.log(total / SLICE_ROWS, len(PARTS)))
+    prefixes = [""]
+    for _ in range(length):
+        prefixes = [p + h for p in prefixes for h in PARTS]
+    return prefixes
+
+
+def _in_slice(column: sa.ColumnElement[str], prefix: str) -> list[sa.ColumnElement[bool]]:
+    """``column`` starts with ``prefix``, as a range the primary-key index serves."""
+    if not prefix:
+        return []
+    after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return [column >= prefix, column < after]
+
+
+def _ledger_size(store: StateStore, registry_id: int) -> int:
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(ledger).where(ledger.c.registry_id == registry_id)
+            ).scalar_one()
+        )
+
+
+def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
+    """member_id, row_hash, status and whether hashes were sent, of one audience's ledger slice."""
+    q = sa.select(
+        ledger.c.member_id,
+        ledger.c.row_hash,
+        ledger.c.status,
+        ledger.c.sent_payload.is_not(None).label("has_sent"),
+    ).where(ledger.c.registry_id == registry_id, *_in_slice(ledger.c.member_id, prefix))
+    columns: tuple[list[object], ...] = ([], [], [], [])
+    with store.engine.connect() as conn:
+        result = conn.execution_options(yield_per=FETCH_ROWS).execute(q)
+        for rows in result.partitions():
+            for column, values in zip(columns, zip(*rows, strict=True), strict=True):
+                column.extend(values)
+    return pa.table(
+        {
+            "member_id": pa.array(columns[0], pa.string()),
+            "row_hash": pa.array(columns[1], pa.string()),  # row_hash_ledger once joined
+            "status": pa.array(columns[2], pa.string()),
+            "has_sent": pa.array([bool(v) for v in columns[3]], pa.bool_()),
+        }
+    )
+
+
+def _holders(store: StateStore, exclude: Exclusion, prefix: str) -> pa.Array:
+    """Member ids on the platform (or on their way) in the excluded segments' audiences."""
+    q = (
+        sa.select(ledger.c.member_id)
+        .join(registry, registry.c.id == ledger.c.registry_id)
+        .where(
+            registry.c.platform == exclude.platform,
+            registry.c.account == exclude.account,
+            registry.c.segment_name.in_(list(exclude.segments)),
+            ledger.c.status.in_(("sent", "in_progress")),
+            *_in_slice(ledger.c.member_id, prefix),
+        )
+    )
+    with store.engine.connect() as conn:
+        return pa.array(list(conn.execute(q).scalars()), pa.string())
+
+
+def _starting(table: pa.Table, prefix: str) -> pa.Table:
+    return table.filter(pc.starts_with(table["member_id"], prefix)) if prefix else table
+
+
+def _starting_ids(ids: pa.Array, prefix: str) -> pa.Array:
+    return ids.filter(pc.starts_with(ids, prefix)) if prefix else ids
+
+
+def _count(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
