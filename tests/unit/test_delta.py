@@ -1,0 +1,104 @@
+"""The Arrow comparison of a group with the ledger gives what the SQL stage gave, slice by slice."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import sqlalchemy as sa
+
+from audience_sync.core import delta
+from audience_sync.core.delta import Exclusion, StagedGroup, compare
+from audience_sync.core.keys import StateKeys
+from audience_sync.core.ledger import StateStore, ledger, utcnow
+
+KEYS = StateKeys.generate()
+SCHEMA = ("EMAIL",)
+STATUSES = ("pending", "in_progress", "sent", "failed", "removed")
+
+
+def row(k: int, version: int = 0) -> tuple[str, str, str]:
+    return KEYS.staged_row(KEYS.member_id(k), SCHEMA, [f"{k:060x}{version:04x}"])
+
+
+@pytest.fixture
+def store(state_url: str) -> StateStore:
+    s = StateStore(state_url, keys=KEYS)
+    yield s
+    s.engine.dispose()
+
+
+def fill_ledger(store: StateStore, registry_id: int, keys: range, rng: random.Random) -> None:
+    """Ledger rows in every state: any status, hashes sent or not, hashes equal to the group's or not."""
+    now = utcnow()
+    values = []
+    for k in keys:
+        mid, row_hash, payload = row(k, version=rng.choice((0, 0, 1)))
+        status = rng.choice(STATUSES)
+        values.append(
+            {
+                "registry_id": registry_id,
+                "member_id": mid,
+                "status": status,
+                "op": rng.choice(("add", "remove", None)),
+                "row_hash": row_hash,
+                "payload": payload,
+                "sent_payload": payload if rng.random() < 0.5 else None,
+                "updated_at": now,
+            }
+        )
+    with store.engine.begin() as conn:
+        conn.execute(ledger.insert(), values)
+
+
+@pytest.mark.parametrize("slice_rows", [10_000, 50])  # one slice, then many (1 and 2 hex digits)
+def test_compare_counts_what_the_sql_stage_counts(store: StateStore, monkeypatch, slice_rows: int) -> None:
+    monkeypatch.setattr(delta, "SLICE_ROWS", slice_rows)
+    rng = random.Random(slice_rows)
+    mine, _ = store.register("meta", "act_1", "mine_users", "1", "created")
+    other, _ = store.register("meta", "act_1", "other_users", "2", "created")
+    fill_ledger(store, mine.id, range(0, 900), rng)
+    fill_ledger(store, other.id, range(700, 1000), rng)
+    group = [row(k) for k in range(300, 1200)]
+    revoked = [KEYS.member_id(k) for k in range(0, 1300, 7)]
+
+    key = store.stage_members(group)
+    try:
+        excluded = store.exclude_from_stage(key, "meta", "act_1", ["other_users"])
+        sql = store.plan_counts(mine.id, key, removals=True)
+        on_platform = store.members_on_platform(mine.id, set(revoked))
+    finally:
+        store.drop_stage(key)
+    got = compare(
+        store, mine.id, StagedGroup(group), removals=True, exclude=Exclusion("meta", "act_1", ["other_users"])
+    )
+    assert excluded > 0 and got.excluded == excluded
+    assert (got.group, got.adds, got.new, got.changed, got.unchanged, got.removes) == (
+        sql["group"],
+        sql["adds"],
+        sql["new"],
+        sql["changed"],
+        sql["unchanged"],
+        sql["removes"],
+    )
+    # consent withdrawn: members not in the group are counted once, whether or not they left it
+    with_revoked = compare(store, mine.id, StagedGroup(group), removals=False, revoked=revoked)
+    assert with_revoked.removes == on_platform > 0
+    both = compare(store, mine.id, StagedGroup(group), removals=True, revoked=revoked)
+    left = {KEYS.member_id(k) for k in range(0, 300)}
+    with store.engine.connect() as conn:
+        may_hold = {
+            m
+            for m, status, sent in conn.execute(
+                sa.select(ledger.c.member_id, ledger.c.status, ledger.c.sent_payload).where(
+                    ledger.c.registry_id == mine.id
+                )
+            )
+            if status in ("sent", "in_progress") or sent is not None
+        }
+    assert both.removes == len(may_hold & (left | set(revoked)))
+
+
+def test_an_unknown_audience_gets_the_whole_group(store: StateStore) -> None:
+    got = compare(store, None, StagedGroup([row(k) for k in range(25)]), removals=True)
+    assert (got.group, got.new, got.adds, got.removes) == (25, 25, 25, 0)
