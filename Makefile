@@ -11,13 +11,15 @@ UV     := $(shell command -v uv 2>/dev/null)
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
+# --compile-bytecode writes every .pyc at install time: where PYTHONDONTWRITEBYTECODE is set, each
+# process (every Airflow task, every CLI call) would otherwise compile Airflow from source, ~3 s each.
 $(BIN)/audience-sync: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@if [ -z "$(UV)" ] && ! [ -x .tools/bin/uv ]; then \
 	  echo "uv not found: installing it into .tools/ from PyPI"; \
 	  $(PYTHON) -m venv .tools && .tools/bin/python -m pip install --quiet uv; fi
 	@UVBIN=$$(command -v uv || echo .tools/bin/uv); \
 	  $$UVBIN venv --quiet --allow-existing -p "$$($(PYTHON) -c 'import sys; print(sys.executable)')" $(VENV) && \
-	  $$UVBIN pip install --quiet -p $(BIN)/python -r requirements.txt -r requirements-dev.txt -c constraints.txt && \
+	  $$UVBIN pip install --quiet --compile-bytecode -p $(BIN)/python -r requirements.txt -r requirements-dev.txt -c constraints.txt && \
 	  $$UVBIN pip install --quiet -p $(BIN)/python --no-deps -e .
 	@touch $@
 

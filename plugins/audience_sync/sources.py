@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,8 +22,9 @@ def read_group(
     sql: str | None,
     connect: Callable[[], Any] | None = None,
     chunk_rows: int = CHUNK_ROWS,
-) -> Iterator[Chunk]:
-    """Yield the audience group in chunks of row dicts, from a CSV/Parquet list or a SQL query.
+) -> Iterator[Any]:
+    """Yield the audience group in chunks, from a CSV/Parquet list (Arrow record batches) or a SQL query
+    (lists of row dicts).
 
     :param connect: for ``sql``: returns a new DB-API connection (e.g. an Airflow hook's ``get_conn``);
         it is closed when the group has been read, or when the caller stops early.
@@ -39,18 +41,56 @@ def read_group(
     yield from read_file(Path(str(source_path)), chunk_rows)
 
 
-def read_file(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    """Chunks of a ``.parquet`` (row-group batches) or CSV file (every value a string, no NA guessing)."""
+def read_file(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
+    """Arrow record batches of at most ``chunk_rows`` rows from a ``.parquet`` or CSV file.
+
+    CSV is read by Arrow's streaming reader (in C++, on its own threads) with every column as text and
+    nothing read as missing: an empty cell is ``""``, ``NA`` is the text ``NA``, leading zeros stay.
+    """
+    import pyarrow.parquet as pq
+
     if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+        yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+        return
+    yield from _rebatch(_csv_batches(path), chunk_rows)
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-            yield batch.to_pylist()
-    else:
-        import pandas as pd
 
-        for frame in pd.read_csv(path, dtype=str, chunksize=chunk_rows, keep_default_na=False):
-            yield frame.to_dict("records")
+def _csv_batches(path: Path) -> Iterator[Any]:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    reader = pcsv.open_csv(
+        path,
+        read_options=pcsv.ReadOptions(block_size=4 << 20),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    with reader:
+        yield from reader
+
+
+def _rebatch(batches: Iterator[Any], rows: int) -> Iterator[Any]:
+    """Batches of exactly ``rows`` rows (the last one shorter), from batches of any size."""
+    import pyarrow as pa
+
+    held: list[Any] = []
+    count = 0
+    for batch in batches:
+        held.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(held)
+            yield table.slice(0, rows).combine_chunks().to_batches()[0]
+            rest = table.slice(rows)
+            held, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
 
 
 def is_postgres(conn: Any) -> bool:

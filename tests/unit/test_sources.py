@@ -73,9 +73,24 @@ def test_sqlite_csv_and_parquet_read_in_chunks(tmp_path: Path) -> None:
     ):
         chunks = list(read_group(source, sql, connect, chunk_rows=10))
         assert [len(c) for c in chunks] == [10, 10, 5], source
-        flat = [r for c in chunks for r in c]
+        flat = [r for c in chunks for r in (c.to_pylist() if hasattr(c, "to_pylist") else c)]
         assert flat[7] == {"customer_id": "7", "email": "u7@x.org"}
         assert flat[3]["email"] == ""  # empty stays empty, not NaN
+
+
+def test_csv_cells_are_read_as_text_exactly(tmp_path: Path) -> None:
+    """Leading zeros, the text NA, empty cells, quoted commas and newlines, and a BOM, as a CRM export has them."""
+    path = tmp_path / "export.csv"
+    path.write_bytes(
+        b'\xef\xbb\xbfid,phone,email,name\n007,0044 7400 123456,NA,"Smith, Jr"\n8,,,"two\nlines"\n9, 1 , a@b.co ,"q""uote"\n'
+    )
+    (chunk,) = read_group(path, None, None, chunk_rows=10)
+    assert chunk.to_pylist() == [
+        {"id": "007", "phone": "0044 7400 123456", "email": "NA", "name": "Smith, Jr"},
+        {"id": "8", "phone": "", "email": "", "name": "two\nlines"},
+        {"id": "9", "phone": " 1 ", "email": " a@b.co ", "name": 'q"uote'},
+    ]
+    assert [len(c) for c in read_group(path, None, None, chunk_rows=2)] == [2, 1]
 
 
 def test_sql_without_a_connection_is_refused() -> None:

@@ -13,12 +13,14 @@ member keys (the first row wins).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,26 +298,32 @@ def _hashed(
     if first is None:
         return
     second = next(it, None)
+    rest = itertools.chain([first] if second is None else [first, second], it)
     count = workers if workers is not None else settings().workers
     if second is None or count <= 1 or not all(is_builtin(p) for p in spec.platforms):
-        yield local.hash(first)
-        if second is not None:
-            yield local.hash(second)
-            for chunk in it:
-                yield local.hash(chunk)
+        yield from map(local.hash, rest)
         return
     # spawn, not fork: the task's process may run threads (a fork would copy their held locks)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text())) as pool:
-        pending: deque[Future[_Hashed]] = deque()
-        pending.append(pool.submit(_hash_in_worker, _slim(first, spec)))
-        pending.append(pool.submit(_hash_in_worker, _slim(second, spec)))
-        for chunk in it:
-            pending.append(pool.submit(_hash_in_worker, _slim(chunk, spec)))
-            while len(pending) >= count * AHEAD_PER_WORKER:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    pending: deque[tuple[Future[_Hashed], Chunk]] = deque()
+    try:
+        with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text())) as pool:
+            for chunk in rest:
+                slim = _slim(chunk, spec)
+                pending.append((pool.submit(_hash_in_worker, slim), slim))
+                while len(pending) >= count * AHEAD_PER_WORKER:
+                    yield pending[0][0].result()
+                    pending.popleft()
+            while pending:
+                yield pending[0][0].result()
+                pending.popleft()
+    except BrokenProcessPool as exc:
+        # e.g. a script that starts extraction without an ``if __name__ == "__main__":`` guard
+        # (spawned workers import the main module), or a worker killed for memory
+        log.warning("extraction workers stopped (%s); hashing the rest of the group in this process", exc)
+        for _future, chunk in pending:
+            yield local.hash(chunk)
+        yield from map(local.hash, rest)
 
 
 def _slim(chunk: Chunk, spec: _Spec) -> Chunk:
