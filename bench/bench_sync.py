@@ -118,7 +118,6 @@ _P_INVALID = 0.02  # no usable identifier: bad e-mail and bad or no phone
 _P_BAD_PHONE = 0.01  # valid e-mail, unparseable phone (a field error on a valid row)
 _P_PHONE = 0.85
 _P_NO_COUNTRY = 0.08
-_PHONE_POOL = 2000
 _ASCII_FOLD = str.maketrans({"Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "ß": "ss", "Æ": "AE", "æ": "ae"})
 
 
@@ -128,38 +127,88 @@ def _ascii(text: str) -> str:
 
 
 class PhoneBook:
-    """Per region, a pool of valid mobile numbers (example number, varied trailing digits)."""
+    """Per region, a distinct valid mobile number for every member index.
 
-    def __init__(self, seed: int, size: int = _PHONE_POOL) -> None:
-        rng = random.Random(seed)
-        self.pool: dict[str, list[phonenumbers.PhoneNumber]] = {}
+    Real CRMs hold one number per customer, so a pool of reused numbers would flatter any cache the
+    product keeps. Member ``i`` gets the region's example mobile with its last 8 digits replaced: 4
+    "middle" digits picked per block of ``TAIL`` indexes and 4 tail digits from ``i`` itself, so two
+    indexes never share a number. A middle is used only when ``is_valid_number`` accepts it with several
+    tails (the metadata patterns end in free digits); ``phone`` re-checks a sample against
+    ``phonenumbers`` (validity and formatting) and raises on any difference.
+    """
+
+    TAIL = 10_000
+    _CHECK_TAILS = ("0000", "9999", "5050", "1234", "8765")
+    _SPOT_CHECK_EVERY = 1024
+
+    def __init__(self, seed: int) -> None:
+        self._examples: dict[str, tuple[int, str]] = {}
+        self._candidates: dict[str, list[int]] = {}
+        self._next: dict[str, int] = {}
+        self._middles: dict[str, list[str]] = {}
         for region in _REGION_CODES:
             example = phonenumbers.example_number_for_type(region, PhoneNumberType.MOBILE)
             if example is None:  # pragma: no cover - every region used has one
                 raise ValueError(f"no example mobile number for {region}")
             national = phonenumbers.national_significant_number(example)
-            vary = 4 if region == "US" else 5
-            found: dict[str, phonenumbers.PhoneNumber] = {}
-            for _ in range(size * 4):
-                candidate = national[:-vary] + f"{rng.randrange(10**vary):0{vary}d}"
-                number = phonenumbers.PhoneNumber(
-                    country_code=example.country_code, national_number=int(candidate)
-                )
-                if phonenumbers.is_valid_number(number):
-                    found.setdefault(candidate, number)
-                if len(found) >= size:
-                    break
-            self.pool[region] = list(found.values())
-        self._formatted: dict[tuple[str, int, str], str] = {}
+            self._examples[region] = (example.country_code, national[:-8])
+            order = list(range(10_000))
+            random.Random(f"{seed}:{region}").shuffle(order)  # str seeds are stable across processes
+            self._candidates[region] = order
+            self._next[region] = 0
+            self._middles[region] = []
+        self._templates: dict[tuple[str, int, str], str] = {}
+
+    def number(self, region: str, index: int) -> phonenumbers.PhoneNumber:
+        block, tail = self._split(index)
+        return self._number(region, self._middle(region, block), f"{tail:04d}")
 
     def phone(self, region: str, index: int, style: str) -> str:
-        key = (region, index, style)
-        text = self._formatted.get(key)
-        if text is None:
-            pool = self.pool[region]
-            text = self._format(pool[index % len(pool)], region, style)
-            self._formatted[key] = text
+        block, tail = self._split(index)
+        key = (region, block, style)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(region, block, style)
+            self._templates[key] = template
+        text = template.format(*f"{tail:04d}")
+        if index % self._SPOT_CHECK_EVERY == 0:
+            number = self.number(region, index)
+            expected = self._format(number, region, style)
+            if text != expected or not phonenumbers.is_valid_number(number):
+                raise AssertionError(f"phone {index} of {region} ({style}): {text!r} vs {expected!r}")
         return text
+
+    def _split(self, index: int) -> tuple[int, int]:
+        block, slot = divmod(index, self.TAIL)
+        # a fixed bijection of the slot, so neighbouring members do not get consecutive numbers
+        return block, (slot * 7919) % self.TAIL
+
+    def _number(self, region: str, middle: str, tail: str) -> phonenumbers.PhoneNumber:
+        code, head = self._examples[region]
+        return phonenumbers.PhoneNumber(country_code=code, national_number=int(head + middle + tail))
+
+    def _middle(self, region: str, block: int) -> str:
+        middles = self._middles[region]
+        candidates = self._candidates[region]
+        while len(middles) <= block:
+            if self._next[region] >= len(candidates):
+                raise ValueError(f"more than {len(middles) * self.TAIL:,} members in {region}")
+            middle = f"{candidates[self._next[region]]:04d}"
+            self._next[region] += 1
+            if all(phonenumbers.is_valid_number(self._number(region, middle, t)) for t in self._CHECK_TAILS):
+                middles.append(middle)
+        return middles[block]
+
+    def _template(self, region: str, block: int, style: str) -> str:
+        """The formatted number of ``block`` with its last 4 digits as ``{}`` (they are the tail)."""
+        text = self._format(self._number(region, self._middle(region, block), "0000"), region, style)
+        chars = list(text)
+        left = 4
+        for pos in range(len(chars) - 1, -1, -1):
+            if left and chars[pos].isdigit():
+                chars[pos] = "{}"
+                left -= 1
+        return "".join(chars)
 
     @staticmethod
     def _format(number: phonenumbers.PhoneNumber, region: str, style: str) -> str:
@@ -247,7 +296,7 @@ class MemberFactory:
             phone = r.choice(_BAD_PHONES)
         elif r.random() < _P_PHONE:
             styles = _INTL_STYLES if country is None else _ALL_STYLES
-            phone = self.phones.phone(region, r.randrange(_PHONE_POOL), r.choice(styles))
+            phone = self.phones.phone(region, i, r.choice(styles))
         row: dict[str, object] = {
             KEY: FIRST_CUSTOMER_ID + i,
             "email": email,
@@ -357,10 +406,11 @@ class TimedStore(StateStore):
         self.timings = timings
         super().__init__(url, keys=KEYS)
 
-    def stage_members(self, rows: Iterable[tuple[str, str, str]], chunk: int = 5000) -> str:
+    def stage_members(self, rows: Iterable[tuple[str, str, str]], chunk: int = 5000, **kwargs: Any) -> str:
+        # keyword options (dag_id, run_id, lease) pass through untouched, so new ones need no change here
         source = self.timings.iterate("src.read_staged+staged_row", rows)
         return self.timings.timed(
-            "db.stage_members", lambda: super(TimedStore, self).stage_members(source, chunk)
+            "db.stage_members", lambda: super(TimedStore, self).stage_members(source, chunk, **kwargs)
         )
 
 
