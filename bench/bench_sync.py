@@ -56,7 +56,7 @@ import sqlalchemy as sa
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 from audience_sync.core.contract import ProcessingStatus, Upload, UploadResult
-from audience_sync.core.extract import ExtractCounts, extract_and_stage, read_staged
+from audience_sync.core.extract import ExtractCounts, extract_and_stage, read_staged, staged_parts
 from audience_sync.core.extract import staged_rows as read_staged_rows
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, registry
@@ -768,7 +768,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         st.breakdown["gen.synthetic_rows"] = (pop1.generate_seconds, 0)
         st.facts["extract"] = _extract_facts(counts1)
         st.facts["expected valid (generator)"] = pop1.valid
-        st.facts["staged MiB"] = round(Path(counts1.staged["meta"]["path"]).stat().st_size / 2**20, 1)
+        parts = staged_parts(counts1.staged["meta"]["path"])
+        st.facts["staged MiB"] = round(sum(p.stat().st_size for p in parts) / 2**20, 1)
         st.print()
         path1 = counts1.staged["meta"]["path"]
         schema = tuple(counts1.staged["meta"]["schema"])

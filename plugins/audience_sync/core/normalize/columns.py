@@ -10,12 +10,12 @@ of sets and result objects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from audience_sync.core.normalize.api import NO_IDENTIFIER, RowHasher, reason_code
-from audience_sync.core.normalize.platforms import PlatformRules
+from audience_sync.core.normalize.platforms import FieldRule, PlatformRules
 from audience_sync.core.normalize.values import InvalidValue, coerce, normalize_country
 
 
@@ -39,7 +39,7 @@ class PlatformColumns:
 
 
 class _PlatformState:
-    """Masks of one platform over a chunk, and how to read them."""
+    """One platform's values and masks over a chunk: bit ``i`` of a row's mask is its ``i``-th identifier."""
 
     def __init__(self, hasher: RowHasher, n: int) -> None:
         self.hasher = hasher
@@ -50,8 +50,19 @@ class _PlatformState:
         self.present = [0] * n
         self.errors: dict[int, int] = {}  # row -> bit mask of invalid identifiers
 
-    def mask(self, identifiers: object) -> int:
-        return sum(self.bits[i] for i in identifiers)  # type: ignore[attr-defined]
+    def mask(self, identifiers: Iterable[str]) -> int:
+        return sum(self.bits[i] for i in identifiers)
+
+    def record(self, identifier: str, start: int, end: int, results: list[Any]) -> None:
+        """Store one identifier's results (sent parts, :data:`_MISSING` or :data:`_INVALID` per row)."""
+        for j in range(end - start):
+            self.values[start + j][:] = [x[j] if type(x) is tuple else "" for x in results]
+        bit = self.bits[identifier]
+        self.present = [
+            p | bit if type(x) is tuple else p for p, x in zip(self.present, results, strict=True)
+        ]
+        for i in [i for i, x in enumerate(results) if x is _INVALID]:
+            self.errors[i] = self.errors.get(i, 0) | bit
 
 
 class ChunkHasher:
@@ -76,39 +87,27 @@ class ChunkHasher:
         self.country_column = identifiers.get("country")
         # the source columns read, each coerced once per chunk for every platform
         self.columns = tuple(dict.fromkeys(step[1] for h in self.hashers.values() for step in h._plan))
+        # identifier -> (column, [(platform, rule, start, end)]): who takes each identifier, and where
+        self.targets: dict[str, tuple[str, list[tuple[str, FieldRule, int, int]]]] = {}
+        for name, h in self.hashers.items():
+            for identifier, column, _apply, start, end in h._plan:
+                rule = platforms[name].fields[identifier]
+                self.targets.setdefault(identifier, (column, []))[1].append((name, rule, start, end))
 
     def hash_chunk(self, columns: Mapping[str, Sequence[object]], n: int) -> dict[str, PlatformColumns]:
         """Hash ``n`` rows given as columns (name -> values; a missing column is all missing values)."""
         coerced = {name: _coerced(columns.get(name), n) for name in self.columns}
         regions = self._regions(columns.get(self.country_column) if self.country_column else None, n)
         states = {name: _PlatformState(h, n) for name, h in self.hashers.items()}
-
-        # identifier by identifier, every platform that takes it, row by row: a value is normalised for
-        # each platform right after the other (the phone parser's memo hits for the second platform)
-        targets: dict[str, list[tuple[Any, int, list[list[str]], list[int], dict[int, int]]]] = {}
-        columns_of: dict[str, str] = {}
-        for name, h in self.hashers.items():
-            st = states[name]
-            for identifier, column, apply, start, end in h._plan:
-                columns_of[identifier] = column
-                targets.setdefault(identifier, []).append(
-                    (apply, st.bits[identifier], st.values[start:end], st.present, st.errors)
-                )
-        for identifier, slots in targets.items():
-            col = coerced[columns_of[identifier]]
-            for i, value in enumerate(col):
-                if value is None:
-                    continue
-                region = regions[i]
-                for apply, bit, outputs, present, errors in slots:
-                    try:
-                        sent = apply(value, region)[1]
-                    except InvalidValue:
-                        errors[i] = errors.get(i, 0) | bit
-                        continue
-                    for out, part in zip(outputs, sent):
-                        out[i] = part
-                    present[i] |= bit
+        for identifier, (column, targets) in self.targets.items():
+            values = coerced[column]
+            if len(targets) > 1 and not all(rule.cached for _p, rule, _s, _e in targets):
+                # one value for every platform in turn: the phone parser's memo parses it once per row
+                results = _interleaved([rule.apply for _p, rule, _s, _e in targets], values, regions)
+            else:
+                results = [_results(rule, values, regions) for _p, rule, _s, _e in targets]
+            for (platform, _rule, start, end), result in zip(targets, results, strict=True):
+                states[platform].record(identifier, start, end, result)
         return {name: _finish(st, n) for name, st in states.items()}
 
     def _regions(self, raw: Sequence[object] | None, n: int) -> list[str | None]:
@@ -129,6 +128,37 @@ class ChunkHasher:
 
 
 _UNSEEN = object()
+#: per-row results besides the sent parts (a tuple): no value, or a value the platform cannot use
+_MISSING = object()
+_INVALID = object()
+
+
+def _attempt(apply: Callable[[object, str | None], Any], value: object, region: str | None) -> Any:
+    try:
+        return apply(value, region)[1]
+    except InvalidValue:
+        return _INVALID
+
+
+def _results(rule: FieldRule, values: list[object], regions: list[str | None]) -> list[Any]:
+    """One rule over a column. Low-cardinality fields are normalised once per distinct (value, region)."""
+    apply = rule.apply
+    if rule.cached:
+        keys = list(zip(values, regions, strict=True))
+        table = {k: _attempt(apply, *k) for k in set(keys) if k[0] is not None}
+        return [table.get(k, _MISSING) for k in keys]
+    return [_MISSING if v is None else _attempt(apply, v, r) for v, r in zip(values, regions, strict=True)]
+
+
+def _interleaved(
+    applies: list[Callable[[object, str | None], Any]], values: list[object], regions: list[str | None]
+) -> list[list[Any]]:
+    """Several rules over a column, row by row: each value goes through every rule before the next."""
+    out: list[list[Any]] = [[] for _ in applies]
+    for v, r in zip(values, regions, strict=True):
+        for results, apply in zip(out, applies, strict=True):
+            results.append(_MISSING if v is None else _attempt(apply, v, r))
+    return out
 
 
 def _coerced(values: Sequence[object] | None, n: int) -> list[object]:
@@ -141,28 +171,33 @@ def _finish(st: _PlatformState, n: int) -> PlatformColumns:
     """Apply all-or-nothing groups, decide validity, name reasons (as :meth:`RowHasher.hash_row`)."""
     h = st.hasher
     slots = {identifier: (start, end) for identifier, _c, _a, start, end in h._plan}
-    standalone = st.mask(h._standalone)
-    combos = [st.mask(c) for c in h._combos]
-    relevant = st.mask(h._relevant)
     present, values = st.present, st.values
     for group in h._groups:
         gmask = st.mask(group)
         members = [(st.bits[i], slots[i]) for i in group]
-        for i in range(n):
-            partial = present[i] & gmask
-            if partial and partial != gmask:
-                for bit, (start, end) in members:
-                    if partial & bit:
-                        for j in range(start, end):
-                            values[j][i] = ""
-                present[i] &= ~gmask
-    valid = [bool(p & standalone) or any(p & c == c for c in combos) for p in present]
+        for i in [i for i, p in enumerate(present) if p & gmask and p & gmask != gmask]:
+            for bit, (start, end) in members:
+                if present[i] & bit:
+                    for j in range(start, end):
+                        values[j][i] = ""
+            present[i] &= ~gmask
+    valid_mask = _validity(st)
+    valid = [valid_mask[p] for p in present]
+    relevant = st.mask(h._relevant)
     reasons: dict[int, str] = {}
     field_errors: dict[int, tuple[str, ...]] = {}
     for i, bits in st.errors.items():
         field_errors[i] = tuple(reason_code(x) for x in st.order if bits & st.bits[x])
-    for i in range(n):
-        if not valid[i]:
-            bits = st.errors.get(i, 0) & relevant
-            reasons[i] = next((reason_code(x) for x in st.order if bits & st.bits[x]), NO_IDENTIFIER)
+    for i in [i for i, ok in enumerate(valid) if not ok]:
+        bits = st.errors.get(i, 0) & relevant
+        reasons[i] = next((reason_code(x) for x in st.order if bits & st.bits[x]), NO_IDENTIFIER)
     return PlatformColumns(h.schema, values, valid, reasons, field_errors)
+
+
+def _validity(st: _PlatformState) -> list[bool]:
+    """For every mask of present identifiers, whether the platform can match the row (a lookup table:
+    at most 2**12 masks, cheaper than testing the combinations row by row)."""
+    h = st.hasher
+    standalone = st.mask(h._standalone)
+    combos = [st.mask(c) for c in h._combos]
+    return [bool(m & standalone) or any(m & c == c for c in combos) for m in range(1 << len(st.order))]
