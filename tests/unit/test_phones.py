@@ -156,3 +156,21 @@ def test_an_explicit_rphonenumbers_that_cannot_be_used_is_an_error(monkeypatch: 
     with pytest.raises(PhoneLibraryError, match=rf"{SETTING} is 'rphonenumbers' but .* Fix: ") as info:
         phones.e164_parts("07400 123456", "GB")
     assert f"{SETTING}=auto" in str(info.value)
+
+
+def test_a_value_rphonenumbers_fails_on_is_read_with_phonenumbers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_parse = rphonenumbers.parse
+
+    def parse(text: str, region: str | None) -> object:
+        if text == "07400 654321":  # not in SELF_CHECK, so the library is still chosen
+            raise RuntimeError("simulated failure of the native code")
+        return real_parse(text, region)
+
+    monkeypatch.setattr(rphonenumbers, "__phonenumbers_version__", phonenumbers.__version__)
+    monkeypatch.setattr(rphonenumbers, "parse", parse)
+    assert phones.phone_library() == "rphonenumbers"
+    with caplog.at_level(logging.WARNING, logger=phones.__name__):
+        assert phones.e164_parts("07400 654321", "GB") == (44, "7400654321")
+    assert "rphonenumbers raised on one value; parsed it with phonenumbers" in caplog.text
