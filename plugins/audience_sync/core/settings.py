@@ -18,10 +18,21 @@ from typing import Any, Literal
 
 from audience_sync.core.errors import AudienceSyncError
 
-__all__ = ["VARIABLES", "Settings", "SettingsError", "Variable", "override", "reload", "settings"]
+__all__ = [
+    "PHONE_LIBRARIES",
+    "VARIABLES",
+    "Settings",
+    "SettingsError",
+    "Variable",
+    "override",
+    "reload",
+    "settings",
+]
 
 SegmentNameRule = Literal["strict", "relaxed"]
 SEGMENT_NAME_RULES: tuple[str, ...] = SegmentNameRule.__args__
+PhoneLibrary = Literal["auto", "rphonenumbers", "phonenumbers"]
+PHONE_LIBRARIES: tuple[str, ...] = PhoneLibrary.__args__
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -62,6 +73,15 @@ def _segment_rule(name: str, raw: str) -> str:
     value = raw.lower()
     if value not in SEGMENT_NAME_RULES:
         raise SettingsError(name, raw, "'strict' or 'relaxed' (or unset for strict)", "relaxed")
+    return value
+
+
+def _phone_library(name: str, raw: str) -> str:
+    value = raw.lower()
+    if value not in PHONE_LIBRARIES:
+        raise SettingsError(
+            name, raw, "'auto', 'rphonenumbers' or 'phonenumbers' (or unset for auto)", "phonenumbers"
+        )
     return value
 
 
@@ -157,6 +177,15 @@ VARIABLES: tuple[Variable, ...] = (
         _count(0),
     ),
     Variable(
+        "AUDIENCE_SYNC_PHONE_LIBRARY",
+        "phone_library",
+        "`auto` \\| `rphonenumbers` \\| `phonenumbers`",
+        "`auto`",
+        "Phone parser. `auto`: the faster `rphonenumbers` when it imports and passes a self-check against "
+        "`phonenumbers`, else `phonenumbers` (with a warning); see *Phone numbers*.",
+        _phone_library,
+    ),
+    Variable(
         "AUDIENCE_SYNC_SANDBOX_TOKEN",
         "sandbox_token",
         "text",
@@ -187,6 +216,7 @@ class Settings:
     retry_initial_wait: float = 2.0
     retry_max_wait: float = 120.0
     extract_workers: int = 0
+    phone_library: PhoneLibrary = "auto"
     sandbox_token: str = "sandbox-token"
     airflow_home: Path = dataclasses.field(default_factory=lambda: Path.home() / "airflow")
 

@@ -5,6 +5,8 @@ Layout:
 - ``values.py``: coercion of raw cells (None/NaN/pandas NA → missing, integral floats → digits), hashing,
   country and US-state lookups (cached).
 - ``normalizers.py``: one normaliser per identifier type, parameterised where platforms differ.
+- ``phones.py``: phone parsing (``rphonenumbers`` when it passes a self-check, else ``phonenumbers``),
+  memoised.
 - ``platforms.py``: one :class:`PlatformRules` table per platform (keys, hashed or not, matchability).
 - ``api.py``: :func:`normalize_field` for one value, :class:`RowHasher` for whole rows.
 
@@ -35,8 +37,9 @@ external_id    EXTERN_ID (unhashed): trimmed     third_party_user_id (unhashed):
                                                  trimmed
 =============  ===============================  ===============================  ==========================
 
-Phones are parsed with ``phonenumbers`` using the row's country (else the default) as region, and must pass
-``is_valid_number``; without any region a number must carry its country code (``+``, ``00`` or bare digits).
+Phones are parsed with libphonenumber (``phones.py``) using the row's country (else the default) as region,
+and must pass ``is_valid_number``; without any region a number must carry its country code (``+``, ``00``
+or bare digits).
 The ambiguous choices are listed in ``platforms.py``.
 """
 

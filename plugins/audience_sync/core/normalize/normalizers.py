@@ -18,8 +18,7 @@ import re
 from collections.abc import Callable
 from datetime import date
 
-import phonenumbers
-
+from audience_sync.core.normalize.phones import e164_parts
 from audience_sync.core.normalize.values import (
     InvalidValue,
     collapse_spaces,
@@ -77,40 +76,22 @@ def make_email(*, remove_inner_whitespace: bool, gmail_canonical: bool, drop_plu
 
 # --------------------------------------------------------------------------------------------- phone
 
-_NON_DIGITS_RE = re.compile(r"\D")
-
-
-def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber:
-    if region is None and not text.startswith("+"):
-        # No region to read a national number with: the digits must already start with the country code
-        # (typical for numbers stored as integers). "00" is the common international call prefix.
-        digits = _NON_DIGITS_RE.sub("", text)
-        text = "+" + (digits[2:] if digits.startswith("00") else digits)
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        number = None
-    if number is None or not phonenumbers.is_valid_number(number):
-        if region is None:
-            raise InvalidValue("not a valid phone number (no country code, and no country to read it with)")
-        raise InvalidValue(f"not a valid phone number for region {region}")
-    return number
-
 
 def make_phone(*, plus: bool) -> Normalizer:
-    """Phone normaliser: parse with ``phonenumbers`` (row/default region, or the number's own ``+CC``).
+    """Phone normaliser: parse with libphonenumber (row/default region, or the number's own ``+CC``).
 
     Requires ``is_valid_number``. The result is the E.164 number (country code + national significant
     number, trunk ``0`` removed, Italian leading zero kept), with or without the leading ``+``. Extensions
-    are dropped.
+    are dropped. Parsing is :func:`~audience_sync.core.normalize.phones.e164_parts` (``rphonenumbers`` or
+    ``phonenumbers``, memoised).
 
     :param plus: keep the ``+`` (Google: E.164) or not (Meta, TikTok: digits only).
     """
     prefix = "+" if plus else ""
 
     def normalize_phone(value: object, region: str | None) -> str:
-        number = _parse_phone(_text(value), region)
-        return f"{prefix}{number.country_code}{phonenumbers.national_significant_number(number)}"
+        country_code, national = e164_parts(_text(value), region)
+        return f"{prefix}{country_code}{national}"
 
     return normalize_phone
 
