@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from audience_sync.core.dedupe import SeenKeys
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys, payload_json
 from audience_sync.core.normalize import NO_IDENTIFIER
 from audience_sync.core.normalize.columns import ChunkHasher, PlatformColumns
@@ -128,6 +130,8 @@ def extract_and_stage(
 # ------------------------------------------------------------------------------------------ hashing
 Chunk = Any  # pa.RecordBatch | pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
+_NO_ID = bytes(8)
+
 #: kinds of row, one byte per row in a hashed chunk
 MISSING_KEY, NO_CONSENT, INVALID, VALID, DUPLICATE = 0, 1, 2, 3, 4
 
@@ -159,7 +163,7 @@ class _Hashed:
     """One chunk, hashed: per row its short member id and kind; per platform the rows to stage."""
 
     n: int
-    ids: list[bytes | None]  # first 8 bytes of the member id (duplicate detection), None: no key
+    ids: bytes  # first 8 bytes of each row's member id (duplicate detection); zeros for no key
     kinds: bytes
     no_consent: dict[int, str]  # row -> member id
     reasons: dict[int, str]  # invalid row -> reason
@@ -221,7 +225,7 @@ class _Hasher:
         staged = {p: self._staged(p, results[p], rows, mids) for p in spec.platforms}
         return _Hashed(
             n=n,
-            ids=[bytes.fromhex(m[:16]) if m is not None else None for m in mids],
+            ids=b"".join(_NO_ID if m is None else bytes.fromhex(m[:16]) for m in mids),
             kinds=bytes(kinds),
             no_consent=no_consent,
             reasons=reasons,
@@ -341,7 +345,7 @@ class _Stager:
         self.out_dir = out_dir
         self.schemas = schemas
         self.counts = ExtractCounts()
-        self.seen: set[bytes] = set()
+        self.seen = SeenKeys()
         self.per_platform = Counter[str]()
         self.parts = {p: _Parts(out_dir / p, _staged_schema(schema)) for p, schema in schemas.items()}
         revoked = pa.schema([("member_id", pa.string())])
@@ -349,7 +353,9 @@ class _Stager:
 
     def add(self, h: _Hashed) -> None:
         c = self.counts
-        dropped = self._duplicates(h.ids)
+        present = np.frombuffer(h.kinds, dtype=np.uint8) != MISSING_KEY
+        repeated = self.seen.repeated(np.frombuffer(h.ids, dtype=np.uint64), present)
+        dropped = set(np.flatnonzero(repeated).tolist())
         kinds = h.kinds
         if dropped:
             kinds = bytes(DUPLICATE if i in dropped else k for i, k in enumerate(kinds))
@@ -377,23 +383,6 @@ class _Stager:
                 table = table.filter(pc.invert(pc.is_in(table["_row"], gone)))
             self.parts[p].add(table.drop_columns(["_row"]))
             self.per_platform[p] += table.num_rows
-
-    def _duplicates(self, ids: list[bytes | None]) -> set[int]:
-        """Rows whose member key came earlier (in this chunk or before); records the others as seen."""
-        present = [m for m in ids if m is not None]
-        fresh = set(present)
-        if len(fresh) == len(present) and self.seen.isdisjoint(fresh):
-            self.seen |= fresh  # the usual case, in C
-            return set()
-        dropped: set[int] = set()
-        for i, m in enumerate(ids):
-            if m is None:
-                continue
-            if m in self.seen:
-                dropped.add(i)
-            else:
-                self.seen.add(m)
-        return dropped
 
     def close(self) -> None:
         self.revoked.close()
