@@ -168,9 +168,9 @@ class _Hashed:
     no_consent: dict[int, str]  # row -> member id
     reasons: dict[int, str]  # invalid row -> reason
     field_errors: dict[int, tuple[str, ...]]  # hashed row -> field errors (first platform's)
-    # platform -> staged columns (``_row``: the row's number in the chunk); plain lists, so a worker
-    # process never builds Arrow arrays (pyarrow would import pandas there, a second per process)
-    staged: dict[str, dict[str, list[Any]]]
+    # platform -> staged rows sorted by member id (``_row``: the row's number in the chunk), built in
+    # the worker so the staging process only slices and writes
+    staged: dict[str, pa.Table]
 
 
 class _Hasher:
@@ -235,7 +235,7 @@ class _Hasher:
 
     def _staged(
         self, platform: str, result: PlatformColumns, rows: list[int], mids: list[str | None]
-    ) -> dict[str, list[Any]]:
+    ) -> pa.Table:
         keep = [j for j, ok in enumerate(result.valid) if ok]
         schema = self.schemas[platform]
         values = [[col[j] for j in keep] for col in result.values]
@@ -258,7 +258,8 @@ class _Hasher:
         }
         for name, col in zip(schema, sealed, strict=True):
             data[name] = col
-        return data
+        table = pa.table(data, schema=_staged_schema(schema, with_row=True))
+        return table.sort_by("member_id")
 
 
 def as_columns(chunk: Chunk, names: Sequence[str]) -> tuple[dict[str, list[Any]], int]:
@@ -376,8 +377,7 @@ class _Stager:
         revoked = [mid for i, mid in h.no_consent.items() if i not in dropped]
         if revoked:
             self.revoked.write_table(pa.table({"member_id": pa.array(revoked, pa.string())}))
-        for p, columns in h.staged.items():
-            table = pa.table(columns, schema=_staged_schema(self.schemas[p], with_row=True))
+        for p, table in h.staged.items():
             if dropped:
                 gone = pa.array(sorted(dropped), pa.int32())
                 table = table.filter(pc.invert(pc.is_in(table["_row"], gone)))
@@ -400,8 +400,8 @@ class _Stager:
 #: be compared with the ledger one slice at a time (``core/delta.py``)
 PARTS = "0123456789abcdef"
 
-#: rows buffered per part before they are written as one row group
-PART_ROWS = 65_536
+#: staged rows held (over all parts of a platform) before they are written out, one row group per part
+BUFFER_ROWS = 262_144
 
 
 class _Parts:
@@ -412,31 +412,33 @@ class _Parts:
         self.schema = schema
         folder.mkdir(parents=True, exist_ok=True)
         self.buffers: dict[str, list[pa.Table]] = {h: [] for h in PARTS}
-        self.buffered = dict.fromkeys(PARTS, 0)
-        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.buffered = 0
+        self.writers = {h: pq.ParquetWriter(folder / f"{h}.parquet", schema) for h in PARTS}
 
     def add(self, table: pa.Table) -> None:
+        """Rows sorted by member id: each part's rows are one contiguous slice."""
         if not table.num_rows:
             return
         first = pc.utf8_slice_codeunits(table["member_id"], 0, 1)
-        for h in pc.unique(first).to_pylist():
-            part = table.filter(pc.equal(first, h))
-            self.buffers[h].append(part)
-            self.buffered[h] += part.num_rows
-            if self.buffered[h] >= PART_ROWS:
-                self._flush(h)
+        start = 0
+        for entry in pc.value_counts(first).to_pylist():  # in order of appearance: sorted
+            self.buffers[entry["values"]].append(table.slice(start, entry["counts"]))
+            start += entry["counts"]
+        self.buffered += table.num_rows
+        if self.buffered >= BUFFER_ROWS:
+            self._flush()
 
-    def _flush(self, h: str) -> None:
-        if h not in self.writers:
-            self.writers[h] = pq.ParquetWriter(self.folder / f"{h}.parquet", self.schema)
-        if self.buffers[h]:
-            self.writers[h].write_table(pa.concat_tables(self.buffers[h]))
-        self.buffers[h], self.buffered[h] = [], 0
+    def _flush(self) -> None:
+        for h, tables in self.buffers.items():
+            if tables:
+                self.writers[h].write_table(pa.concat_tables(tables))
+                self.buffers[h] = []
+        self.buffered = 0
 
     def close(self) -> None:
-        for h in PARTS:
-            self._flush(h)  # every part exists, if empty: readers find the schema in any of them
-            self.writers[h].close()
+        self._flush()
+        for writer in self.writers.values():  # every part exists, if empty: readers find the schema
+            writer.close()
 
 
 def staged_parts(path: str | Path) -> list[Path]:
