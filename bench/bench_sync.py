@@ -11,7 +11,7 @@ Stages:
 1. **extract**: ``extract_and_stage`` over synthetic CRM rows generated chunk by chunk (never all N
    raw rows in memory), hashing for Meta into a staged Parquet file.
 2. **plan**: register the audience (``resolve_audience``, the sync's own path), then
-   ``stage_members`` + ``plan_counts`` + ``drop_stage`` (the dry-run plan a DAG shows before syncing).
+   ``plan_sync``: the staged group compared with the ledger in Arrow (the dry-run plan a DAG shows).
 3. **upload**: ``sync_audience`` against the in-process sandbox, with a per-call time breakdown of
    the state store (stage/apply/iter_work/mark) and of the destination (HTTP round trips).
 4. **delta rerun**: ``--churn`` x N membership events: a third of them members leaving, a third members
@@ -56,8 +56,8 @@ import sqlalchemy as sa
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 from audience_sync.core.contract import ProcessingStatus, Upload, UploadResult
+from audience_sync.core.delta import StagedGroup
 from audience_sync.core.extract import ExtractCounts, extract_and_stage, read_staged, staged_parts
-from audience_sync.core.extract import staged_rows as read_staged_rows
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, registry
 from audience_sync.core.sync import (
@@ -643,10 +643,6 @@ class Bench:
 # The run
 
 
-def staged_rows(path: str | Path) -> Iterator[tuple[str, str, str]]:
-    return read_staged_rows(path)
-
-
 def staged_digest(path: str | Path) -> tuple[int, int]:
     """(rows, order-independent digest) of the members a staged file should put on the platform."""
     total = n = 0
@@ -686,8 +682,8 @@ def extract(
 
 
 def plan(dest: MetaDestination, store: StateStore, req: SyncRequest, path: str | Path) -> dict[str, Any]:
-    """The product's dry-run plan (``plan_sync``: stage_members + plan_counts + drop_stage)."""
-    result = plan_sync(dest, store, req, staged_rows(path), retry=RETRY)
+    """The product's dry-run plan (``plan_sync``: the staged group against the ledger, in Arrow)."""
+    result = plan_sync(dest, store, req, StagedGroup(path), retry=RETRY)
     keys = ("group", "adds", "changed", "removes", "unchanged", "warnings")
     return {"audience": result["audience"]["action"], **{k: result[k] for k in keys if k in result}}
 
@@ -800,7 +796,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # 3. upload
         out1, st = bench.run(
             "3 upload",
-            lambda: sync_audience(dest, store, request(1), staged_rows(path1), retry=retry),
+            lambda: sync_audience(dest, store, request(1), StagedGroup(path1), retry=retry),
             _group,
         )
         st.facts["outcome"] = _outcome_facts(out1)
@@ -839,7 +835,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         st.print()
         out2, st = bench.run(
             "4c delta upload",
-            lambda: sync_audience(dest, store, request(2), staged_rows(path2), retry=retry),
+            lambda: sync_audience(dest, store, request(2), StagedGroup(path2), retry=retry),
             _group,
         )
         st.facts["outcome"] = _outcome_facts(out2)

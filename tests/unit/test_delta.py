@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.core import delta
-from audience_sync.core.delta import Exclusion, StagedGroup, compare
+from audience_sync.core.delta import Exclusion, StagedGroup, compare, stage_changes
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, utcnow
 
@@ -102,3 +102,65 @@ def test_compare_counts_what_the_sql_stage_counts(store: StateStore, monkeypatch
 def test_an_unknown_audience_gets_the_whole_group(store: StateStore) -> None:
     got = compare(store, None, StagedGroup([row(k) for k in range(25)]), removals=True)
     assert (got.group, got.new, got.adds, got.removes) == (25, 25, 25, 0)
+
+
+def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
+    entry, _ = store.register("meta", "act_1", "rerun_users", "1", "created")
+    first = [row(k) for k in range(500)]
+    changes = stage_changes(
+        store,
+        entry.id,
+        StagedGroup(first),
+        mode="mirror",
+        backfill=False,
+        exclude=None,
+        dag_id="d",
+        run_id="r1",
+        lease=None,
+    )
+    assert store.stage_size(changes.key) == 500  # everyone is new
+    store.apply_stage(entry.id, changes.key, "r1", mode="mirror", changes_only=True)
+    store.drop_stage(changes.key)
+    with store.engine.begin() as conn:  # as if every member had been sent and confirmed
+        conn.execute(
+            ledger.update()
+            .where(ledger.c.registry_id == entry.id)
+            .values(status="sent", op=None, sent_payload=ledger.c.payload)
+        )
+
+    same = stage_changes(
+        store,
+        entry.id,
+        StagedGroup(first),
+        mode="mirror",
+        backfill=False,
+        exclude=None,
+        dag_id="d",
+        run_id="r2",
+        lease=None,
+    )
+    assert store.stage_size(same.key) == 0 and same.comparison.unchanged == 500
+    store.drop_stage(same.key)
+
+    # 10 leave, 5 change their identifiers, 7 join
+    churned = [row(k, version=1) if k < 15 else row(k) for k in range(10, 500)] + [
+        row(k) for k in range(900, 907)
+    ]
+    changes = stage_changes(
+        store,
+        entry.id,
+        StagedGroup(churned),
+        mode="mirror",
+        backfill=False,
+        exclude=None,
+        dag_id="d",
+        run_id="r3",
+        lease=None,
+    )
+    c = changes.comparison
+    assert (c.group, c.new, c.changed, c.unchanged) == (497, 7, 5, 485)
+    assert store.stage_size(changes.key) == 7 + 5 + 10
+    store.apply_stage(entry.id, changes.key, "r3", mode="mirror", changes_only=True)
+    store.drop_stage(changes.key)
+    counts = store.ledger_counts(entry.id)
+    assert counts["removing"] == 10 and counts["pending"] == 7 + 5 and counts["sent"] == 485 - 0

@@ -9,7 +9,7 @@ the slice, not the group. :func:`compare` answers what a sync would do (the dry-
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from audience_sync.core.extract import PARTS, staged_parts
-from audience_sync.core.ledger import StateStore, ledger, registry
+from audience_sync.core.extract import PARTS, staged_parts, staged_schema
+from audience_sync.core.keys import payload_json
+from audience_sync.core.ledger import LEAVING, StateStore, ledger, registry
 
 #: members (staged + ledger) compared at once, at most about
 SLICE_ROWS = 2_000_000
@@ -40,28 +41,40 @@ class StagedGroup:
     def __init__(self, source: str | Path | Iterable[tuple[str, str, str]]) -> None:
         self.parts: dict[str, Path] = {}
         self.table: pa.Table | None = None
+        self.schema: list[str] = []  # the platform keys of staged files (rows carry a payload instead)
         if isinstance(source, str | Path):
             for part in staged_parts(source):
                 self.parts[part.stem] = part
             self.size = sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts.values())
+            self.schema = staged_schema(source)
         else:
-            ids, hashes = [], []
-            for member_id, row_hash, _payload in source:
-                ids.append(member_id)
-                hashes.append(row_hash)
-            self.table = pa.table([ids, hashes], schema=_IDS)
+            columns: tuple[list[str], list[str], list[str]] = ([], [], [])
+            for row in source:
+                for column, value in zip(columns, row, strict=True):
+                    column.append(value)
+            self.table = pa.table(list(columns), schema=_IDS.append(pa.field("payload", pa.string())))
             self.size = self.table.num_rows
 
-    def slice(self, prefix: str) -> pa.Table:
-        """The members whose id starts with ``prefix`` (``""``: all)."""
+    def slice(self, prefix: str, *, full: bool = False) -> pa.Table:
+        """The members whose id starts with ``prefix`` (``""``: all): ids and row hashes, and with
+        ``full`` what :meth:`payloads` needs too."""
         if self.table is not None:
-            return _starting(self.table, prefix)
-        if prefix and len(self.parts) == len(PARTS) and set(self.parts) == set(PARTS):
+            table = self.table if full else self.table.select(["member_id", "row_hash"])
+            return _starting(table, prefix)
+        if prefix and set(self.parts) == set(PARTS):
             files = [self.parts[prefix[0]]]
         else:  # every part, or a single file staged by an older version
             files = list(self.parts.values())
-        tables = [pq.read_table(f, columns=["member_id", "row_hash"]) for f in files]
+        columns = None if full else ["member_id", "row_hash"]
+        tables = [pq.read_table(f, columns=columns) for f in files]
         return _starting(pa.concat_tables(tables) if tables else _IDS.empty_table(), prefix)
+
+    def payloads(self, table: pa.Table) -> list[str]:
+        """The ledger payload (schema key -> value as staged) of each row of a full slice."""
+        if self.table is not None:
+            return [str(p) for p in table["payload"].to_pylist()]
+        columns = [table[name].to_pylist() for name in self.schema]
+        return [payload_json(self.schema, [v or "" for v in values]) for values in zip(*columns, strict=True)]
 
 
 @dataclass
@@ -110,34 +123,118 @@ def compare(
     :param revoked: member ids without consent: counted as removals when the platform may hold them.
     """
     out = Comparison()
-    held = registry_id is not None
-    total = staged.size + (_ledger_size(store, registry_id) if registry_id is not None else 0)
     revoked_ids = pa.array(sorted(set(revoked)), pa.string())
+    for _prefix, group, known, joined in _slices(store, registry_id, staged, exclude, out, full=False):
+        if known is None or joined is None:
+            out.new += group.num_rows
+            continue
+        may_hold = pc.or_(pc.is_in(known["status"], pa.array(["sent", "in_progress"])), known["has_sent"])
+        leaving = pc.is_in(known["member_id"], _starting_ids(revoked_ids, _prefix))
+        if removals:
+            leaving = pc.or_(leaving, pc.invert(pc.is_in(known["member_id"], group["member_id"])))
+        out.removes += _count(pc.and_(may_hold, leaving))
+    return out
+
+
+@dataclass
+class Changes:
+    """A stage holding only what changes in an audience's ledger (see :func:`stage_changes`)."""
+
+    key: str
+    comparison: Comparison
+
+
+def stage_changes(
+    store: StateStore,
+    registry_id: int,
+    staged: StagedGroup,
+    *,
+    mode: str,
+    backfill: bool,
+    exclude: Exclusion | None,
+    dag_id: str,
+    run_id: str,
+    lease: tuple[str, str] | None,
+) -> Changes:
+    """Stage the members whose ledger rows change, for ``StateStore.apply_stage(changes_only=True)``.
+
+    Rows go to the stage only when the ledger has to change for them: members new to it, members
+    whose hashes changed or that are not on (or on their way to) the platform, every member for a
+    replace, new members only for a backfill; in mirror mode, the members that left the group, marked
+    with :data:`~audience_sync.core.ledger.LEAVING`. A rerun that changes little stages little.
+    """
+    out = Comparison()
+    requeue = ("pending", "failed", "removed")
+
+    def rows() -> Iterator[tuple[str, str, str]]:
+        for _prefix, group, known, joined in _slices(store, registry_id, staged, exclude, out, full=True):
+            if known is None or joined is None:  # only for an audience not registered yet
+                continue
+            new = pc.is_null(joined["status"])
+            if backfill:
+                pick = new
+            elif mode == "replace":
+                pick = pa.array([True] * joined.num_rows, pa.bool_())
+            else:
+                moved = pc.or_(
+                    pc.fill_null(pc.is_in(joined["status"], pa.array(requeue)), False),
+                    pc.fill_null(pc.equal(joined["op"], "remove"), False),
+                )
+                pick = pc.or_(pc.or_(new, moved), pc.invert(_same_hash(joined)))
+            chosen = joined.filter(pick)
+            yield from zip(
+                chosen["member_id"].to_pylist(),
+                chosen["row_hash"].to_pylist(),
+                staged.payloads(chosen),
+                strict=True,
+            )
+            if mode == "mirror" and not backfill:
+                gone = pc.and_(
+                    pc.invert(pc.is_in(known["member_id"], group["member_id"])),
+                    pc.not_equal(known["status"], "removed"),
+                )
+                for member_id in known.filter(gone)["member_id"].to_pylist():
+                    yield member_id, LEAVING, ""
+
+    key = store.stage_members(rows(), dag_id=dag_id, run_id=run_id, lease=lease)
+    return Changes(key, out)
+
+
+def _slices(
+    store: StateStore,
+    registry_id: int | None,
+    staged: StagedGroup,
+    exclude: Exclusion | None,
+    out: Comparison,
+    *,
+    full: bool,
+) -> Iterator[tuple[str, pa.Table, pa.Table | None, pa.Table | None]]:
+    """Per member-id slice: the group (less excluded members), the audience's ledger rows and the two
+    joined; counts group, excluded, new, unchanged and changed into ``out`` on the way."""
+    total = staged.size + (_ledger_size(store, registry_id) if registry_id is not None else 0)
     for prefix in _prefixes(total):
-        group = staged.slice(prefix)
+        group = staged.slice(prefix, full=full)
         if exclude is not None and exclude.segments:
             holders = _holders(store, exclude, prefix)
             kept = group.filter(pc.invert(pc.is_in(group["member_id"], holders)))
             out.excluded += group.num_rows - kept.num_rows
             group = kept
         out.group += group.num_rows
-        if not held:
-            out.new += group.num_rows
+        if registry_id is None:
+            yield prefix, group, None, None
             continue
-        assert registry_id is not None  # noqa: S101 - held
         known = _ledger_slice(store, registry_id, prefix)
         joined = group.join(known, "member_id", join_type="left outer", right_suffix="_ledger")
-        status, ours, theirs = joined["status"], joined["row_hash"], joined["row_hash_ledger"]
-        same_hash = pc.fill_null(pc.equal(ours, theirs), False)
+        status, same_hash = joined["status"], _same_hash(joined)
         out.new += _count(pc.is_null(status))
         out.unchanged += _count(pc.and_(pc.fill_null(pc.equal(status, "sent"), False), same_hash))
         out.changed += _count(pc.and_(pc.fill_null(joined["has_sent"], False), pc.invert(same_hash)))
-        may_hold = pc.or_(pc.is_in(known["status"], pa.array(["sent", "in_progress"])), known["has_sent"])
-        leaving = pc.is_in(known["member_id"], _starting_ids(revoked_ids, prefix))
-        if removals:
-            leaving = pc.or_(leaving, pc.invert(pc.is_in(known["member_id"], group["member_id"])))
-        out.removes += _count(pc.and_(may_hold, leaving))
-    return out
+        yield prefix, group, known, joined
+
+
+def _same_hash(joined: pa.Table) -> pa.ChunkedArray:
+    """Per joined row: the ledger holds the staged row hash (False for members new to it)."""
+    return pc.fill_null(pc.equal(joined["row_hash"], joined["row_hash_ledger"]), False)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -176,8 +273,9 @@ def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
         ledger.c.row_hash,
         ledger.c.status,
         ledger.c.sent_payload.is_not(None).label("has_sent"),
+        ledger.c.op,
     ).where(ledger.c.registry_id == registry_id, *_in_slice(ledger.c.member_id, prefix))
-    columns: tuple[list[object], ...] = ([], [], [], [])
+    columns: tuple[list[object], ...] = ([], [], [], [], [])
     with store.engine.connect() as conn:
         result = conn.execution_options(yield_per=FETCH_ROWS).execute(q)
         for rows in result.partitions():
@@ -189,6 +287,7 @@ def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
             "row_hash": pa.array(columns[1], pa.string()),  # row_hash_ledger once joined
             "status": pa.array(columns[2], pa.string()),
             "has_sent": pa.array([bool(v) for v in columns[3]], pa.bool_()),
+            "op": pa.array(columns[4], pa.string()),
         }
     )
 

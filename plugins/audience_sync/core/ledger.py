@@ -58,6 +58,9 @@ SCHEMA_VERSION = migrations.LATEST
 #: key of the PostgreSQL advisory lock that serialises schema creation between workers
 SCHEMA_LOCK_KEY = 0x41535F534348454D  # "AS_SCHEM"
 
+#: the row hash a stage of changes gives a member that left the group (no real row hash is empty)
+LEAVING = ""
+
 #: a stage nobody holds a lease for (a plan's) is left alone this long before a later run may drop it
 UNLEASED_STAGE_GRACE = dt.timedelta(hours=6)
 
@@ -572,9 +575,20 @@ class StateStore:
         return n
 
     def apply_stage(
-        self, registry_id: int, key: str, run_id: str, *, mode: str, backfill: bool = False
+        self,
+        registry_id: int,
+        key: str,
+        run_id: str,
+        *,
+        mode: str,
+        backfill: bool = False,
+        changes_only: bool = False,
     ) -> None:
         """Turn the staged group into pending ledger work, in bulk SQL.
+
+        :param changes_only: the stage holds only the members whose ledger rows change, and the members
+            that left the group marked with :data:`LEAVING` as their row hash (``core/delta.py`` stages
+            that); otherwise it holds the whole group, and whoever is not in it has left.
 
         - new members become ``pending``/``add``;
         - known members whose hashes changed, or that are not on the platform and not on their way
@@ -587,9 +601,8 @@ class StateStore:
           ledger are added; nothing a newer run sent is changed, re-sent with older hashes, or removed.
         """
         now = utcnow()
-        staged = sa.select(stage.c.member_id, stage.c.row_hash, stage.c.payload).where(
-            stage.c.stage_key == key
-        )
+        in_group = sa.and_(stage.c.stage_key == key, stage.c.row_hash != LEAVING)
+        staged = sa.select(stage.c.member_id, stage.c.row_hash, stage.c.payload).where(in_group)
         add_op = "replace" if mode == "replace" and not backfill else "add"
         with self.engine.begin() as conn:
             # 1. members new to the ledger
@@ -615,7 +628,7 @@ class StateStore:
                         sa.literal(run_id),
                         sa.literal(now, UTCDateTime()),
                     ).where(
-                        stage.c.stage_key == key,
+                        in_group,
                         ~sa.exists().where(
                             ledger.c.registry_id == registry_id, ledger.c.member_id == stage.c.member_id
                         ),
@@ -654,7 +667,11 @@ class StateStore:
                 )
             )
             if mode == "mirror":
-                gone = ~sa.exists().where(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id)
+                staged_here = sa.and_(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id)
+                if changes_only:
+                    gone = sa.exists().where(staged_here, stage.c.row_hash == LEAVING)
+                else:
+                    gone = ~sa.exists().where(staged_here)
                 mine = ledger.c.registry_id == registry_id
                 # on the platform, or maybe (a batch in flight when a task died): remove what may be there
                 conn.execute(

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import tenacity
 
 from audience_sync.core.contract import Destination, ProcessingStatus
-from audience_sync.core.delta import Exclusion, StagedGroup, compare
+from audience_sync.core.delta import Exclusion, StagedGroup, compare, stage_changes
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import RegistryEntry, StateStore, lease_owner
 from audience_sync.core.platforms import get_platform
@@ -186,7 +186,7 @@ def sync_audience(
     dest: Destination,
     store: StateStore,
     req: SyncRequest,
-    staged: Iterable[tuple[str, str, str]],
+    staged: StagedGroup | Iterable[tuple[str, str, str]],
     *,
     revoked: Iterable[str] = (),
     retry: RetryPolicy | None = None,
@@ -196,7 +196,8 @@ def sync_audience(
 ) -> SyncOutcome:
     """Upsert the audience and bring it to the staged group; return the counts from the ledger.
 
-    :param staged: (member_id, row_hash, payload_json) of every valid, consenting member of the group.
+    :param staged: the valid, consenting members of the group: a :class:`StagedGroup` (extraction's
+        staged folder), or rows ``(member_id, row_hash, payload_json)``.
     :param revoked: member ids that lost consent: removed from the platform in every mode.
     :param lease_seconds: how long the audience lease lasts without a heartbeat; the engine heartbeats
         before platform requests, and stops with :class:`~audience_sync.core.ledger.LeaseLost` once the
@@ -209,7 +210,8 @@ def sync_audience(
     key_lock = lock_key(req, dest.account)
     store.acquire_lock(key_lock, owner, lease_seconds=lease_seconds, wait_seconds=lock_wait_seconds)
     try:
-        return _sync_locked(dest, store, req, staged, list(revoked), retry, progress, key_lock, owner)
+        group = staged if isinstance(staged, StagedGroup) else StagedGroup(staged)
+        return _sync_locked(dest, store, req, group, list(revoked), retry, progress, key_lock, owner)
     finally:
         store.release_lock(key_lock, owner)
 
@@ -218,7 +220,7 @@ def _sync_locked(
     dest: Destination,
     store: StateStore,
     req: SyncRequest,
-    staged: Iterable[tuple[str, str, str]],
+    staged: StagedGroup,
     revoked: list[str],
     retry: RetryPolicy,
     progress: Callable[[dict[str, int]], None] | None,
@@ -251,20 +253,30 @@ def _sync_locked(
         notes.append(note)
         mode = "add_only"
 
-    key = store.stage_members(staged, dag_id=req.dag_id, run_id=req.run_id, lease=(key_lock, owner))
+    # only what changes in the ledger is staged: a rerun that changes little writes little
+    changes = stage_changes(
+        store,
+        entry.id,
+        staged,
+        mode=mode,
+        backfill=backfill,
+        exclude=Exclusion(req.platform, dest.account, req.exclude_segments),
+        dag_id=req.dag_id,
+        run_id=req.run_id,
+        lease=(key_lock, owner),
+    )
+    before = changes.comparison
+    group, excluded = before.group, before.excluded
     try:
-        excluded = store.exclude_from_stage(key, req.platform, dest.account, req.exclude_segments)
         if excluded:
             notes.append(f"{excluded} member(s) excluded: already in {', '.join(req.exclude_segments)}")
-        before = store.plan_counts(entry.id, key, removals=False)
-        group = before["group"]
-        store.apply_stage(entry.id, key, req.run_id, mode=mode, backfill=backfill)
+        store.apply_stage(entry.id, changes.key, req.run_id, mode=mode, backfill=backfill, changes_only=True)
         if revoked and mode != "replace":
             n = store.queue_removals(entry.id, revoked, req.run_id)
             if n:
                 notes.append(f"{n} member(s) without consent queued for removal")
     finally:
-        store.drop_stage(key)
+        store.drop_stage(changes.key)
 
     for op in ("replace",) if mode == "replace" else ("remove", "add"):
         uploader.run(op)
@@ -279,7 +291,7 @@ def _sync_locked(
     counts = store.ledger_counts(entry.id)
     counts["total"] = group
     counts["excluded"] = excluded
-    run = uploader.run_counts(unchanged=group - (before["new"] if backfill else before["adds"]))
+    run = uploader.run_counts(unchanged=group - (before.new if backfill else before.adds))
     return SyncOutcome(
         audience_id=entry.audience_id,
         audience_action=action,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,6 @@ from audience_sync.core.contract import Destination
 from audience_sync.core.delta import StagedGroup
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import read_member_ids
-from audience_sync.core.extract import staged_rows as read_staged_rows
 from audience_sync.core.ledger import utcnow
 from audience_sync.core.platforms import get_platform
 from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, sync_audience
@@ -42,11 +41,6 @@ def build_destination(platform: str, conn_id: str, account: str) -> Destination:
             f"platform {dest.platform!r}; fix the registration's destination"
         )
     return dest
-
-
-def staged_rows(staged: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
-    """(member_id, row_hash, payload) rows of one platform's staged file."""
-    return read_staged_rows(staged["path"])
 
 
 def require_staged(extracted: Mapping[str, Any], platform: str) -> Mapping[str, Any]:
@@ -156,7 +150,7 @@ class SyncAudienceOperator(BaseOperator):
                 dest,
                 store,
                 req,
-                staged_rows(staged),
+                StagedGroup(staged["path"]),
                 revoked=read_member_ids(extracted.get("no_consent_path")),
                 retry=self.retry_policy or RetryPolicy.from_env(),
                 progress=self._progress,
