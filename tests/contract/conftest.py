@@ -40,7 +40,7 @@ from facebook_business.adobjects.customaudience import CustomAudience
 
 from audience_sync.core.contract import Destination, Upload
 from audience_sync.core.platforms import platforms
-from audience_sync.destinations.meta import MetaDestination, make_meta_api
+from audience_sync.destinations.meta import REMOVE_VIA, MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 
 Member = frozenset[tuple[str, str]]
@@ -122,6 +122,9 @@ class Harness(abc.ABC):
     offline_calls: ClassVar[tuple[str, ...]] = ()
     #: the platform gives up on an upload left open too long (see :meth:`expire_open_uploads`)
     expires_open_uploads: ClassVar[bool] = False
+    #: the ways the destination can be configured to send removals; the removal tests run once per mode
+    #: against :meth:`removal_destination`
+    remove_modes: ClassVar[tuple[str, ...]] = ("default",)
 
     destination: Destination
     account: str
@@ -164,6 +167,10 @@ class Harness(abc.ABC):
         return (bad, *(sha(f"bad:{k}:{i}") for k in schema[1:]))
 
     # ---------------------------------------------------------------- platform side
+    def removal_destination(self, mode: str) -> Destination:
+        """The destination under test, configured to send removals in ``mode`` (one of ``remove_modes``)."""
+        return self.destination
+
     @abc.abstractmethod
     def members(self, audience_id: str) -> set[Member]:
         """The audience's members on the platform, each as its non-empty (key, value) pairs."""
@@ -279,6 +286,7 @@ class MetaHarness(Harness):
     processes_synchronously = False  # a session closed by its last batch is processed afterwards
     offline_calls = ("open_upload", "finish_upload")
     expires_open_uploads = True  # an open replace session expires after replace_timeout_seconds
+    remove_modes = tuple(REMOVE_VIA)  # the connection extra remove_via
 
     def __init__(self, srv: Any, account: str) -> None:
         self.srv = srv
@@ -291,6 +299,11 @@ class MetaHarness(Harness):
     def make_destination(self, api: Any) -> Destination:
         """The destination under test on this harness's account, talking through ``api``."""
         return MetaDestination(api, self.account)
+
+    def removal_destination(self, mode: str) -> Destination:
+        return MetaDestination(
+            make_meta_api(SANDBOX_TOKEN, graph_url=self.srv.url, timeout=10), self.account, remove_via=mode
+        )
 
     def members(self, audience_id: str) -> set[Member]:
         return {frozenset((k, v) for k, v in m.items() if v) for m in self.srv.meta.members(audience_id)}
@@ -391,7 +404,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     registered platforms that have a harness in :data:`HARNESSES` (one without a harness fails
     ``test_every_registered_platform_has_a_harness``); ``transient_case`` / ``permanent_case`` over
     each platform's own error cases; ``call`` over the calls of :data:`CALLS` that make requests on
-    the platform and ``offline_call`` over those that make none."""
+    the platform and ``offline_call`` over those that make none; ``remove_mode`` over the platform's
+    ways of sending removals."""
     if "registered_platform" in metafunc.fixturenames:
         metafunc.parametrize("registered_platform", list(platforms()))
         return
@@ -405,6 +419,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         "permanent_case": (lambda h: h.permanent_errors, lambda c: c.label),
         "call": (lambda h: [c for c in CALLS if c not in h.offline_calls], str),
         "offline_call": (lambda h: h.offline_calls, str),
+        "remove_mode": (lambda h: h.remove_modes, str),
     }
     for argname, (values, label) in per_platform.items():
         if argname in metafunc.fixturenames:

@@ -271,9 +271,9 @@ def test_an_oversized_batch_is_refused_before_sending(harness: Harness, op: str)
     assert harness.members(aud.id) == set()
 
 
-def test_an_oversized_removal_is_refused_before_sending(harness: Harness) -> None:
+def test_an_oversized_removal_is_refused_before_sending(harness: Harness, remove_mode: str) -> None:
     """A removal bigger than one request allows fails fast (ValueError), never as a retried transient error."""
-    dest = harness.destination
+    dest = harness.removal_destination(remove_mode)
     schema = harness.schema_of(8)
     rows = harness.rows(dest.max_remove_rows + 1, schema=schema, sparse=False)
     assert len(dest.split_removals(schema, rows)) > 1
@@ -287,8 +287,8 @@ def test_an_oversized_removal_is_refused_before_sending(harness: Harness) -> Non
 
 
 @pytest.mark.parametrize("n_keys", [1, 8, None], ids=["1-key", "8-keys", "all-keys"])
-def test_one_full_removal_chunk_is_accepted(harness: Harness, n_keys: int | None) -> None:
-    dest = harness.destination
+def test_one_full_removal_chunk_is_accepted(harness: Harness, remove_mode: str, n_keys: int | None) -> None:
+    dest = harness.removal_destination(remove_mode)
     schema = harness.schema_of(n_keys)
     rows = harness.rows(dest.max_remove_rows * 2, schema=schema, sparse=False)  # every value set
     first = dest.split_removals(schema, rows)[0]
@@ -304,8 +304,8 @@ def test_one_full_removal_chunk_is_accepted(harness: Harness, n_keys: int | None
     assert harness.members(aud.id) == set()
 
 
-def test_thousands_of_removals_in_split_removals_chunks(harness: Harness) -> None:
-    dest = harness.destination
+def test_thousands_of_removals_in_split_removals_chunks(harness: Harness, remove_mode: str) -> None:
+    dest = harness.removal_destination(remove_mode)
     schema = harness.schema_of(8)
     rows = harness.rows(3000, schema=schema, sparse=False)
     aud = create(dest)
@@ -322,11 +322,11 @@ def test_thousands_of_removals_in_split_removals_chunks(harness: Harness) -> Non
 
 
 @pytest.mark.harness_has("unhashed_id_key")
-def test_removal_chunks_of_long_unhashed_ids_are_accepted(harness: Harness) -> None:
+def test_removal_chunks_of_long_unhashed_ids_are_accepted(harness: Harness, remove_mode: str) -> None:
     """``split_removals`` must hold for every valid row, not only for 64-hex hashes: ids sent as-is
     (Meta's EXTERN_ID) can be longer than a hash, and a removal request that is too long is lost."""
     assert harness.unhashed_id_key is not None
-    dest = harness.destination
+    dest = harness.removal_destination(remove_mode)
     schema = (harness.unhashed_id_key,)
     rows = harness.long_id_rows(dest.max_remove_rows, length=128)
     aud = create(dest)

@@ -517,7 +517,9 @@ def test_appsecret_proof_is_verified_when_configured() -> None:
         assert all(e["query"]["appsecret_proof"] == "***" for e in srv.meta.requests_log())
 
 
-def test_unknown_edges_and_method_override_are_rejected(srv: SandboxServer, api: FacebookAdsApi) -> None:
+def test_unknown_edges_and_method_override_values_are_rejected(
+    srv: SandboxServer, api: FacebookAdsApi
+) -> None:
     aid = create(api, "vip")
     base = f"{srv.url}/v26.0/{aid}"
     unknown = requests.get(f"{base}/adsets", params={"access_token": TOKEN}, timeout=5)
@@ -528,12 +530,74 @@ def test_unknown_edges_and_method_override_are_rejected(srv: SandboxServer, api:
         timeout=5,
         data={
             "access_token": TOKEN,
-            "method": "delete",
+            "method": "patch",
             "payload": json.dumps({"schema": "EMAIL_SHA256", "data": []}),
             "session": json.dumps(sess(1)),
         },
     )
     assert override.json()["error"]["code"] == 100
+    assert "get, post or delete" in override.json()["error"]["message"]
     assert requests.get(
         f"{srv.url}/v99.0/{aid}", params={"access_token": TOKEN, "fields": "name"}, timeout=5
     ).json() == {"name": "vip", "id": aid}
+
+
+def _users_form(rows: list[str], session_id: int, **extra: str) -> dict[str, str]:
+    return {
+        "access_token": TOKEN,
+        "payload": json.dumps({"schema": "EMAIL_SHA256", "data": rows}),
+        "session": json.dumps(sess(session_id)),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("spelling", ["delete", "DELETE"])
+def test_post_with_method_delete_removes_like_a_delete(
+    srv: SandboxServer, api: FacebookAdsApi, spelling: str
+) -> None:
+    """The Graph method override on /users: a POST with method=delete is the DELETE, with its session
+    semantics (a replayed batch is not applied twice); a POST without it stays an add."""
+    aid = create(api, "vip")
+    users = f"{srv.url}/v26.0/{aid}/users"
+    added = requests.post(users, data=_users_form(emails(5), 41), timeout=5)
+    assert added.status_code == 200 and len(srv.meta.members(aid)) == 5
+    form = _users_form(emails(3), 42, method=spelling)
+    removed = requests.post(users, data=form, timeout=5)
+    assert removed.status_code == 200 and removed.json()["num_received"] == 3
+    assert sorted(v for m in srv.meta.members(aid) for v in m.values()) == sorted(emails(5)[3:])
+    entry = srv.meta.requests_log()[-1]
+    assert (entry["method"], entry["method_override"], entry["op"]) == ("POST", "DELETE", "remove")
+    assert requests.post(users, data=form, timeout=5).json() == removed.json()  # the same batch again
+    assert entry["session"]["session_id"] == 42 and srv.meta.requests_log()[-1]["replayed"] is True
+    (session,) = CustomAudience(aid, api=api).get_sessions(params={"session_id": 42})
+    assert session["num_received"] == "3"
+
+
+def test_ten_thousand_removals_fit_in_a_body_but_not_in_a_url(
+    srv: SandboxServer, api: FacebookAdsApi
+) -> None:
+    """A DELETE whose payload is in the URL is cut off by the URL limit; in a multipart body (Meta's
+    Java SDK) or a POST with method=delete the same 10,000 rows go in one request."""
+    aid = create(api, "vip")
+    aud = CustomAudience(aid, api=api)
+    rows = emails(10_000)
+    aud.create_user(params={"payload": {"schema": "EMAIL_SHA256", "data": rows}, "session": sess(51)})
+    half = len(rows) // 2
+    with pytest.raises(requests.ConnectionError):
+        aud.delete_users(
+            params={"payload": {"schema": "EMAIL_SHA256", "data": rows[:half]}, "session": sess(52)}
+        )
+    assert srv.meta.requests_log()[-1]["fault"] == "url_too_long"
+    users = f"{srv.url}/v26.0/{aid}/users"
+    form = _users_form(rows[:half], 53)
+    in_body = requests.delete(
+        users,
+        params={"access_token": form.pop("access_token")},
+        files={k: (None, v) for k, v in form.items()},
+        timeout=10,
+    )
+    assert in_body.status_code == 200 and in_body.json()["num_received"] == half
+    assert srv.meta.requests_log()[-1]["method"] == "DELETE"
+    overridden = requests.post(users, data=_users_form(rows[half:], 54, method="delete"), timeout=10)
+    assert overridden.status_code == 200 and overridden.json()["num_received"] == len(rows) - half
+    assert srv.meta.members(aid) == []

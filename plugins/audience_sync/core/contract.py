@@ -84,8 +84,9 @@ class Destination(abc.ABC):
     platform: ClassVar[str]
     #: most member rows one add/replace batch may carry
     max_batch_rows: ClassVar[int]
-    #: most member rows one remove batch may carry (Meta puts removals in the URL)
-    max_remove_rows: ClassVar[int]
+    #: most member rows one remove batch may carry (Meta's default puts removals in the URL); a
+    #: destination may set it per instance (Meta: by how its connection sends removals)
+    max_remove_rows: int
     #: True when the platform has applied a batch once it accepted it (no processing to wait for)
     processes_synchronously: ClassVar[bool] = False
     #: at most this many rejected rows are named per batch answer; batches this small name every reject

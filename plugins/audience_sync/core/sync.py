@@ -472,18 +472,31 @@ class _Uploader:
         rid = self.entry.id
         small = max(1, self.dest.max_named_rejects)
         if op == "remove":
-            for page in self.log.iter_work(rid, op, REMOVE_LEDGER_BATCH):
+            # the last chunk of a ledger page is usually short: carry it into the next page (per schema)
+            # instead of sending it, so the number of removal requests does not depend on the page size
+            carry: dict[tuple[str, ...], list[WorkRow]] = {}
+            page_rows = max(REMOVE_LEDGER_BATCH, self.dest.max_remove_rows)
+            for page in self.log.iter_work(rid, op, page_rows):
                 for rows in _one_schema(page, "remove"):
-                    schema = list(rows[0].sent_payload or {})
-                    values = [list((r.sent_payload or {}).values()) for r in rows]
-                    start = 0  # chunks come back in order: map them to their rows by position
-                    for chunk in self.dest.split_removals(schema, values):
-                        yield rows[start : start + len(chunk)]
-                        start += len(chunk)
+                    schema = tuple(rows[0].sent_payload or {})
+                    *full, rest = self._removal_chunks(schema, carry.pop(schema, []) + rows)
+                    yield from full
+                    carry[schema] = rest
+            for schema, rows in carry.items():
+                yield from self._removal_chunks(schema, rows)
             return
         for retrying, size in ((True, small), (False, self.dest.max_batch_rows)):
             for page in self.log.iter_work(rid, op, size, retrying=retrying):
                 yield from _one_schema(page, op)
+
+    def _removal_chunks(self, schema: Sequence[str], rows: list[WorkRow]) -> list[list[WorkRow]]:
+        """The destination's request-sized removal chunks of ``rows`` (which share ``schema``)."""
+        values = [list((r.sent_payload or {}).values()) for r in rows]
+        chunks, start = [], 0
+        for chunk in self.dest.split_removals(list(schema), values):
+            chunks.append(rows[start : start + len(chunk)])  # chunks come back in order: map by position
+            start += len(chunk)
+        return chunks
 
     def _send(self, rec: UploadRecord, seq: int, rows: list[WorkRow], *, last: bool) -> None:
         ids = [r.member_id for r in rows]

@@ -2,8 +2,10 @@
 
 The SDK's own normaliser deviates from Meta's rules (see the Meta reference §1.5), so rows arrive here
 already normalised and hashed by :mod:`audience_sync.core.normalize` and go out with ``is_raw: true``
-in the multi-key list schema. Removals are sent the way the SDK sends them (payload in the URL), in
-batches small enough for real front ends (§1.8).
+in the multi-key list schema. Removals travel one of three ways (:data:`REMOVE_VIA`, the connection
+extra ``remove_via``): by default the way the SDK sends them, a DELETE with the payload in the URL, in
+batches small enough for real front ends (§1.8); or with the payload in the request body, in full
+10,000-row batches (README, "Removals on Meta", has the evidence for each).
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ TRANSIENT_CODES = {1, 2, 4, 17, 341, 613, 80003}
 #: 2650 with these subcodes means "audience busy" (a replace or upload is running)
 BUSY_SUBCODES = {1870145, 1870158}
 
+#: how removals reach ``/{audience_id}/users`` (the Meta connection extra ``remove_via``)
+REMOVE_VIA: dict[str, str] = {
+    "delete": "DELETE with the payload in the URL, as the SDK sends it; batches sized to a URL budget",
+    "delete_body": "DELETE with the payload in a multipart body, as Meta's Java SDK sends it since 2024",
+    "post_override": "POST with method=delete (the Graph API's method override); unverified on /users",
+}
+#: the default is the path real uploads have used for years; the body routes lift the URL limit
+DEFAULT_REMOVE_VIA = "delete"
+
 AUDIENCE_FIELDS = [
     "id",
     "name",
@@ -82,20 +93,37 @@ class MetaDestination(Destination):
     :param api: a :class:`FacebookAdsApi` (see :func:`make_meta_api`).
     :param ad_account_id: with or without the ``act_`` prefix.
     :param conn_label: the Airflow connection id, named in error messages so operators know what to fix.
+    :param remove_via: how removals travel, one of :data:`REMOVE_VIA` (default ``delete``).
     """
 
     platform = META.name
     # the limits are the platform's registered facts (audience_sync.platforms.meta), not repeated here
     max_batch_rows = META.max_batch_rows
-    #: DELETE puts the payload in the URL, so removal batches are also sized so that the encoded
-    #: payload stays under this budget (python-sdk#717: ~21 KB breaks, ~18 KB works)
+    #: a DELETE with the payload in the URL (the default) also sizes removal batches so that the
+    #: encoded payload stays under this budget (python-sdk#717: ~21 KB breaks, ~18 KB works)
     max_remove_rows = META.max_remove_rows
     url_budget_bytes = 12_000
 
-    def __init__(self, api: FacebookAdsApi, ad_account_id: str, conn_label: str = "meta_default") -> None:
+    def __init__(
+        self,
+        api: FacebookAdsApi,
+        ad_account_id: str,
+        conn_label: str = "meta_default",
+        *,
+        remove_via: str = DEFAULT_REMOVE_VIA,
+    ) -> None:
+        if remove_via not in REMOVE_VIA:
+            raise ValueError(
+                f"unknown remove_via {remove_via!r} for Meta connection '{conn_label}'; set the connection "
+                f"extra remove_via to one of {', '.join(REMOVE_VIA)} (or leave it out for {DEFAULT_REMOVE_VIA})"
+            )
         self.api = api
         self.account = normalize_account_id(ad_account_id)
         self.conn_label = conn_label
+        self.remove_via = remove_via
+        if remove_via != "delete":
+            # the payload rides in the body, so no URL limits the batch: removals fill batches like adds
+            self.max_remove_rows = self.max_batch_rows
 
     @property
     def requests_made(self) -> int:  # type: ignore[override]
@@ -106,8 +134,12 @@ class MetaDestination(Destination):
     ) -> list[list[Sequence[str]]]:
         """Pack removal rows by their URL-encoded size, so every DELETE stays within ``url_budget_bytes``.
 
-        Unhashed EXTERN_ID / MADID values can be long, so rows are measured, not counted.
+        Unhashed EXTERN_ID / MADID values can be long, so rows are measured, not counted. When the
+        payload travels in the body (``remove_via`` other than ``delete``), batches of
+        ``max_remove_rows`` rows.
         """
+        if self.remove_via != "delete":
+            return super().split_removals(schema, rows)
         budget = self.url_budget_bytes - _encoded_len(list(schema)) - 300  # schema, session, token
         chunks: list[list[Sequence[str]]] = []
         cur: list[Sequence[str]] = []
@@ -189,7 +221,7 @@ class MetaDestination(Destination):
                 "estimated_num_total": upload.estimated_total,
             },
         }
-        if remove:
+        if remove and self.remove_via == "delete":
             url_bytes = len(
                 urlencode(
                     {k: json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in params.items()}
@@ -206,8 +238,24 @@ class MetaDestination(Destination):
             "remove": audience.delete_users,
             "replace": audience.create_users_replace,
         }
-        resp = self._call(lambda: send[upload.op](params=params), upload.op)
+        if remove and self.remove_via != "delete":
+            resp = self._call(lambda: self._remove_in_body(upload.audience_id, params), upload.op)
+        else:
+            resp = self._call(lambda: send[upload.op](params=params), upload.op)
         return _result(resp, len(rows))
+
+    def _remove_in_body(self, audience_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One removal with the payload in the request body instead of the URL.
+
+        Through the SDK's own ``call`` (same session, token, appsecret_proof, error parsing and request
+        count), which puts a DELETE's params in the URL and a POST's in the form body; for a DELETE
+        the params go as multipart fields instead, encoded the way the SDK encodes them.
+        """
+        path = (audience_id, "users")
+        if self.remove_via == "post_override":
+            return self.api.call("POST", path, params={**params, "method": "delete"}).json()
+        fields = {k: (None, json.dumps(v, sort_keys=True, separators=(",", ":"))) for k, v in params.items()}
+        return self.api.call("DELETE", path, files=fields).json()
 
     def upload_status(self, upload: Upload) -> ProcessingStatus:
         """Read the session (``GET /{audience_id}/sessions?session_id=``): done once it left

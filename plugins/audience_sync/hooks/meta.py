@@ -11,9 +11,14 @@ from airflow.sdk.exceptions import AirflowException
 from audience_sync.destinations.meta import (
     DEFAULT_API_VERSION,
     DEFAULT_GRAPH_URL,
+    DEFAULT_REMOVE_VIA,
+    REMOVE_VIA,
     MetaDestination,
     make_meta_api,
 )
+
+#: extras a Meta connection may carry (documented on :class:`MetaAudienceHook`)
+EXTRAS = ("api_version", "app_secret", "timeout", "remove_via")
 
 
 class MetaAudienceHook(BaseHook):
@@ -25,11 +30,24 @@ class MetaAudienceHook(BaseHook):
     - ``host``: optional Graph base URL; may carry scheme and port, e.g. ``http://127.0.0.1:8990`` for the
       local sandbox. A host without scheme gets ``https://``; a separate ``port`` field is appended.
       Default ``https://graph.facebook.com``.
-    - extras (JSON):
+    - extras (JSON), all optional:
 
       .. code-block:: json
 
-          {"api_version": "v26.0", "app_secret": "<optional; adds appsecret_proof>", "timeout": 60}
+          {"api_version": "v26.0", "app_secret": "<adds appsecret_proof>", "timeout": 60,
+           "remove_via": "delete"}
+
+      ``remove_via`` is how removals reach ``/{audience_id}/users``:
+
+      - ``delete`` (default): a DELETE with the payload in the URL, as the SDK sends it. Real front ends
+        drop long URLs, so removals go in batches packed under a URL budget (~30 rows of a 5-key schema).
+      - ``delete_body``: a DELETE with the payload in a multipart body, in batches of 10,000 rows. Meta's
+        own Java Business SDK sends DELETEs this way since 2024, RudderStack its removals since 2026.
+      - ``post_override``: a POST with ``method=delete`` (the Graph API's method override), in batches
+        of 10,000. Nobody is known to remove audience members this way; if Meta ignored the override on
+        this edge, the POST would *add* the rows. Try it on a test audience first.
+
+      The README ("Removals on Meta") gives the evidence for each.
 
     ``FacebookAdsApi.init()`` is never called: it would install a crash reporter that posts
     tracebacks to Meta, and a process-wide default API.
@@ -53,11 +71,17 @@ class MetaAudienceHook(BaseHook):
                 f"Airflow connection '{self.meta_conn_id}' has no password: put the Meta access token there."
             )
         extras = conn.extra_dejson or {}
-        unknown = set(extras) - {"api_version", "app_secret", "timeout"}
+        unknown = set(extras) - set(EXTRAS)
         if unknown:
             raise AirflowException(
                 f"Airflow connection '{self.meta_conn_id}' has unknown extras {sorted(unknown)}; "
-                "allowed: api_version, app_secret, timeout."
+                f"allowed: {', '.join(EXTRAS)}."
+            )
+        remove_via = extras.get("remove_via") or DEFAULT_REMOVE_VIA
+        if remove_via not in REMOVE_VIA:
+            raise AirflowException(
+                f"Airflow connection '{self.meta_conn_id}' has extra remove_via={remove_via!r}; set it to one "
+                f"of {', '.join(REMOVE_VIA)}, or remove it for the default ({DEFAULT_REMOVE_VIA})."
             )
         return {
             "access_token": token,
@@ -65,6 +89,7 @@ class MetaAudienceHook(BaseHook):
             "api_version": extras.get("api_version") or DEFAULT_API_VERSION,
             "app_secret": extras.get("app_secret") or None,
             "timeout": float(extras.get("timeout") or 60),
+            "remove_via": remove_via,
         }
 
     def get_conn(self) -> Any:
@@ -79,7 +104,12 @@ class MetaAudienceHook(BaseHook):
 
     def get_destination(self, ad_account_id: str) -> MetaDestination:
         """The destination for one ad account (``act_`` prefix optional)."""
-        return MetaDestination(self.get_conn(), ad_account_id, conn_label=self.meta_conn_id)
+        return MetaDestination(
+            self.get_conn(),
+            ad_account_id,
+            conn_label=self.meta_conn_id,
+            remove_via=self.settings["remove_via"],
+        )
 
 
 def meta_destination(conn_id: str, account: str) -> MetaDestination:

@@ -95,8 +95,9 @@ META = Platform(
     account_example="act_1234567890",
     rules=META_RULES,
     max_batch_rows=10_000,
-    # DELETE puts the payload in the URL; python-sdk#717 breaks at 300 single-key rows (~21 KB) and
-    # works at 250 (~18 KB)
+    # by default a DELETE puts the payload in the URL; python-sdk#717 breaks at 300 single-key rows
+    # (~21 KB) and works at 250 (~18 KB). A connection that sends removals in the body (remove_via)
+    # uses max_batch_rows instead.
     max_remove_rows=250,
     min_useful_size=100,  # Meta's help centre: avoid customer lists of fewer than 100 people
     warnings=sensitive_name_warnings,

@@ -5,7 +5,9 @@ audience-sync uses, shaped after the facebook-business SDK 26.0.3 wire format:
 
 * ``GET|POST /act_{id}/customaudiences`` - list (cursor paging, ``fields``, ``summary``) / create.
 * ``GET|POST|DELETE /{audience_id}`` - read / rename / delete.
-* ``POST|DELETE /{audience_id}/users`` - add / remove members (DELETE carries the payload in the URL).
+* ``POST|DELETE /{audience_id}/users`` - add / remove members. A DELETE's parameters are read from its
+  body as well as its URL (the SDK puts them in the URL, which the server's URL limit then applies to;
+  Meta's Java SDK puts them in a multipart body), and ``POST`` with ``method=delete`` is a DELETE.
 * ``POST /{audience_id}/usersreplace`` - replace members, batch by batch, within one session.
 * ``GET /{audience_id}/sessions`` - upload sessions.
 
@@ -25,8 +27,12 @@ Deliberate simplifications (documented so nobody mistakes them for Meta behaviou
   its last batch reports ``stage: "processing"`` for ``processing_seconds`` (default 0; set it on the
   object or with ``POST /_sandbox/meta/processing {"seconds": n}``), then ``"processed"``. Meta's
   stage values are undocumented; members are applied at once either way.
-* ``filtering`` on the list edge and the POST ``method=delete`` override are not emulated and are
-  rejected with error 100 rather than silently ignored.
+* The Graph ``method`` override (a POST whose ``method`` parameter is ``get``, ``post`` or ``delete``,
+  any case) is handled as a request of that method on every path, as Meta's old SDKs relied on; the
+  request log keeps the wire method and adds ``method_override``. Whether Meta still honours it on
+  ``/users`` is not verified (README, "Removals on Meta"); any other ``method`` value is error 100.
+* ``filtering`` on the list edge is not emulated and is rejected with error 100 rather than silently
+  ignored.
 * Audience ids are numeric strings from 23850000000000001 upwards; ids are never reused, even after
   :meth:`MetaSandbox.reset`.
 """
@@ -762,10 +768,15 @@ class MetaSandbox(PlatformApp):
     def _route(self, request: SandboxRequest, log_fields: dict[str, Any]) -> tuple[int, Any, bool]:
         parts = [p for p in request.path.split("/") if p][1:]  # drop the version
         method = request.method
-        if method == "POST" and request.param("method"):
-            raise _param_error(
-                "The sandbox does not emulate the 'method' override parameter; send a real DELETE/GET request"
-            )
+        override = request.param("method") if method == "POST" else None
+        if override:
+            if override.upper() not in ("GET", "POST", "DELETE"):
+                raise _param_error(
+                    f"Unsupported method override {override!r}; the 'method' parameter of a POST may be "
+                    "get, post or delete"
+                )
+            method = override.upper()
+            log_fields["method_override"] = method
         if not parts:
             raise GraphError("Unsupported request: no object id in the path", 100)
         node, edge, rest = parts[0], (parts[1] if len(parts) > 1 else None), parts[2:]
