@@ -307,25 +307,36 @@ class MemberFactory:
         }
         return row, not invalid
 
-    def churn_kind(self, i: int, churn: float) -> str | None:
-        """``leave``, ``change`` (new e-mail) or None for member ``i`` of the first population."""
+    def churn_kind(self, i: int, churn: float, changes: bool = True) -> str | None:
+        """``leave``, ``change`` (new e-mail) or None for member ``i`` of the first population.
+
+        With ``changes`` a third of the churn leaves and a third changes e-mail; without, half leaves.
+        """
         r = self.rng(i, salt=7)
+        if not changes:
+            return "leave" if r.random() < churn / 2 else None
         if r.random() >= churn * 2 / 3:
             return None
         return "leave" if r.random() < 0.5 else "change"
 
     def chunks(
-        self, n: int, chunk_rows: int, pop: Population, *, churn: float | None = None
+        self,
+        n: int,
+        chunk_rows: int,
+        pop: Population,
+        *,
+        churn: float | None = None,
+        changes: bool = True,
     ) -> Iterator[list[dict[str, object]]]:
         """The first population (``churn=None``), or the second: leavers out, changers with a new
         e-mail, and ``round(n * churn / 3)`` new members appended (indexes ``n..``)."""
-        joiners = 0 if churn is None else round(n * churn / 3)
+        joiners = 0 if churn is None else round(n * churn / (3 if changes else 2))
         chunk: list[dict[str, object]] = []
         started = time.perf_counter()
         for i in range(n + joiners):
             version = 1
             if churn is not None and i < n:
-                kind = self.churn_kind(i, churn)
+                kind = self.churn_kind(i, churn, changes)
                 if kind == "leave":
                     _, was_valid = self.member(i)
                     pop.left += 1
@@ -667,11 +678,16 @@ def _member_hash(member: dict[str, str]) -> int:
 
 
 def extract(
-    factory: MemberFactory, n: int, chunk_rows: int, staging: Path, churn: float | None
+    factory: MemberFactory,
+    n: int,
+    chunk_rows: int,
+    staging: Path,
+    churn: float | None,
+    changes: bool = True,
 ) -> tuple[ExtractCounts, Population]:
     pop = Population()
     counts = extract_and_stage(
-        factory.chunks(n, chunk_rows, pop, churn=churn),
+        factory.chunks(n, chunk_rows, pop, churn=churn, changes=changes),
         key=KEY,
         identifiers=IDENTIFIERS,
         platforms=["meta"],
@@ -698,6 +714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--state", default="sqlite", help="'sqlite' (a file in a temp dir) or a SQLAlchemy PostgreSQL URL"
     )
     parser.add_argument("--churn", type=float, default=0.05, help="fraction of members that change (0.05)")
+    parser.add_argument(
+        "--leave-join",
+        action="store_true",
+        help="churn is half members leaving, half joining (the P2 target's mix); default: thirds "
+        "leaving, changing e-mail, joining",
+    )
     parser.add_argument("--out", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=20260101)
     parser.add_argument(
@@ -813,10 +835,29 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         audience_id = out1.audience_id
         count1 = srv.meta.audience(audience_id)["count"]
 
-        # 4. delta rerun: extract the churned population, plan, sync (mirror)
+        # 4. the same group again: nothing to send (run 2), then the churned group (run 3)
+        (counts_same, pop_same), st = bench.run(
+            "4a same-group extract",
+            lambda: extract(factory, n, args.chunk_rows, workdir / "run_same", None),
+            lambda r: r[0].rows,
+        )
+        st.breakdown["gen.synthetic_rows"] = (pop_same.generate_seconds, 0)
+        st.print()
+        out_same, st = bench.run(
+            "4b same-group sync",
+            lambda: sync_audience(
+                dest, store, request(2), StagedGroup(counts_same.staged["meta"]["path"]), retry=retry
+            ),
+            _group,
+        )
+        st.facts["outcome"] = _outcome_facts(out_same)
+        st.print()
+        same_requests = sum(v for k, v in bench.stages[-1].requests.items() if "/{audience}/users" in k)
+
+        # 5. delta rerun: extract the churned population, plan, sync (mirror)
         (counts2, pop2), st = bench.run(
-            "4a delta extract",
-            lambda: extract(factory, n, args.chunk_rows, workdir / "run2", churn),
+            "5a delta extract",
+            lambda: extract(factory, n, args.chunk_rows, workdir / "run2", churn, not args.leave_join),
             lambda r: r[0].rows,
         )
         st.breakdown["gen.synthetic_rows"] = (pop2.generate_seconds, 0)
@@ -832,7 +873,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         st.print()
         path2 = counts2.staged["meta"]["path"]
         plan2, st = bench.run(
-            "4b delta plan", lambda: plan(dest, store, request(2), path2), lambda r: r["group"]
+            "5b delta plan", lambda: plan(dest, store, request(3), path2), lambda r: r["group"]
         )
         st.facts["plan"] = plan2
         st.facts["expected"] = {
@@ -843,8 +884,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         }
         st.print()
         out2, st = bench.run(
-            "4c delta upload",
-            lambda: sync_audience(dest, store, request(2), StagedGroup(path2), retry=retry),
+            "5c delta upload",
+            lambda: sync_audience(dest, store, request(3), StagedGroup(path2), retry=retry),
             _group,
         )
         st.facts["outcome"] = _outcome_facts(out2)
@@ -859,10 +900,11 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "expected_removed (leavers + old e-mails of changers)": pop2.left_valid + pop2.changed_valid,
         }
         st.print()
-        delta_seconds = sum(s.seconds for s in bench.stages if s.name in ("4b delta plan", "4c delta upload"))
+        delta_seconds = sum(s.seconds for s in bench.stages if s.name in ("5b delta plan", "5c delta upload"))
         print(
             f"\n   delta plan+upload: {delta_seconds:,.2f} s for {plan2['adds'] + plan2['removes']:,} changes"
         )
+        p2 = incremental_summary(bench.stages, same_requests, churn)
 
         # verification (printed, not asserted)
         print("\n== verification")
@@ -901,6 +943,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "code": code_revision(),
             "total_seconds": round(total, 2),
             "peak_rss_mib": round(peak_rss_mib(), 1),
+            "incremental": p2,
         }
     finally:
         srv.stop()
@@ -909,6 +952,37 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 conn.execute(ledger.delete().where(ledger.c.registry_id == registry_id))
                 conn.execute(registry.delete().where(registry.c.id == registry_id))
         store.engine.dispose()
+
+
+def incremental_summary(stages: Sequence[Stage], same_requests: int, churn: float) -> dict[str, Any]:
+    """P2: a rerun's cost against the first full run's (wall seconds, synthetic-row generation left out)."""
+
+    def cost(prefix: str) -> float:
+        chosen = [st for st in stages if st.name.startswith(prefix)]
+        generated = sum(st.breakdown.get("gen.synthetic_rows", (0.0, 0))[0] for st in chosen)
+        return sum(st.seconds for st in chosen) - generated
+
+    first = cost("1") + cost("3")  # extract + upload (the plan is a dry run a sync does not need)
+    same, churned = cost("4"), cost("5a") + cost("5c")
+    out = {
+        "first_run_s": round(first, 2),
+        "same_group_rerun_s": round(same, 2),
+        "same_group_member_requests": same_requests,
+        "churn_rerun_s": round(churned, 2),
+        "churn": churn,
+    }
+    print("\n== P2 incremental (wall seconds, synthetic-row generation left out; plan stages not counted)")
+    print(f"   first full run (extract + sync)           {first:9,.2f}")
+    print(
+        f"   rerun, same group                         {same:9,.2f} = {same / first:6.1%} of the first "
+        f"(target <= 5%: {'MET' if same <= 0.05 * first else 'NOT MET'}); member requests: {same_requests} "
+        f"(target 0: {'MET' if same_requests == 0 else 'NOT MET'})"
+    )
+    print(
+        f"   rerun, {churn:.1%} churn                         {churned:9,.2f} = {churned / first:6.1%} of the "
+        f"first (target <= 10% at 1% churn: {'MET' if churned <= 0.10 * first else 'NOT MET'})"
+    )
+    return out
 
 
 def _group(outcome: SyncOutcome) -> int:
