@@ -82,7 +82,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     # With --json, stdout carries the JSON alone: whatever logs while planning (Airflow binds its log
     # handlers to the stdout of the moment it is imported) goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        from audience_sync.operators.sync import format_plan
+        from audience_sync.core.sync import format_plan
         from audience_sync.runner import plan_campaign
 
         result = plan_campaign(args.campaign, args.logical_date)
@@ -90,11 +90,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     g = result["group"]
-    start, end = result["data_interval"]
-    print(
-        f"{result['dag_id']} plan as of {result['logical_date']} "
-        f"(data interval {start} to {end}; nothing is sent)"
-    )
+    interval = result["data_interval"]
+    dates = f"data interval {interval[0]} to {interval[1]}" if interval else "a list group"
+    print(f"{result['dag_id']} plan as of {result['logical_date']} ({dates}; nothing is sent)")
     print(
         f"  group: {g['rows']} rows, {g['valid']} valid, {g['invalid']} invalid {g['invalid_by_reason']}, "
         f"{g['duplicates']} duplicate keys, {g['excluded_no_consent']} excluded (no consent)"

@@ -145,32 +145,41 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
     """The dry-run plan of one campaign: extract to a temporary folder, then plan every destination.
 
     The campaign's SQL is rendered with the data interval a run of ``logical_date`` would get (see
-    :func:`data_interval`), so the plan reads the same group that run will read.
+    :func:`data_interval`), so the plan reads the same group that run will read; a list group has no
+    data interval (``None``).
     """
     prepare_airflow_env()
     from audience_sync.core.delta import StagedGroup
     from audience_sync.core.extract import extract_and_stage, read_member_ids
     from audience_sync.core.sync import SyncRequest, plan_sync
-    from audience_sync.factory import build_dag
+    from audience_sync.destinations import build_destination
     from audience_sync.hooks.state import AudienceSyncStateHook
-    from audience_sync.operators.extract import read_group
-    from audience_sync.operators.sync import build_destination
+    from audience_sync.sources import read_group
 
     folder = campaigns_dir()
     path = next((p for p in (folder / f"{stem}.yaml", folder / f"{stem}.yml") if p.exists()), None)
     if path is None:
         raise SystemExit(f"no campaign file {stem}.yaml in {folder}")
     c = load_campaign(path)
-    dag = build_dag(c)
     when = _when(logical_date)
-    start, end = data_interval(dag, when)
     g = c.audience_group
-    sql = render_query(dag, when) if g.source == "sql" else None
+    sql: str | None = None
+    interval: list[str] | None = None
+    chunks = read_group(g.source_path, None)  # a list group; a query's replaces it below
+    if g.source == "sql":  # only a query depends on the run's dates (building the DAG costs ~1 s)
+        from audience_sync.factory import build_dag
+        from audience_sync.operators.extract import read_group as read_sql_group
+
+        dag = build_dag(c)
+        start, end = data_interval(dag, when)
+        interval = [start.isoformat(), end.isoformat()]
+        sql = render_query(dag, when)
+        chunks = read_sql_group(None, sql, g.conn_id)
     platforms = sorted({d.platform for d in c.destinations})
     store = AudienceSyncStateHook().store
     with tempfile.TemporaryDirectory(prefix="audience-sync-plan-") as tmp:
         counts = extract_and_stage(
-            read_group(str(g.source_path) if g.source == "list" else None, sql, g.conn_id),
+            chunks,
             key=g.key,
             identifiers=dict(g.identifiers),
             platforms=platforms,
@@ -203,7 +212,7 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
         "campaign": stem,
         "dag_id": c.dag_id,
         "logical_date": when.isoformat(),
-        "data_interval": [start.isoformat(), end.isoformat()],
+        "data_interval": interval,
         "sql": sql,
         "group": ext,
         "destinations": plans,

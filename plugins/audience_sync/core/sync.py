@@ -398,6 +398,20 @@ def plan_sync(
     }
 
 
+def format_plan(plan: Mapping[str, Any]) -> str:
+    aud = plan["audience"]
+    text = (
+        f"{plan['platform']} {plan['account']} segment {plan['segment_name']} ({plan['mode']}): audience "
+        f"{aud['id'] or '-'} [{aud['action']}]; group {plan['group']}, adds {plan['adds']} "
+        f"(changed {plan['changed']}), removes {plan['removes']}, unchanged {plan['unchanged']}, "
+        f"invalid {plan.get('invalid', 0)}, excluded: no consent {plan.get('excluded_no_consent', 0)}, "
+        f"by segments {plan['excluded_by_segments']}"
+    )
+    for w in plan["warnings"]:
+        text += f"\n  warning: {w}"
+    return text
+
+
 class _Uploader:
     """Send ledger work through the destination's upload lifecycle, moving statuses batch by batch."""
 

@@ -12,8 +12,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.sync import poll_processing
+from audience_sync.destinations import build_destination, resolve_target
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
-from audience_sync.operators.sync import build_destination, resolve_target
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from audience_sync.core.contract import Destination
 from audience_sync.core.delta import StagedGroup
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import read_member_ids
 from audience_sync.core.ledger import utcnow
-from audience_sync.core.platforms import get_platform
-from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, sync_audience
+from audience_sync.core.sync import RetryPolicy, SyncRequest, format_plan, plan_sync, sync_audience
+from audience_sync.destinations import build_destination, resolve_target
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
 from audience_sync.operators.context import run_date
 from audience_sync.outcome import as_airflow_error
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def build_destination(platform: str, conn_id: str, account: str) -> Destination:
-    """The destination of one account on a registered platform, built by its registered factory.
-
-    The factory is a dotted ``"module:callable"`` in the platform's registration, imported only now,
-    when a task runs, so parsing DAGs never imports a platform SDK.
-    """
-    spec = get_platform(platform)
-    module, _, attr = spec.destination.partition(":")
-    factory: Callable[[str, str], Destination] = getattr(importlib.import_module(module), attr)
-    dest = factory(conn_id, account)
-    if dest.platform != spec.name:
-        raise AudienceSyncError(
-            f"platform {spec.name!r}: its destination factory {spec.destination} built a destination of "
-            f"platform {dest.platform!r}; fix the registration's destination"
-        )
-    return dest
 
 
 def require_staged(extracted: Mapping[str, Any], platform: str) -> Mapping[str, Any]:
@@ -74,13 +54,6 @@ def build_request(
         try_number=int(getattr(context["ti"], "try_number", None) or 1),
         **kw,
     )
-
-
-def resolve_target(platform: str, conn_id: str | None) -> tuple[str, str]:
-    """The registered platform's name and the connection to use (the platform's default when none is
-    given); an unknown platform fails when the DAG is parsed."""
-    registered = get_platform(platform)
-    return registered.name, conn_id or registered.default_conn_id
 
 
 class SyncAudienceOperator(BaseOperator):
@@ -267,17 +240,3 @@ class PlanAudienceOperator(BaseOperator):
             plans[d["task_id"]] = plan
             self.log.info("plan %s: %s", d["task_id"], format_plan(plan))
         return plans
-
-
-def format_plan(plan: Mapping[str, Any]) -> str:
-    aud = plan["audience"]
-    text = (
-        f"{plan['platform']} {plan['account']} segment {plan['segment_name']} ({plan['mode']}): audience "
-        f"{aud['id'] or '-'} [{aud['action']}]; group {plan['group']}, adds {plan['adds']} "
-        f"(changed {plan['changed']}), removes {plan['removes']}, unchanged {plan['unchanged']}, "
-        f"invalid {plan.get('invalid', 0)}, excluded: no consent {plan.get('excluded_no_consent', 0)}, "
-        f"by segments {plan['excluded_by_segments']}"
-    )
-    for w in plan["warnings"]:
-        text += f"\n  warning: {w}"
-    return text
