@@ -104,20 +104,25 @@ def test_an_unknown_audience_gets_the_whole_group(store: StateStore) -> None:
     assert (got.group, got.new, got.adds, got.removes) == (25, 25, 25, 0)
 
 
-def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
-    entry, _ = store.register("meta", "act_1", "rerun_users", "1", "created")
-    first = [row(k) for k in range(500)]
-    changes = stage_changes(
+def mirror_changes(store: StateStore, registry_id: int, group: list[tuple[str, str, str]], run_id: str):
+    """The stage of changes a mirror sync of ``group`` makes."""
+    return stage_changes(
         store,
-        entry.id,
-        StagedGroup(first),
+        registry_id,
+        StagedGroup(group),
         mode="mirror",
         backfill=False,
         exclude=None,
         dag_id="d",
-        run_id="r1",
+        run_id=run_id,
         lease=None,
     )
+
+
+def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
+    entry, _ = store.register("meta", "act_1", "rerun_users", "1", "created")
+    first = [row(k) for k in range(500)]
+    changes = mirror_changes(store, entry.id, first, "r1")
     assert store.stage_size(changes.key) == 500  # everyone is new
     store.apply_stage(entry.id, changes.key, "r1", mode="mirror", changes_only=True)
     store.drop_stage(changes.key)
@@ -128,17 +133,7 @@ def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
             .values(status="sent", op=None, sent_payload=ledger.c.payload)
         )
 
-    same = stage_changes(
-        store,
-        entry.id,
-        StagedGroup(first),
-        mode="mirror",
-        backfill=False,
-        exclude=None,
-        dag_id="d",
-        run_id="r2",
-        lease=None,
-    )
+    same = mirror_changes(store, entry.id, first, "r2")
     assert store.stage_size(same.key) == 0 and same.comparison.unchanged == 500
     store.drop_stage(same.key)
 
@@ -146,17 +141,7 @@ def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
     churned = [row(k, version=1) if k < 15 else row(k) for k in range(10, 500)] + [
         row(k) for k in range(900, 907)
     ]
-    changes = stage_changes(
-        store,
-        entry.id,
-        StagedGroup(churned),
-        mode="mirror",
-        backfill=False,
-        exclude=None,
-        dag_id="d",
-        run_id="r3",
-        lease=None,
-    )
+    changes = mirror_changes(store, entry.id, churned, "r3")
     c = changes.comparison
     assert (c.group, c.new, c.changed, c.unchanged) == (497, 7, 5, 485)
     assert store.stage_size(changes.key) == 7 + 5 + 10
