@@ -23,7 +23,10 @@ from audience_sync.core.keys import payload_json
 from audience_sync.core.ledger import LEAVING, StateStore, ledger, registry
 
 #: members (staged + ledger) compared at once, at most about
-SLICE_ROWS = 2_000_000
+SLICE_ROWS = 1_000_000
+
+#: staged rows turned into Python values at once
+ROWS_PER_BATCH = 50_000
 
 #: ledger rows fetched per database round trip
 FETCH_ROWS = 100_000
@@ -181,13 +184,14 @@ def stage_changes(
                     pc.fill_null(pc.equal(joined["op"], "remove"), False),
                 )
                 pick = pc.or_(pc.or_(new, moved), pc.invert(_same_hash(joined)))
-            chosen = joined.filter(pick)
-            yield from zip(
-                chosen["member_id"].to_pylist(),
-                chosen["row_hash"].to_pylist(),
-                staged.payloads(chosen),
-                strict=True,
-            )
+            for batch in joined.filter(pick).to_batches(ROWS_PER_BATCH):  # Python objects a batch at a time
+                chosen = pa.Table.from_batches([batch])
+                yield from zip(
+                    chosen["member_id"].to_pylist(),
+                    chosen["row_hash"].to_pylist(),
+                    staged.payloads(chosen),
+                    strict=True,
+                )
             if mode == "mirror" and not backfill:
                 gone = pc.and_(
                     pc.invert(pc.is_in(known["member_id"], group["member_id"])),
