@@ -100,7 +100,8 @@ def extract_and_stage(
     consent_column: str | None = None,
     workers: int | None = None,
 ) -> ExtractCounts:
-    """Hash every row for each platform and write ``<staging_dir>/<platform>.parquet``.
+    """Hash every row for each platform and stage it in ``<staging_dir>/<platform>/<h>.parquet``
+    (``h``: the member id's first hex digit), members without consent in ``no_consent.parquet``.
 
     ``keys`` (the state's, see ``hooks/state.py``) key the member ids and row hashes and encrypt the
     identifiers a platform takes unhashed.
@@ -130,6 +131,7 @@ def extract_and_stage(
 # ------------------------------------------------------------------------------------------ hashing
 Chunk = Any  # pa.RecordBatch | pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
+#: the short id of a row without a member key (never looked at: such rows are not keys)
 _NO_ID = bytes(8)
 
 #: kinds of row, one byte per row in a hashed chunk
