@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from audience_sync.core.settings import settings
+
 log = logging.getLogger(__name__)
 
-#: rows per chunk when the caller does not say
-CHUNK_ROWS = 50_000
 
 Chunk = list[dict[str, Any]]
 
@@ -21,14 +21,16 @@ def read_group(
     source_path: str | Path | None,
     sql: str | None,
     connect: Callable[[], Any] | None = None,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> Iterator[Any]:
     """Yield the audience group in chunks, from a CSV/Parquet list (Arrow record batches) or a SQL query
     (lists of row dicts).
 
     :param connect: for ``sql``: returns a new DB-API connection (e.g. an Airflow hook's ``get_conn``);
         it is closed when the group has been read, or when the caller stops early.
+    :param chunk_rows: rows per chunk (default: the ``AUDIENCE_SYNC_CHUNK_ROWS`` setting).
     """
+    chunk_rows = chunk_rows or settings().chunk_rows
     if sql is not None:
         if connect is None:
             raise ValueError("a SQL source needs a connection")
@@ -41,7 +43,7 @@ def read_group(
     yield from read_file(Path(str(source_path)), chunk_rows)
 
 
-def read_file(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
+def read_file(path: Path, chunk_rows: int) -> Iterator[Any]:
     """Arrow record batches of at most ``chunk_rows`` rows from a ``.parquet`` or CSV file.
 
     CSV is read by Arrow's streaming reader (in C++, on its own threads) with every column as text and
@@ -99,7 +101,7 @@ def is_postgres(conn: Any) -> bool:
     return module.split(".")[0] in ("psycopg2", "psycopg")
 
 
-def read_sql(conn: Any, sql: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+def read_sql(conn: Any, sql: str, chunk_rows: int) -> Iterator[Chunk]:
     """Run ``sql`` on an open DB-API connection and yield its rows in chunks of at most ``chunk_rows``.
 
     On PostgreSQL a plain cursor downloads the whole result at ``execute`` (libpq buffers it all), so a

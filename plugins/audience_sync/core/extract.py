@@ -313,6 +313,7 @@ def _hashed(
     # spawn, not fork: the task's process may run threads (a fork would copy their held locks)
     context = multiprocessing.get_context("spawn")
     pending: deque[tuple[Future[_Hashed], Chunk]] = deque()
+    log.info("hashing the group in %d worker processes", count)
     try:
         with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text())) as pool:
             for chunk in rest:

@@ -177,6 +177,15 @@ VARIABLES: tuple[Variable, ...] = (
         _count(0),
     ),
     Variable(
+        "AUDIENCE_SYNC_CHUNK_ROWS",
+        "chunk_rows",
+        "integer ≥ 100",
+        "50000",
+        "Rows of the audience group read, hashed and staged at a time: the unit of an extraction "
+        "worker's work, and of its memory.",
+        _count(100),
+    ),
+    Variable(
         "AUDIENCE_SYNC_PHONE_LIBRARY",
         "phone_library",
         "`auto` \\| `rphonenumbers` \\| `phonenumbers`",
@@ -216,6 +225,7 @@ class Settings:
     retry_initial_wait: float = 2.0
     retry_max_wait: float = 120.0
     extract_workers: int = 0
+    chunk_rows: int = 50_000
     phone_library: PhoneLibrary = "auto"
     sandbox_token: str = "sandbox-token"
     airflow_home: Path = dataclasses.field(default_factory=lambda: Path.home() / "airflow")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook, BaseOperator
 
 from audience_sync import sources
-from audience_sync.core.extract import CHUNK_ROWS, extract_and_stage
+from audience_sync.core.extract import extract_and_stage
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook, airflow_home
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class ExtractAudienceOperator(BaseOperator):
     :param platforms: the platforms to hash for.
     :param default_country: region used when a row has no country.
     :param consent_column: optional column; rows without explicit consent are excluded.
+    :param chunk_rows: rows read and hashed at a time (default: the ``AUDIENCE_SYNC_CHUNK_ROWS`` setting,
+        read when the task runs).
     :param state_conn_id: the state database connection, whose keys make member ids and encrypt
         identifiers sent unhashed.
     :return: counts (rows, valid, invalid by reason, excluded) and the staged file of each platform.
@@ -95,7 +97,7 @@ class ExtractAudienceOperator(BaseOperator):
         conn_id: str | None = None,
         default_country: str | None = None,
         consent_column: str | None = None,
-        chunk_rows: int = CHUNK_ROWS,
+        chunk_rows: int | None = None,
         state_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -165,8 +167,8 @@ class ExtractAudienceOperator(BaseOperator):
 
 
 def read_group(
-    source_path: str | None, sql: str | None, conn_id: str | None, chunk_rows: int = CHUNK_ROWS
-) -> Iterator[list[dict[str, Any]]]:
+    source_path: str | None, sql: str | None, conn_id: str | None, chunk_rows: int | None = None
+) -> Iterator[Any]:
     """The audience group in chunks (see :func:`audience_sync.sources.read_group`), SQL through ``conn_id``."""
     connect = (
         (lambda: BaseHook.get_connection(str(conn_id)).get_hook().get_conn()) if sql is not None else None

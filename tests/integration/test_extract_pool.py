@@ -1,0 +1,117 @@
+"""A campaign whose group spans several chunks is hashed by worker processes inside its extract task.
+
+``dag.test()`` runs the tasks in this process, so the pool's workers are spawned from a task's
+process as a deployment's task process spawns them. The run must stage what one process stages, and
+the sandbox audience must hold exactly the group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pendulum
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from audience_sync.core.extract import extract_and_stage, staged_parts
+from audience_sync.sources import read_file
+
+STEM = "extract_pool"
+DAG_ID = f"ads_audience__{STEM}"
+ACCOUNT = "act_6160"
+IDENTIFIERS = {"email": "email", "phone": "phone", "country": "country"}
+
+
+def write_group(path: Path, n: int) -> None:
+    rows = [
+        f"{i % 1150},User{i}@Example.com,+1 650 253 {i % 10000:04d},{'US' if i % 2 else 'United States'}"
+        for i in range(n)
+    ]
+    path.write_text("customer_id,email,phone,country\n" + "\n".join(rows) + "\n")
+
+
+def campaign(csv: Path) -> str:
+    return f"""\
+campaign: Extract pool
+duration: {{start: 2026-11-01}}
+schedule: "@daily"
+segment_name: extract_pool_users
+retries: 0
+audience_group:
+  list: {csv}
+  key: customer_id
+  identifiers: {json.dumps(IDENTIFIERS)}
+destinations:
+  - platform: meta
+    ad_account_id: "{ACCOUNT}"
+"""
+
+
+def staged(path: str) -> list[dict[str, str]]:
+    table = pa.concat_tables(pq.read_table(p) for p in staged_parts(path))
+    return sorted(table.to_pylist(), key=lambda r: r["member_id"])
+
+
+@pytest.mark.timeout(300)
+def test_a_group_of_many_chunks_is_hashed_by_worker_processes_in_the_task(
+    airflow_db,
+    fresh_sandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from audience_sync.hooks.state import AudienceSyncStateHook
+
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    csv = tmp_path / "group.csv"
+    write_group(csv, 1200)  # 12 chunks of 100; keys repeat after 1,150 rows
+    (folder / f"{STEM}.yaml").write_text(campaign(csv))
+    monkeypatch.setenv("AUDIENCE_SYNC_CAMPAIGNS_DIR", str(folder))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "s.db")})
+    )
+    monkeypatch.setenv("AUDIENCE_SYNC_CHUNK_ROWS", "100")
+    monkeypatch.setenv("AUDIENCE_SYNC_EXTRACT_WORKERS", "2")
+
+    dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).dags[DAG_ID]
+    with caplog.at_level(logging.INFO, logger="audience_sync.core.extract"):
+        run = dag.test(logical_date=pendulum.datetime(2026, 11, 30, tz="UTC"))
+    assert run.state == "success"
+    assert "hashing the group in 2 worker processes" in caplog.text
+    with create_session() as s:
+        xcom = {
+            r.task_id: r.value
+            for r in s.query(XComModel).filter_by(dag_id=DAG_ID, run_id=run.run_id, key="return_value")
+        }
+    extracted = xcom["extract"]
+    assert (extracted["rows"], extracted["valid"], extracted["duplicates"]) == (1200, 1150, 50)
+    (audience,) = fresh_sandbox.meta.audiences(ACCOUNT)
+    assert audience["count"] == 1150
+
+    # what one process stages from the same file with the same keys
+    one = extract_and_stage(
+        read_file(csv, 100),
+        key="customer_id",
+        identifiers=IDENTIFIERS,
+        platforms=["meta"],
+        staging_dir=tmp_path / "one_process",
+        keys=AudienceSyncStateHook().keys,
+        workers=1,
+    )
+    schema = one.staged["meta"]["schema"]
+    expected = {
+        frozenset((k, v) for k, v in row.items() if k in schema and v)
+        for row in staged(one.staged["meta"]["path"])
+    }
+    sent = {frozenset(m.items()) for m in fresh_sandbox.meta.members(audience["id"])}
+    assert len(expected) == 1150
+    assert sent == expected  # what the workers hashed is exactly what one process hashes
