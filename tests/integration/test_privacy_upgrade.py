@@ -23,7 +23,8 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.core import migrations
-from audience_sync.core.extract import extract_and_stage, staged_rows
+from audience_sync.core.delta import StagedGroup
+from audience_sync.core.extract import extract_and_stage
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeyError, StateKeys
 from audience_sync.core.ledger import StateStore, ledger, metadata, registry, schema_version, stage
 from audience_sync.core.normalize import RowHasher
@@ -221,7 +222,7 @@ class World:
             segment_name=SEGMENT,
             schema=tuple(SCHEMA),
         )
-        return sync_audience(self.dest(), store, req, staged_rows(counts.staged["meta"]["path"]), retry=FAST)
+        return sync_audience(self.dest(), store, req, StagedGroup(counts.staged["meta"]["path"]), retry=FAST)
 
     def member_requests(self, since: int) -> list[dict]:
         return [e for e in self.srv.meta.requests_log(since) if e.get("op") in ("add", "remove", "replace")]

@@ -83,7 +83,7 @@ class StagedGroup:
 
 @dataclass
 class Comparison:
-    """What applying the group to an audience would do (the counts ``plan_counts`` gave, and more).
+    """What applying the group to an audience would do.
 
     ``adds``: members to send (new, changed, or not confirmed with these hashes); ``new``: unknown to
     the ledger; ``changed``: confirmed on the platform with other hashes; ``removes``: members the

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from audience_sync.core.dedupe import SeenKeys
-from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys, payload_json
+from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys
 from audience_sync.core.normalize import NO_IDENTIFIER
 from audience_sync.core.normalize.columns import ChunkHasher, PlatformColumns
 from audience_sync.core.platforms import get_platform, is_builtin
@@ -454,12 +454,6 @@ def read_staged(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tupl
     """Yield (member_id, schema, values) from a staged file, in bounded memory (values as staged: sealed)."""
     for mid, _row_hash, schema, values in _read(path, batch_rows):
         yield mid, schema, values
-
-
-def staged_rows(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tuple[str, str, str]]:
-    """Yield (member_id, row_hash, payload_json) from a staged file: the rows the ledger stage takes."""
-    for mid, row_hash, schema, values in _read(path, batch_rows):
-        yield mid, row_hash, payload_json(schema, values)
 
 
 def _read(path: str | Path, batch_rows: int) -> Iterator[tuple[str, str, list[str], list[str]]]:

@@ -39,7 +39,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -511,69 +511,6 @@ class StateStore:
                 conn.execute(stage_owner.delete().where(stage_owner.c.stage_key.in_(chunk)))
         return len(keys)
 
-    def plan_counts(self, registry_id: int, key: str, *, removals: bool) -> dict[str, int]:
-        """What applying a stage would do, without changing anything.
-
-        ``adds``: members to send (new, changed, or not yet confirmed); ``new``: unknown to the ledger;
-        ``changed``: confirmed on the platform with other hashes (the old ones get removed first);
-        ``removes``: members the platform may hold that left the group; ``unchanged``: nothing to do.
-        """
-        s, lg = stage.alias("s"), ledger.alias("l")
-        join = s.outerjoin(lg, sa.and_(lg.c.registry_id == registry_id, lg.c.member_id == s.c.member_id))
-        same = sa.and_(lg.c.status == "sent", lg.c.row_hash == s.c.row_hash)
-        in_stage = (
-            sa.select(
-                sa.func.count().label("n"),
-                sa.func.sum(sa.case((lg.c.member_id.is_(None), 1), else_=0)).label("new"),
-                sa.func.sum(sa.case((same, 1), else_=0)).label("unchanged"),
-                sa.func.sum(
-                    sa.case(
-                        (sa.and_(lg.c.sent_payload.is_not(None), lg.c.row_hash != s.c.row_hash), 1), else_=0
-                    )
-                ).label("changed"),
-            )
-            .select_from(join)
-            .where(s.c.stage_key == key)
-        )
-        with self.engine.connect() as conn:
-            n, new, unchanged, changed = (int(v or 0) for v in conn.execute(in_stage).one())
-            removes = 0
-            if removals:
-                removes = conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(ledger)
-                    .where(
-                        ledger.c.registry_id == registry_id,
-                        _may_be_on_platform(),
-                        ~sa.exists().where(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id),
-                    )
-                ).scalar_one()
-        return {
-            "group": n,
-            "adds": n - unchanged,
-            "new": new,
-            "changed": changed,
-            "removes": int(removes),
-            "unchanged": unchanged,
-        }
-
-    def members_on_platform(self, registry_id: int, member_ids: set[str]) -> int:
-        """How many of these members the platform may hold (for planning consent removals)."""
-        ids = list(member_ids)
-        n = 0
-        with self.engine.connect() as conn:
-            for i in range(0, len(ids), 900):
-                n += conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(ledger)
-                    .where(
-                        ledger.c.registry_id == registry_id,
-                        ledger.c.member_id.in_(ids[i : i + 900]),
-                        _may_be_on_platform(),
-                    )
-                ).scalar_one()
-        return n
-
     def apply_stage(
         self,
         registry_id: int,
@@ -739,25 +676,6 @@ class StateStore:
             q = q.where(ledger.c.status == status)
         with self.engine.connect() as conn:
             return {r.member_id: self.open_payload(r.payload) for r in conn.execute(q)}
-
-    def exclude_from_stage(self, key: str, platform: str, account: str, segment_names: Sequence[str]) -> int:
-        """Drop from a stage every member currently on the platform in one of these segments' audiences."""
-        if not segment_names:
-            return 0
-        holders = (
-            sa.select(ledger.c.member_id)
-            .join(registry, registry.c.id == ledger.c.registry_id)
-            .where(
-                registry.c.platform == platform,
-                registry.c.account == account,
-                registry.c.segment_name.in_(list(segment_names)),
-                ledger.c.status.in_(("sent", "in_progress")),
-            )
-        )
-        with self.engine.begin() as conn:
-            return conn.execute(
-                stage.delete().where(stage.c.stage_key == key, stage.c.member_id.in_(holders))
-            ).rowcount
 
     def queue_removals(self, registry_id: int, member_ids: Iterable[str], run_id: str) -> int:
         """Mark these members for removal if the platform may hold them (e.g. consent withdrawn)."""
