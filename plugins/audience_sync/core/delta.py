@@ -3,7 +3,8 @@
 A group of millions is never loaded into the state database to be compared with the ledger: the
 staged files (split by the first hex digit of the member id, see ``extract.py``) and the ledger rows
 of the same member-id range are read into Arrow and joined there, slice by slice, so memory follows
-the slice, not the group. :func:`compare` answers what a sync would do (the dry-run plan).
+the slice, not the group. :func:`compare` answers what a sync would do (the dry-run plan);
+:func:`stage_changes` stages only what a sync must change in the ledger.
 """
 
 from __future__ import annotations
