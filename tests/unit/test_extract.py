@@ -64,9 +64,11 @@ def test_worker_processes_stage_exactly_what_one_process_stages(tmp_path: Path) 
     here = extract(rows, tmp_path / "one", workers=1)
     pool = extract(rows, tmp_path / "pool", workers=2)
     a, b = here.as_dict(), pool.as_dict()
+    assert (a["workers"], b["workers"]) == (1, 2)
     for counts in (a, b):
         counts.pop("staged")
         counts.pop("no_consent_path")
+        counts.pop("workers")
     assert a == b
     keyed = [r["id"] for r in rows if r["id"] is not None]
     assert a["duplicates"] == len(keyed) - len(set(keyed)) > 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from typing import Literal
 
 import pytest
@@ -13,12 +15,14 @@ from audience_sync.core.normalize.platforms import META as META_RULES
 from audience_sync.core.platforms import (
     UnknownPlatformError,
     get_platform,
+    is_builtin,
     platform_names,
     platforms,
     register,
     unregister,
 )
 from audience_sync.platforms.meta import META, MetaCampaignDestination, normalise_ad_account_id
+from tests.fixtures.metaclone import registered
 
 
 class ZedDestination(DestinationBase):
@@ -107,3 +111,18 @@ def test_a_registration_is_checked(changes: dict[str, object], message: str) -> 
 def test_the_account_example_must_be_valid() -> None:
     with pytest.raises(ValueError, match="not a valid ad account id"):
         zed(normalise_account=normalise_ad_account_id)
+
+
+def test_built_ins_are_known_as_such_however_they_were_first_imported() -> None:
+    """Extraction workers (fresh processes) only know the built-ins: a platform counts as one only when
+    it is exactly what the built-ins package registers, whichever module was imported first."""
+    code = (
+        "import audience_sync.platforms.meta\n"  # the package imported through one of its modules
+        "from audience_sync.core.platforms import is_builtin\n"
+        "print(is_builtin('meta'), is_builtin('nowhere'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
+    with registered():
+        assert not is_builtin("metaclone")
+    assert is_builtin("meta")

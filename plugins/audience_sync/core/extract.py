@@ -72,6 +72,8 @@ class ExtractCounts:
     field_errors: Counter[str] = field(default_factory=Counter)
     staged: dict[str, dict[str, Any]] = field(default_factory=dict)
     no_consent_path: str | None = None
+    #: processes that hashed the group: 1 (this one) or the worker pool's size
+    workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +87,7 @@ class ExtractCounts:
             "field_errors": dict(sorted(self.field_errors.items())),
             "staged": self.staged,
             "no_consent_path": self.no_consent_path,
+            "workers": self.workers,
         }
 
 
@@ -121,7 +124,7 @@ def extract_and_stage(
     out_dir.mkdir(parents=True, exist_ok=True)
     stager = _Stager(out_dir, local.schemas)
     try:
-        for part in _hashed(chunks, spec, keys, local, workers):
+        for part in _hashed(chunks, spec, keys, local, workers, stager.counts):
             stager.add(part)
     finally:
         stager.close()
@@ -297,9 +300,15 @@ def _hash_in_worker(chunk: Chunk) -> _Hashed:
 
 
 def _hashed(
-    chunks: Iterable[Chunk], spec: _Spec, keys: StateKeys, local: _Hasher, workers: int | None
+    chunks: Iterable[Chunk],
+    spec: _Spec,
+    keys: StateKeys,
+    local: _Hasher,
+    workers: int | None,
+    counts: ExtractCounts,
 ) -> Iterator[_Hashed]:
-    """The chunks, hashed and in order: here for a one-chunk group, else by a pool of processes."""
+    """The chunks, hashed and in order: here for a one-chunk group, else by a pool of processes
+    (``counts.workers`` says which)."""
     it = iter(chunks)
     first = next(it, None)
     if first is None:
@@ -314,6 +323,7 @@ def _hashed(
     context = multiprocessing.get_context("spawn")
     pending: deque[tuple[Future[_Hashed], Chunk]] = deque()
     log.info("hashing the group in %d worker processes", count)
+    counts.workers = count
     try:
         with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text())) as pool:
             for chunk in rest:
@@ -329,6 +339,7 @@ def _hashed(
         # e.g. a script that starts extraction without an ``if __name__ == "__main__":`` guard
         # (spawned workers import the main module), or a worker killed for memory
         log.warning("extraction workers stopped (%s); hashing the rest of the group in this process", exc)
+        counts.workers = 1
         for _future, chunk in pending:
             yield local.hash(chunk)
         yield from map(local.hash, rest)

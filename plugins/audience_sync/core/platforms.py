@@ -117,7 +117,6 @@ class UnknownPlatformError(AudienceSyncError, ValueError):
 
 
 _registry: dict[str, Platform] = {}
-_builtins: dict[str, Platform] = {}  # as the built-ins package registered them
 _builtins_loaded = False
 
 
@@ -132,7 +131,6 @@ def _load_builtins() -> None:
     except BaseException:
         _builtins_loaded = False
         raise
-    _builtins.update(_registry)
 
 
 def register(platform: Platform, *, replace: bool = False) -> Platform:
@@ -150,11 +148,12 @@ def register(platform: Platform, *, replace: bool = False) -> Platform:
 
 
 def is_builtin(name: str) -> bool:
-    """Whether ``name`` is registered as the built-ins package registers it, so that a fresh process
-    (an extraction worker) gets the same platform by importing that package."""
+    """Whether ``name`` is registered as the built-ins package registers it (its ``BUILTINS``), so that
+    a fresh process (an extraction worker) gets the same platform by importing that package."""
     _load_builtins()
     spec = _registry.get(name)
-    return spec is not None and _builtins.get(name) is spec
+    package = importlib.import_module(BUILTINS_PACKAGE)
+    return spec is not None and any(spec is builtin for builtin in getattr(package, "BUILTINS", ()))
 
 
 def unregister(name: str) -> None:

@@ -11,6 +11,10 @@ from __future__ import annotations
 from audience_sync.core.platforms import register
 from audience_sync.platforms import meta
 
-register(meta.META)
+#: the platforms this package registers, in order (``core.platforms.is_builtin`` reads it)
+BUILTINS = (meta.META,)
+
+for _platform in BUILTINS:
+    register(_platform)
 
 __all__ = ["meta"]
