@@ -114,18 +114,8 @@ def searchable(i: int) -> set[str]:
     """Every raw identifier value and normalised form of one customer long enough to search free text for."""
     c = customer(i)
     out = {c["customer_id"], sha(c["customer_id"])}
-    for field in (
-        "email",
-        "phone",
-        "first_name",
-        "last_name",
-        "city",
-        "state",
-        "zip",
-        "date_of_birth",
-        "madid",
-        "external_id",
-    ):
+    # a country code or a gender is too short or too common a word to search free text for
+    for field in (t for t in IDENTIFIER_TYPES if t not in ("country", "gender")):
         if c[field]:
             out.add(c[field].strip())
     out.add(re.sub(r"\D", "", c["phone"]))

@@ -126,7 +126,7 @@ def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
     first = [row(k) for k in range(500)]
     changes = mirror_changes(store, entry.id, first, "r1")
     assert store.stage_size(changes.key) == 500  # everyone is new
-    store.apply_stage(entry.id, changes.key, "r1", mode="mirror", changes_only=True)
+    store.apply_stage(entry.id, changes.key, "r1", mode="mirror")
     store.drop_stage(changes.key)
     with store.engine.begin() as conn:  # as if every member had been sent and confirmed
         conn.execute(
@@ -147,7 +147,7 @@ def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
     c = changes.comparison
     assert (c.group, c.new, c.changed, c.unchanged) == (497, 7, 5, 485)
     assert store.stage_size(changes.key) == 7 + 5 + 10
-    store.apply_stage(entry.id, changes.key, "r3", mode="mirror", changes_only=True)
+    store.apply_stage(entry.id, changes.key, "r3", mode="mirror")
     store.drop_stage(changes.key)
     counts = store.ledger_counts(entry.id)
     assert counts["removing"] == 10 and counts["pending"] == 7 + 5 and counts["sent"] == 485 - 0

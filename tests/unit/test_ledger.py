@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from audience_sync.core.contract import ProcessingStatus
-from audience_sync.core.delta import StagedGroup, compare
+from audience_sync.core.delta import StagedGroup, compare, stage_changes
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
 from audience_sync.core.uploads import UploadLog
@@ -23,6 +23,27 @@ def member_id(k: int) -> str:
 
 def rows(keys: list[int], salt: str = "") -> list[tuple[str, str, str]]:
     return [KEYS.staged_row(member_id(k), SCHEMA, [f"{k:064x}", f"{k + 7:063x}{salt or 'a'}"]) for k in keys]
+
+
+def apply_group(
+    store: StateStore, registry_id: int, group: list[tuple[str, str, str]], run_id: str, mode: str = "mirror"
+) -> None:
+    """Apply a group to an audience's ledger as a sync does: stage what changes, apply it, drop it."""
+    changes = stage_changes(
+        store,
+        registry_id,
+        StagedGroup(group),
+        mode=mode,
+        backfill=False,
+        exclude=None,
+        dag_id="d",
+        run_id=run_id,
+        lease=None,
+    )
+    try:
+        store.apply_stage(registry_id, changes.key, run_id, mode=mode)
+    finally:
+        store.drop_stage(changes.key)
 
 
 def plan_counts(store: StateStore, registry_id: int, group: list[tuple[str, str, str]]) -> dict[str, int]:
@@ -106,7 +127,6 @@ def _send_all(store: StateStore, rid: int, op: str, run: str) -> list[str]:
 
 def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None:
     entry, _ = store.register("meta", "act_1", "seg_users", "1", "created")
-    key = store.stage_members(rows([1, 2, 3, 4, 5]))
     assert plan_counts(store, entry.id, rows([1, 2, 3, 4, 5])) == {
         "group": 5,
         "adds": 5,
@@ -115,19 +135,16 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
         "removes": 0,
         "unchanged": 0,
     }
-    store.apply_stage(entry.id, key, "r1", mode="mirror")
-    store.drop_stage(key)
+    apply_group(store, entry.id, rows([1, 2, 3, 4, 5]), "r1")
     assert store.ledger_counts(entry.id)["pending"] == 5
     assert len(_send_all(store, entry.id, "add", "r1")) == 5
     assert store.ledger_counts(entry.id)["sent"] == 5
 
     # run 2: 1 and 2 left, 6 joined, 3 changed its hashes, 4 and 5 unchanged
     staged = rows([4, 5, 6]) + rows([3], salt="b")
-    key = store.stage_members(staged)
     plan = plan_counts(store, entry.id, staged)
     assert plan == {"group": 4, "adds": 2, "new": 1, "changed": 1, "removes": 2, "unchanged": 2}
-    store.apply_stage(entry.id, key, "r2", mode="mirror")
-    store.drop_stage(key)
+    apply_group(store, entry.id, staged, "r2")
     removals = list(UploadLog(store).iter_work(entry.id, "remove", 100))[0]
     # the removal upload takes off those who left, and the old hashes of the one who changed
     assert {r.member_id for r in removals} == {member_id(1), member_id(2), member_id(3)}
@@ -141,27 +158,33 @@ def test_mirror_transitions_adds_changes_and_removals(store: StateStore) -> None
     assert counts["sent"] == 4 and counts["removed"] == 2 and counts["pending"] == 0
 
     # run 3: nothing changed -> no work at all
-    key = store.stage_members(staged)
-    store.apply_stage(entry.id, key, "r3", mode="mirror")
-    store.drop_stage(key)
+    apply_group(store, entry.id, staged, "r3")
     log = UploadLog(store)
     assert log.count_work(entry.id, "add") == 0 and log.count_work(entry.id, "remove") == 0
 
 
 def test_add_only_never_queues_removals(store: StateStore) -> None:
     entry, _ = store.register("meta", "act_1", "add_only_users", "1", "created")
-    key = store.stage_members(rows([1, 2]))
-    store.apply_stage(entry.id, key, "r1", mode="add_only")
+    apply_group(store, entry.id, rows([1, 2]), "r1", mode="add_only")
     _send_all(store, entry.id, "add", "r1")
-    key = store.stage_members(rows([3]))
-    store.apply_stage(entry.id, key, "r2", mode="add_only")
+    apply_group(store, entry.id, rows([3]), "r2", mode="add_only")
     assert UploadLog(store).count_work(entry.id, "remove") == 0
     assert store.ledger_counts(entry.id)["sent"] == 2
 
 
 def test_an_unanswered_batch_is_found_in_flight_after_a_crash(store: StateStore) -> None:
     entry, _ = store.register("meta", "act_1", "crash_users", "1", "created")
-    key = store.stage_members(rows(list(range(10))))
+    key = stage_changes(
+        store,
+        entry.id,
+        StagedGroup(rows(list(range(10)))),
+        mode="mirror",
+        backfill=False,
+        exclude=None,
+        dag_id="d",
+        run_id="r1",
+        lease=None,
+    ).key
     store.apply_stage(entry.id, key, "r1", mode="mirror")
     log = UploadLog(store)
     rec = log.set_handle(log.create(entry.id, "aud", "add", "r1", 10), "session-1")

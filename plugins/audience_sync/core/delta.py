@@ -161,7 +161,7 @@ def stage_changes(
     run_id: str,
     lease: tuple[str, str] | None,
 ) -> Changes:
-    """Stage the members whose ledger rows change, for ``StateStore.apply_stage(changes_only=True)``.
+    """Stage the members whose ledger rows change, for ``StateStore.apply_stage``.
 
     Rows go to the stage only when the ledger has to change for them: members new to it, members
     whose hashes changed or that are not on (or on their way to) the platform, every member for a

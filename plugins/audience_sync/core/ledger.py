@@ -519,13 +519,12 @@ class StateStore:
         *,
         mode: str,
         backfill: bool = False,
-        changes_only: bool = False,
     ) -> None:
-        """Turn the staged group into pending ledger work, in bulk SQL.
+        """Turn a stage of changes into pending ledger work, in bulk SQL.
 
-        :param changes_only: the stage holds only the members whose ledger rows change, and the members
-            that left the group marked with :data:`LEAVING` as their row hash (``core/delta.py`` stages
-            that); otherwise it holds the whole group, and whoever is not in it has left.
+        The stage (``core/delta.py``'s :func:`~audience_sync.core.delta.stage_changes`) holds only the
+        members whose ledger rows change, and the members that left the group, marked with
+        :data:`LEAVING` as their row hash.
 
         - new members become ``pending``/``add``;
         - known members whose hashes changed, or that are not on the platform and not on their way
@@ -604,11 +603,11 @@ class StateStore:
                 )
             )
             if mode == "mirror":
-                staged_here = sa.and_(stage.c.stage_key == key, stage.c.member_id == ledger.c.member_id)
-                if changes_only:
-                    gone = sa.exists().where(staged_here, stage.c.row_hash == LEAVING)
-                else:
-                    gone = ~sa.exists().where(staged_here)
+                gone = sa.exists().where(
+                    stage.c.stage_key == key,
+                    stage.c.member_id == ledger.c.member_id,
+                    stage.c.row_hash == LEAVING,
+                )
                 mine = ledger.c.registry_id == registry_id
                 # on the platform, or maybe (a batch in flight when a task died): remove what may be there
                 conn.execute(

@@ -270,7 +270,7 @@ def _sync_locked(
     try:
         if excluded:
             notes.append(f"{excluded} member(s) excluded: already in {', '.join(req.exclude_segments)}")
-        store.apply_stage(entry.id, changes.key, req.run_id, mode=mode, backfill=backfill, changes_only=True)
+        store.apply_stage(entry.id, changes.key, req.run_id, mode=mode, backfill=backfill)
         if revoked and mode != "replace":
             n = store.queue_removals(entry.id, revoked, req.run_id)
             if n:
