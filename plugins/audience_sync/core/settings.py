@@ -257,8 +257,8 @@ VARIABLES: tuple[Variable, ...] = (
         "airflow_home",
         "path",
         "`~/airflow`",
-        "Airflow's own; audience-sync keeps staging files and the default SQLite state database "
-        "under `$AIRFLOW_HOME/audience_sync/`.",
+        "Airflow's own; audience-sync keeps staging files (unless `AUDIENCE_SYNC_STAGING_URL` says "
+        "otherwise) and the default SQLite state database under `$AIRFLOW_HOME/audience_sync/`.",
         _path,
     ),
 )
