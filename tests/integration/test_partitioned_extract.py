@@ -168,3 +168,84 @@ def check(stack: AirflowStack, sandbox, store: Path, home: Path) -> None:
     assert not (home / "audience_sync" / "staging").exists()
     assert sorted(p.name for p in store.iterdir()) == [split, whole]
     assert not any(store.rglob("*.parquet"))  # record_metrics removed each run's folder
+
+
+def sql_campaign(folder: Path, stem: str, partitions: str) -> None:
+    (folder / f"{stem}.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            campaign: Partitioned SQL {stem}
+            duration: {{start: 2026-08-01}}
+            schedule: "@daily"
+            segment_name: {stem}_users
+            retries: 0
+            audience_group:
+              sql: "SELECT customer_id, email, mobile, first_name, last_name, country, ads_consent FROM customers;"
+              conn_id: crm_db
+              key: customer_id
+              identifiers: {{email: email, phone: mobile, first_name: first_name, last_name: last_name,
+                             country: country}}
+              default_country: US
+              consent: {{column: ads_consent}}
+            destinations:
+              - platform: meta
+                ad_account_id: "{ACCOUNT}"
+            partitions: {partitions}
+            """
+        )
+    )
+
+
+def run_xcoms(dag_id: str, run_id: str, task_id: str) -> list[object]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        rows = s.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, key="return_value")
+        return [r.value for r in sorted(rows, key=lambda r: r.map_index)]
+
+
+@pytest.mark.timeout(240)
+def test_a_sql_group_sized_at_run_time_and_a_fixed_split_sync_the_same_members(
+    airflow_db, fresh_sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``partitions: auto`` counts a SQL group with ``COUNT(*)`` on its connection; ``partitions: 3``
+    maps the extract task over a literal list: both run (``dag.test()``) and sync the same members."""
+    import os
+
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+
+    from audience_sync.demo_data import write_demo_db
+
+    crm = tmp_path / "crm.db"
+    write_demo_db(crm, n=2500, seed=3)
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    sql_campaign(folder, "sized", "auto")
+    sql_campaign(folder, "fixed", "3")
+    store = tmp_path / "object-store"
+    monkeypatch.setenv("AUDIENCE_SYNC_CAMPAIGNS_DIR", str(folder))
+    monkeypatch.setenv("AUDIENCE_SYNC_STAGING_URL", f"file://{store}")
+    monkeypatch.setenv("AUDIENCE_SYNC_PARTITION_ROWS", "1000")
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", json.dumps({"conn_type": "sqlite", "host": str(crm)}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AUDIENCE_SYNC_DB",
+        json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "state.db")}),
+    )
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    totals = {}
+    for stem in ("sized", "fixed"):
+        dag_id = f"ads_audience__{stem}"
+        run = bag.dags[dag_id].test(logical_date=pendulum.datetime(2026, 11, 20, tz="UTC"))
+        assert run.state == "success", stem
+        parts = run_xcoms(dag_id, run.run_id, "extract")
+        assert [p["partition"] for p in parts] == [[0, 3], [1, 3], [2, 3]]
+        assert sum(p["rows"] for p in parts) == 2500
+        totals[stem] = sum(p["staged"]["meta"]["rows"] for p in parts)
+        assert all(p["staged"]["meta"]["url"].startswith(f"file://{store}/{dag_id}/") for p in parts)
+        sizing = run_xcoms(dag_id, run.run_id, "partition")  # only the auto DAG has a partition task
+        assert sizing == ([[[0, 3], [1, 3], [2, 3]]] if stem == "sized" else [])
+    assert totals["sized"] == totals["fixed"] > 500
+    assert members(fresh_sandbox, "sized_users") == members(fresh_sandbox, "fixed_users")
+    assert not any(store.rglob("*.parquet"))
