@@ -13,16 +13,16 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import PARTS, staged_parts, staged_schema
 from audience_sync.core.keys import payload_json
-from audience_sync.core.ledger import LEAVING, StateStore, ledger, registry
+from audience_sync.core.ledger import KEEP_PAYLOAD, LEAVING, StateStore, fetch_columns, ledger, registry
 
 #: members (staged + ledger) compared at once, at most about
 SLICE_ROWS = 1_000_000
@@ -30,10 +30,11 @@ SLICE_ROWS = 1_000_000
 #: staged rows turned into Python values at once
 ROWS_PER_BATCH = 50_000
 
-#: ledger rows fetched per database round trip
-FETCH_ROWS = 100_000
+_IDS = pa.schema([("member_id", pa.string()), ("row_hash", pa.string()), ("fingerprint", pa.string())])
 
-_IDS = pa.schema([("member_id", pa.string()), ("row_hash", pa.string())])
+
+class StaleExtraction(AudienceSyncError):
+    """Rows extraction took from the ledger (same fingerprint) no longer match it: extract again."""
 
 
 class StagedGroup:
@@ -41,6 +42,9 @@ class StagedGroup:
 
     :param source: a staged folder (or single file) written by extraction, or rows
         ``(member_id, row_hash, payload)`` (tests, small groups).
+
+    A staged row with a null ``row_hash`` is one extraction found unchanged by its fingerprint
+    (``core/fingerprints.py``): it stands for the ledger row with that fingerprint, payload and hash.
     """
 
     def __init__(self, source: str | Path | Iterable[tuple[str, str, str]]) -> None:
@@ -57,28 +61,31 @@ class StagedGroup:
             for row in source:
                 for column, value in zip(columns, row, strict=True):
                     column.append(value)
-            self.table = pa.table(list(columns), schema=_IDS.append(pa.field("payload", pa.string())))
+            ids, hashes, payloads = columns
+            self.table = pa.table(
+                [ids, hashes, [None] * len(ids), payloads],
+                schema=_IDS.append(pa.field("payload", pa.string())),
+            )
             self.size = self.table.num_rows
 
     def slice(self, prefix: str, *, full: bool = False) -> pa.Table:
         """The members whose id starts with ``prefix`` (``""``: all): ids and row hashes, and with
         ``full`` what :meth:`payloads` needs too."""
         if self.table is not None:
-            table = self.table if full else self.table.select(["member_id", "row_hash"])
+            table = self.table if full else self.table.select(_IDS.names)
             return _starting(table, prefix)
         if prefix and set(self.parts) == set(PARTS):
             files = [self.parts[prefix[0]]]
         else:  # every part, or a single file staged by an older version
             files = list(self.parts.values())
-        columns = None if full else ["member_id", "row_hash"]
-        tables = [pq.read_table(f, columns=columns) for f in files]
+        tables = [_read_part(f, full) for f in files]
         return _starting(pa.concat_tables(tables) if tables else _IDS.empty_table(), prefix)
 
     def payloads(self, table: pa.Table) -> list[str]:
         """The ledger payload (schema key -> value as staged) of each row of a full slice."""
         if self.table is not None:
             return [str(p) for p in table["payload"].to_pylist()]
-        columns = [table[name].to_pylist() for name in self.schema]
+        columns = [table[name].to_pylist() for name in self.schema]  # rows with a row hash only
         return [payload_json(self.schema, [v or "" for v in values]) for values in zip(*columns, strict=True)]
 
 
@@ -167,6 +174,11 @@ def stage_changes(
     whose hashes changed or that are not on (or on their way to) the platform, every member for a
     replace, new members only for a backfill; in mirror mode, the members that left the group, marked
     with :data:`~audience_sync.core.ledger.LEAVING`. A rerun that changes little stages little.
+
+    Rows extraction staged unchanged by fingerprint carry no hash or values: when the ledger must move
+    them anyway they are staged with the ledger's own hash and :data:`KEEP_PAYLOAD`. Rows with the
+    ledger's hash but another fingerprint (raw values that normalise the same, or new rules) are
+    staged with :data:`KEEP_PAYLOAD` too, so the ledger records their fingerprint and nothing else.
     """
     out = Comparison()
     requeue = ("pending", "failed", "removed")
@@ -186,7 +198,34 @@ def stage_changes(
                     pc.fill_null(pc.equal(joined["op"], "remove"), False),
                 )
                 pick = pc.or_(pc.or_(new, moved), pc.invert(_same_hash(joined)))
-            wanted = joined.filter(pick)["member_id"]
+            if not backfill:  # same hashes from other raw values (or rules): record their fingerprints
+                moved_print = pc.fill_null(
+                    pc.not_equal(joined["fingerprint"], joined["fingerprint_ledger"]), True
+                )
+                refresh = pc.and_(
+                    pc.and_(pc.invert(pick), pc.is_valid(joined["row_hash"])),
+                    pc.and_(pc.is_valid(joined["fingerprint"]), moved_print),
+                )
+                fresh = joined.filter(refresh)
+                yield from zip(
+                    fresh["member_id"].to_pylist(),
+                    fresh["row_hash"].to_pylist(),
+                    [KEEP_PAYLOAD] * fresh.num_rows,
+                    fresh["fingerprint"].to_pylist(),
+                    strict=True,
+                )
+            picked = joined.filter(pick)
+            kept = pc.is_null(picked["row_hash"])
+            # unchanged raw rows (by fingerprint) the ledger must move anyway: its own hash and payload
+            same = picked.filter(kept)
+            yield from zip(
+                same["member_id"].to_pylist(),
+                same["row_hash_ledger"].to_pylist(),
+                [KEEP_PAYLOAD] * same.num_rows,
+                same["fingerprint"].to_pylist(),
+                strict=True,
+            )
+            wanted = picked.filter(pc.invert(kept))["member_id"]
             if len(wanted):  # only now the staged values: a rerun that changes nothing never reads them
                 full = staged.slice(_prefix, full=True)
                 chosen_rows = full.filter(pc.is_in(full["member_id"], wanted))
@@ -196,6 +235,7 @@ def stage_changes(
                         chosen["member_id"].to_pylist(),
                         chosen["row_hash"].to_pylist(),
                         staged.payloads(chosen),
+                        chosen["fingerprint"].to_pylist(),
                         strict=True,
                     )
             if mode == "mirror" and not backfill:
@@ -229,11 +269,15 @@ def _slices(
             group = kept
         out.group += group.num_rows
         if registry_id is None:
+            if group.num_rows and group["row_hash"].null_count:
+                raise _stale()
             yield prefix, group, None, None
             continue
         known = _ledger_slice(store, registry_id, prefix)
         joined = group.join(known, "member_id", join_type="left outer", right_suffix="_ledger")
         status, same_hash = joined["status"], _same_hash(joined)
+        if _count(pc.and_(pc.is_null(joined["row_hash"]), pc.invert(same_hash))):
+            raise _stale()
         out.new += _count(pc.is_null(status))
         out.unchanged += _count(pc.and_(pc.fill_null(pc.equal(status, "sent"), False), same_hash))
         out.changed += _count(pc.and_(pc.fill_null(joined["has_sent"], False), pc.invert(same_hash)))
@@ -241,8 +285,38 @@ def _slices(
 
 
 def _same_hash(joined: pa.Table) -> pa.ChunkedArray:
-    """Per joined row: the ledger holds the staged row hash (False for members new to it)."""
-    return pc.fill_null(pc.equal(joined["row_hash"], joined["row_hash_ledger"]), False)
+    """Per joined row: the ledger holds the staged row hash, or the fingerprint of a row staged without
+    one (False for members new to the ledger)."""
+    return pc.or_(
+        pc.fill_null(pc.equal(joined["row_hash"], joined["row_hash_ledger"]), False),
+        pc.fill_null(
+            pc.and_(
+                pc.is_null(joined["row_hash"]), pc.equal(joined["fingerprint"], joined["fingerprint_ledger"])
+            ),
+            False,
+        ),
+    )
+
+
+def _stale() -> StaleExtraction:
+    return StaleExtraction(
+        "the staged group reuses ledger rows (same raw values) that the ledger no longer holds as they were "
+        "at extraction (another run changed the audience since). Fix: run the extract task again, then "
+        "this task."
+    )
+
+
+def _read_part(path: Path, full: bool) -> pa.Table:
+    """A staged part's ids, row hashes and fingerprints (all columns with ``full``); files staged before
+    fingerprints existed get a null fingerprint column."""
+    table = pq.read_table(path, columns=None if full else [n for n in _IDS.names if n in _names(path)])
+    if "fingerprint" not in table.column_names:
+        table = table.append_column("fingerprint", pa.nulls(table.num_rows, pa.string()))
+    return table
+
+
+def _names(path: Path) -> list[str]:
+    return list(pq.ParquetFile(path).schema_arrow.names)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -282,8 +356,9 @@ def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
         ledger.c.status,
         ledger.c.sent_payload.is_not(None).label("has_sent"),
         ledger.c.op,
+        ledger.c.fingerprint,
     ).where(ledger.c.registry_id == registry_id, *_in_slice(ledger.c.member_id, prefix))
-    columns = _fetch_columns(store, q, 5)
+    columns = fetch_columns(store.engine, q, 6)
     return pa.table(
         {
             "member_id": pa.array(columns[0], pa.string()),
@@ -291,31 +366,9 @@ def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
             "status": pa.array(columns[2], pa.string()),
             "has_sent": pa.array([bool(v) for v in columns[3]], pa.bool_()),
             "op": pa.array(columns[4], pa.string()),
+            "fingerprint": pa.array(columns[5], pa.string()),  # fingerprint_ledger once joined
         }
     )
-
-
-def _fetch_columns(store: StateStore, query: sa.Select[Any], width: int) -> list[list[Any]]:
-    """The query's rows as columns, fetched on the driver's own cursor.
-
-    SQLAlchemy builds a Row object per row; for a slice of a million ledger rows that costs several
-    seconds, the plain cursor a fraction of it. Only plain columns are selected here (no type that
-    converts values), so nothing is lost by skipping SQLAlchemy's result processing.
-    """
-    columns: list[list[Any]] = [[] for _ in range(width)]
-    with store.engine.connect() as conn:
-        compiled = query.compile(dialect=conn.dialect)
-        params = compiled.params
-        args = tuple(params[k] for k in compiled.positiontup or ()) if compiled.positional else params
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(str(compiled), args)
-            while rows := cursor.fetchmany(FETCH_ROWS):
-                for column, values in zip(columns, zip(*rows, strict=True), strict=True):
-                    column.extend(values)
-        finally:
-            cursor.close()
-    return columns
 
 
 def _holders(store: StateStore, exclude: Exclusion, prefix: str) -> pa.Array:
