@@ -222,6 +222,8 @@ def v2_metadata() -> sa.MetaData:
         v3 = t.name in ("as_member_ledger", "as_stage")
         columns = [c._copy() for c in t.columns if not (v3 and c.name == "fingerprint")]
         sa.Table(t.name, md, *columns)
+    ledger_v2 = md.tables["as_member_ledger"].c
+    sa.Index("ix_as_ledger_status", ledger_v2.registry_id, ledger_v2.status, ledger_v2.op)
     return md
 
 
@@ -240,6 +242,10 @@ def test_a_v2_state_upgrades_to_v3_in_place_and_the_next_run_sends_nothing(
             assert sorted(c.execute(sa.select(schema_version.c.version)).scalars()) == [2, 3]
             for table in ("as_member_ledger", "as_stage"):
                 assert "fingerprint" in {col["name"] for col in sa.inspect(c).get_columns(table)}
+            (index,) = [
+                i for i in sa.inspect(c).get_indexes("as_member_ledger") if i["name"] == "ix_as_ledger_status"
+            ]
+            assert index["column_names"] == ["registry_id", "status", "op", "fingerprint"]
         assert migrations.upgrade_v2_to_v3(world.store.engine) is False  # idempotent
         rows = [customer(i) for i in GROUP]
         _, out = world.run(rows)

@@ -17,7 +17,7 @@ revisit rows), and serialises concurrent upgraders by locking the version rows f
 described here as they were at v1 (lightweight ``sa.table``), not imported from ``ledger.py``.
 
 v2 -> v3 (row fingerprints, ``core/fingerprints.py``), in place: a nullable ``fingerprint`` column in the
-ledger and the stage table. Existing rows get none, so the first v3 run hashes every row once (and
+ledger and the stage table, and the ledger's status index extended with it. Existing rows get none, so the first v3 run hashes every row once (and
 sends nothing new: its row hashes are the v2 ones) and records their fingerprints.
 """
 
@@ -132,6 +132,13 @@ def upgrade_v2_to_v3(engine: Engine) -> bool:
             for column in columns:
                 if column.split()[0] not in have:
                     conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column}"))
+        # the status index covers the fingerprint lookup of a rerun (``fingerprints.known_prints``)
+        conn.execute(sa.text("DROP INDEX IF EXISTS ix_as_ledger_status"))
+        conn.execute(
+            sa.text(
+                "CREATE INDEX ix_as_ledger_status ON as_member_ledger (registry_id, status, op, fingerprint)"
+            )
+        )
         conn.execute(_version.insert().values(version=3, applied_at=dt.datetime.now(dt.UTC)))
     log.info("Upgraded the state database to schema version 3 (row fingerprints)")
     return True
