@@ -24,7 +24,7 @@ from audience_sync.core.fingerprints import known_for, rules_version
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, metadata, schema_version
 from audience_sync.core.normalize import RowHasher, get_rules
-from audience_sync.core.sync import RetryPolicy, SyncRequest, sync_audience
+from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, sync_audience
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
 
@@ -170,6 +170,29 @@ def test_a_replace_of_unchanged_rows_resends_the_ledger_values(world: World) -> 
     assert [(e["op"], e.get("num_rows")) for e in world.member_requests(since)] == [("replace", len(GROUP))]
     assert world.members(out.audience_id) == {sent_values(c) for c in rows}  # MADIDs decrypted, exact
     assert out2.counts["sent"] == len(GROUP)
+
+
+def test_a_deleted_audience_is_recreated_from_unchanged_rows_with_the_ledger_values(world: World) -> None:
+    rows = [customer(i) for i in GROUP]
+    _, first = world.run(rows)
+    world.dest().api.call("DELETE", (first.audience_id,))
+    counts = world.extract(rows)
+    assert counts.reused == len(GROUP)
+
+    req = SyncRequest(
+        dag_id="dag_fingerprints",
+        run_id="plan",
+        platform="meta",
+        account=world.account,
+        segment_name=world.segment,
+        schema=tuple(HASHER.schema),
+    )
+    plan = plan_sync(world.dest(), world.store, req, StagedGroup(counts.staged["meta"]["path"]), retry=FAST)
+    out = world.sync(counts)
+
+    assert plan["audience"]["id"] is None and plan["adds"] == len(GROUP)  # would re-create, no error
+    assert out.audience_action == "recreated" and out.audience_id != first.audience_id
+    assert world.members(out.audience_id) == {sent_values(c) for c in rows}  # MADIDs decrypted, exact
 
 
 def test_a_ledger_changed_since_extraction_fails_the_sync_instead_of_guessing(world: World) -> None:

@@ -268,9 +268,7 @@ def _slices(
             out.excluded += group.num_rows - kept.num_rows
             group = kept
         out.group += group.num_rows
-        if registry_id is None:
-            if group.num_rows and group["row_hash"].null_count:
-                raise _stale()
+        if registry_id is None:  # everyone is new (a plan only: a sync always has the audience)
             yield prefix, group, None, None
             continue
         known = _ledger_slice(store, registry_id, prefix)

@@ -79,7 +79,8 @@ class ExtractCounts:
     no_consent_path: str | None = None
     #: processes that hashed the group: 1 (this one) or the worker pool's size
     workers: int = 1
-    #: rows normalised and hashed, and rows staged unchanged by their fingerprint (neither)
+    #: rows normalised and hashed, and rows staged unchanged by their fingerprint (neither; their
+    #: identifier problems are not counted again in ``field_errors``)
     hashed: int = 0
     reused: int = 0
 
