@@ -159,6 +159,8 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     assert later and not [e for e in later if e["path"].endswith(("/users", "/usersreplace"))]
     assert x2["sent"] == sync["sent"]
     assert len(store.read_metrics(DAG_ID)) == 2
+    # the extract task found the audience from the DAG's sync task: unchanged rows were not hashed again
+    assert x2_extract["reused"] > 0 and extract["reused"] == 0
 
     # no raw email or phone from the input anywhere: logs, XCom, state DB, staged files
     out, err = capfd.readouterr()

@@ -39,6 +39,7 @@ ACCOUNT = "act_5550001"
 SEGMENT = "privacy_scan_users"
 N = 36
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
 UK = [
     ("SY23 1PL", "Aberystwyth", "Ceredigion"),
     ("LL30 2RP", "Llandudno", "Conwy"),
@@ -217,11 +218,12 @@ def test_no_raw_identifier_or_plain_key_hash_anywhere_after_runs_with_every_iden
     for row in meta_table.to_pylist():
         i = ids[row.pop("member_id")]
         row.pop("row_hash")
+        assert HEX32.match(row.pop("fingerprint"))  # a keyed fingerprint of the raw row, nothing else
         check_sealed({k: v or "" for k, v in row.items()}, i, keys, "staged file")
     engine = sa.create_engine(state_url)
     with engine.connect() as c:
         ledger_rows = c.execute(
-            sa.text("SELECT member_id, payload, sent_payload FROM as_member_ledger")
+            sa.text("SELECT member_id, payload, sent_payload, fingerprint FROM as_member_ledger")
         ).all()
         tables = sa.inspect(engine).get_table_names()
         db_dump = "\n".join(str(tuple(r)) for t in tables for r in c.execute(sa.text(f"SELECT * FROM {t}")))
@@ -230,6 +232,7 @@ def test_no_raw_identifier_or_plain_key_hash_anywhere_after_runs_with_every_iden
     assert metrics == 3 and {"as_member_ledger", "as_run_metrics", "as_stage"} <= set(tables)
     assert {r.member_id for r in ledger_rows} == set(ids)
     for r in ledger_rows:
+        assert r.fingerprint is None or HEX32.match(r.fingerprint), "ledger fingerprint"
         check_sealed(json.loads(r.payload), ids[r.member_id], keys, "ledger payload")
         if r.sent_payload:
             check_sealed(json.loads(r.sent_payload), ids[r.member_id], keys, "ledger sent_payload")

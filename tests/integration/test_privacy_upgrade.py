@@ -74,17 +74,18 @@ def v1_member_id(i: int) -> str:
     return sha(customer(i)["customer_id"].strip())
 
 
-#: what v2 added: whole tables, and columns of tables v1 had
+#: what v2 and v3 added: whole tables, and columns of tables v1 had
 V2_TABLES = {"as_state_keys", "as_uploads", "as_stage_owner"}
 V2_COLUMNS = {
     "upload_id",
     "batch_seq",
     *(f"run_{k}" for k in ("added", "removed", "resent", "unchanged", "rejected")),
+    "fingerprint",  # v3
 }
 
 
 def v1_metadata() -> sa.MetaData:
-    """The tables as v1 created them: today's, less what v2 added."""
+    """The tables as v1 created them: today's, less what v2 and v3 added."""
     md = sa.MetaData()
     for t in metadata.sorted_tables:
         if t.name in V2_TABLES:
@@ -247,7 +248,7 @@ def test_v1_ledger_upgrades_in_place_and_the_next_run_sends_nothing(world: World
     store = StateStore(world.url, keys=keys)  # upgrades
 
     with store.engine.connect() as c:
-        assert c.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() == 2
+        assert c.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() == migrations.LATEST
         rows = {r.member_id: r for r in c.execute(sa.select(ledger).where(ledger.c.registry_id == rid))}
         assert c.execute(sa.select(sa.func.count()).select_from(stage)).scalar() == 0
     assert set(rows) == {keys.rekey(v1_member_id(i)) for i in [*GROUP, REMOVED_UNDER_V1]}
@@ -266,8 +267,9 @@ def test_v1_ledger_upgrades_in_place_and_the_next_run_sends_nothing(world: World
     after = dump(world.url)
     assert not [v for v in raw if v in after], "raw identifiers or plain member-key hashes left after upgrade"
 
-    # the upgrade is idempotent: a second pass finds version 2 and changes nothing
+    # the upgrade is idempotent: a second pass finds version 3 and changes nothing
     assert migrations.upgrade_v1_to_v2(store.engine, keys) is False
+    assert migrations.upgrade_v2_to_v3(store.engine) is False
     assert dump(world.url) == after
 
     # the next run, same group, real extract and sync: not a single member request
@@ -343,4 +345,4 @@ def test_concurrent_first_opens_upgrade_once(world: World) -> None:
     assert ids == {
         keys.member_id(customer(i)["customer_id"]) for i in [*GROUP, REMOVED_UNDER_V1]
     }  # keyed once
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]

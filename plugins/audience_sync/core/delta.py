@@ -13,7 +13,6 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,9 +20,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import PARTS, staged_parts, staged_schema
 from audience_sync.core.keys import payload_json
-from audience_sync.core.ledger import LEAVING, StateStore, ledger, registry
+from audience_sync.core.ledger import KEEP_PAYLOAD, LEAVING, StateStore, fetch_columns, ledger, registry
 
 #: members (staged + ledger) compared at once, at most about
 SLICE_ROWS = 1_000_000
@@ -31,10 +31,11 @@ SLICE_ROWS = 1_000_000
 #: staged rows turned into Python values at once
 ROWS_PER_BATCH = 50_000
 
-#: ledger rows fetched per database round trip
-FETCH_ROWS = 100_000
+_IDS = pa.schema([("member_id", pa.string()), ("row_hash", pa.string()), ("fingerprint", pa.string())])
 
-_IDS = pa.schema([("member_id", pa.string()), ("row_hash", pa.string())])
+
+class StaleExtraction(AudienceSyncError):
+    """Rows extraction took from the ledger (same fingerprint) no longer match it: extract again."""
 
 
 class StagedGroup:
@@ -44,6 +45,9 @@ class StagedGroup:
         extraction partition: their members are disjoint), or rows ``(member_id, row_hash, payload)``
         (tests, small groups).
     :param filesystem: where the staged folders are (default: the local filesystem).
+
+    A staged row with a null ``row_hash`` is one extraction found unchanged by its fingerprint
+    (``core/fingerprints.py``): it stands for the ledger row with that fingerprint, payload and hash.
     """
 
     def __init__(
@@ -72,28 +76,31 @@ class StagedGroup:
             for row in source:
                 for column, value in zip(columns, row, strict=True):
                     column.append(value)
-            self.table = pa.table(list(columns), schema=_IDS.append(pa.field("payload", pa.string())))
+            ids, hashes, payloads = columns
+            self.table = pa.table(
+                [ids, hashes, [None] * len(ids), payloads],
+                schema=_IDS.append(pa.field("payload", pa.string())),
+            )
             self.size = self.table.num_rows
 
     def slice(self, prefix: str, *, full: bool = False) -> pa.Table:
         """The members whose id starts with ``prefix`` (``""``: all): ids and row hashes, and with
         ``full`` what :meth:`payloads` needs too."""
         if self.table is not None:
-            table = self.table if full else self.table.select(["member_id", "row_hash"])
+            table = self.table if full else self.table.select(_IDS.names)
             return _starting(table, prefix)
         if prefix and set(self.parts) == set(PARTS):
             files = self.parts[prefix[0]]
         else:  # every part, or a single file staged by an older version
             files = [f for fs in self.parts.values() for f in fs]
-        columns = None if full else ["member_id", "row_hash"]
-        tables = [pq.read_table(str(f), columns=columns, filesystem=self.filesystem) for f in files]
+        tables = [_read_part(f, full, self.filesystem) for f in files]
         return _starting(pa.concat_tables(tables) if tables else _IDS.empty_table(), prefix)
 
     def payloads(self, table: pa.Table) -> list[str]:
         """The ledger payload (schema key -> value as staged) of each row of a full slice."""
         if self.table is not None:
             return [str(p) for p in table["payload"].to_pylist()]
-        columns = [table[name].to_pylist() for name in self.schema]
+        columns = [table[name].to_pylist() for name in self.schema]  # rows with a row hash only
         return [payload_json(self.schema, [v or "" for v in values]) for values in zip(*columns, strict=True)]
 
 
@@ -182,6 +189,11 @@ def stage_changes(
     whose hashes changed or that are not on (or on their way to) the platform, every member for a
     replace, new members only for a backfill; in mirror mode, the members that left the group, marked
     with :data:`~audience_sync.core.ledger.LEAVING`. A rerun that changes little stages little.
+
+    Rows extraction staged unchanged by fingerprint carry no hash or values: when the ledger must move
+    them anyway they are staged with the ledger's own hash and :data:`KEEP_PAYLOAD`. Rows with the
+    ledger's hash but another fingerprint (raw values that normalise the same, or new rules) are
+    staged with :data:`KEEP_PAYLOAD` too, so the ledger records their fingerprint and nothing else.
     """
     out = Comparison()
     requeue = ("pending", "failed", "removed")
@@ -201,7 +213,34 @@ def stage_changes(
                     pc.fill_null(pc.equal(joined["op"], "remove"), False),
                 )
                 pick = pc.or_(pc.or_(new, moved), pc.invert(_same_hash(joined)))
-            wanted = joined.filter(pick)["member_id"]
+            if not backfill:  # same hashes from other raw values (or rules): record their fingerprints
+                moved_print = pc.fill_null(
+                    pc.not_equal(joined["fingerprint"], joined["fingerprint_ledger"]), True
+                )
+                refresh = pc.and_(
+                    pc.and_(pc.invert(pick), pc.is_valid(joined["row_hash"])),
+                    pc.and_(pc.is_valid(joined["fingerprint"]), moved_print),
+                )
+                fresh = joined.filter(refresh)
+                yield from zip(
+                    fresh["member_id"].to_pylist(),
+                    fresh["row_hash"].to_pylist(),
+                    [KEEP_PAYLOAD] * fresh.num_rows,
+                    fresh["fingerprint"].to_pylist(),
+                    strict=True,
+                )
+            picked = joined.filter(pick)
+            kept = pc.is_null(picked["row_hash"])
+            # unchanged raw rows (by fingerprint) the ledger must move anyway: its own hash and payload
+            same = picked.filter(kept)
+            yield from zip(
+                same["member_id"].to_pylist(),
+                same["row_hash_ledger"].to_pylist(),
+                [KEEP_PAYLOAD] * same.num_rows,
+                same["fingerprint"].to_pylist(),
+                strict=True,
+            )
+            wanted = picked.filter(pc.invert(kept))["member_id"]
             if len(wanted):  # only now the staged values: a rerun that changes nothing never reads them
                 full = staged.slice(_prefix, full=True)
                 chosen_rows = full.filter(pc.is_in(full["member_id"], wanted))
@@ -211,6 +250,7 @@ def stage_changes(
                         chosen["member_id"].to_pylist(),
                         chosen["row_hash"].to_pylist(),
                         staged.payloads(chosen),
+                        chosen["fingerprint"].to_pylist(),
                         strict=True,
                     )
             if mode == "mirror" and not backfill:
@@ -243,12 +283,14 @@ def _slices(
             out.excluded += group.num_rows - kept.num_rows
             group = kept
         out.group += group.num_rows
-        if registry_id is None:
+        if registry_id is None:  # everyone is new (a plan only: a sync always has the audience)
             yield prefix, group, None, None
             continue
         known = _ledger_slice(store, registry_id, prefix)
         joined = group.join(known, "member_id", join_type="left outer", right_suffix="_ledger")
         status, same_hash = joined["status"], _same_hash(joined)
+        if _count(pc.and_(pc.is_null(joined["row_hash"]), pc.invert(same_hash))):
+            raise _stale()
         out.new += _count(pc.is_null(status))
         out.unchanged += _count(pc.and_(pc.fill_null(pc.equal(status, "sent"), False), same_hash))
         out.changed += _count(pc.and_(pc.fill_null(joined["has_sent"], False), pc.invert(same_hash)))
@@ -256,8 +298,36 @@ def _slices(
 
 
 def _same_hash(joined: pa.Table) -> pa.ChunkedArray:
-    """Per joined row: the ledger holds the staged row hash (False for members new to it)."""
-    return pc.fill_null(pc.equal(joined["row_hash"], joined["row_hash_ledger"]), False)
+    """Per joined row: the ledger holds the staged row hash, or the fingerprint of a row staged without
+    one (False for members new to the ledger)."""
+    return pc.or_(
+        pc.fill_null(pc.equal(joined["row_hash"], joined["row_hash_ledger"]), False),
+        pc.fill_null(
+            pc.and_(
+                pc.is_null(joined["row_hash"]), pc.equal(joined["fingerprint"], joined["fingerprint_ledger"])
+            ),
+            False,
+        ),
+    )
+
+
+def _stale() -> StaleExtraction:
+    return StaleExtraction(
+        "the staged group reuses ledger rows (same raw values) that the ledger no longer holds as they were "
+        "at extraction (another run changed the audience since). Fix: run the extract task again, then "
+        "this task."
+    )
+
+
+def _read_part(path: PurePath, full: bool, filesystem: pafs.FileSystem | None) -> pa.Table:
+    """A staged part's ids, row hashes and fingerprints (all columns with ``full``); files staged before
+    fingerprints existed get a null fingerprint column."""
+    names = pq.ParquetFile(str(path), filesystem=filesystem).schema_arrow.names
+    columns = None if full else [n for n in _IDS.names if n in names]
+    table = pq.read_table(str(path), columns=columns, filesystem=filesystem)
+    if "fingerprint" not in table.column_names:
+        table = table.append_column("fingerprint", pa.nulls(table.num_rows, pa.string()))
+    return table
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -297,8 +367,9 @@ def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
         ledger.c.status,
         ledger.c.sent_payload.is_not(None).label("has_sent"),
         ledger.c.op,
+        ledger.c.fingerprint,
     ).where(ledger.c.registry_id == registry_id, *_in_slice(ledger.c.member_id, prefix))
-    columns = _fetch_columns(store, q, 5)
+    columns = fetch_columns(store.engine, q, 6)
     return pa.table(
         {
             "member_id": pa.array(columns[0], pa.string()),
@@ -306,31 +377,9 @@ def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
             "status": pa.array(columns[2], pa.string()),
             "has_sent": pa.array([bool(v) for v in columns[3]], pa.bool_()),
             "op": pa.array(columns[4], pa.string()),
+            "fingerprint": pa.array(columns[5], pa.string()),  # fingerprint_ledger once joined
         }
     )
-
-
-def _fetch_columns(store: StateStore, query: sa.Select[Any], width: int) -> list[list[Any]]:
-    """The query's rows as columns, fetched on the driver's own cursor.
-
-    SQLAlchemy builds a Row object per row; for a slice of a million ledger rows that costs several
-    seconds, the plain cursor a fraction of it. Only plain columns are selected here (no type that
-    converts values), so nothing is lost by skipping SQLAlchemy's result processing.
-    """
-    columns: list[list[Any]] = [[] for _ in range(width)]
-    with store.engine.connect() as conn:
-        compiled = query.compile(dialect=conn.dialect)
-        params = compiled.params
-        args = tuple(params[k] for k in compiled.positiontup or ()) if compiled.positional else params
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(str(compiled), args)
-            while rows := cursor.fetchmany(FETCH_ROWS):
-                for column, values in zip(columns, zip(*rows, strict=True), strict=True):
-                    column.extend(values)
-        finally:
-            cursor.close()
-    return columns
 
 
 def _holders(store: StateStore, exclude: Exclusion, prefix: str) -> pa.Array:

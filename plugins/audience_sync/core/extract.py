@@ -1,14 +1,18 @@
 """Extraction: read the audience group in chunks, normalise + hash per platform, stage hashes only.
 
 The staged file of each platform is Parquet with the columns ``member_id`` (keyed HMAC of the member
-key), ``row_hash`` (keyed HMAC of the row as sent) and one column per platform schema key holding
-hashes; identifiers the platform takes unhashed (Meta MADID, EXTERN_ID) are staged as Fernet tokens
+key), ``row_hash`` (keyed HMAC of the row as sent), ``fingerprint`` (keyed fingerprint of the raw row,
+``core/fingerprints.py``) and one column per platform schema key holding hashes; identifiers the platform takes unhashed (Meta MADID, EXTERN_ID) are staged as Fernet tokens
 (see ``core/keys.py``). Raw identifiers never leave this module and its worker processes: they are
 read, hashed or encrypted and dropped chunk by chunk.
 
 Chunks are hashed column by column (``normalize/columns.py``) by a pool of worker processes when the
 group has more than one chunk, and staged in their order by this process, which also drops repeated
 member keys (the first row wins).
+
+Given the fingerprints of the audience's unchanged ledger rows (``known``), a rerun normalises and hashes
+only rows whose fingerprint is not among them; the others are staged with member id and fingerprint
+only (null ``row_hash`` and values: the ledger's row stands for them, see ``core/delta.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from audience_sync.core.dedupe import SeenKeys
+from audience_sync.core.fingerprints import KnownPrints, RowPrinter, rules_version
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys
 from audience_sync.core.normalize import NO_IDENTIFIER
 from audience_sync.core.normalize.columns import ChunkHasher, PlatformColumns
@@ -43,7 +48,7 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 50_000
 
 #: staged columns that are not platform schema keys
-META_COLUMNS = ("member_id", "row_hash")
+META_COLUMNS = ("member_id", "row_hash", "fingerprint")
 
 _FALSE = {"", "0", "false", "f", "no", "n", "off", "none", "null", "nan"}
 
@@ -75,6 +80,10 @@ class ExtractCounts:
     no_consent_path: str | None = None
     #: processes that hashed the group: 1 (this one) or the worker pool's size
     workers: int = 1
+    #: rows normalised and hashed, and rows staged unchanged by their fingerprint (neither; their
+    #: identifier problems are not counted again in ``field_errors``)
+    hashed: int = 0
+    reused: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +98,8 @@ class ExtractCounts:
             "staged": self.staged,
             "no_consent_path": self.no_consent_path,
             "workers": self.workers,
+            "hashed": self.hashed,
+            "reused": self.reused,
         }
 
 
@@ -104,6 +115,8 @@ def extract_and_stage(
     consent_column: str | None = None,
     workers: int | None = None,
     filesystem: pafs.FileSystem | None = None,
+    known: Mapping[str, KnownPrints | None] | None = None,
+    rules_versions: Mapping[str, str] | None = None,
 ) -> ExtractCounts:
     """Hash every row for each platform and stage it in ``<staging_dir>/<platform>/<h>.parquet``
     (``h``: the member id's first hex digit), members without consent in ``no_consent.parquet``.
@@ -122,14 +135,23 @@ def extract_and_stage(
     :param filesystem: where ``staging_dir`` is (an object store through
         ``pyarrow.fs.PyFileSystem(FSSpecHandler(fs))``; default: the local filesystem). The staged paths
         in the counts are paths on it.
+    :param known: per platform, the fingerprints of the audience's ledger rows that need nothing
+        (``fingerprints.known_for``); a row is normalised and hashed only when some platform lacks its
+        fingerprint (no skipping unless every platform has its set).
+    :param rules_versions: per platform, the rules version fingerprints are keyed with (default:
+        ``fingerprints.rules_version`` of its rules).
     """
-    spec = _Spec(key, dict(identifiers), tuple(platforms), default_country, consent_column)
-    local = _Hasher(spec, keys)
+    versions = {p: (rules_versions or {}).get(p) or rules_version(get_platform(p).rules) for p in platforms}
+    spec = _Spec(key, dict(identifiers), tuple(platforms), default_country, consent_column, versions)
+    known_all = dict(known or {})
+    if not platforms or not all(known_all.get(p) for p in platforms):
+        known_all = {}
+    local = _Hasher(spec, keys, known_all)
     fs, out_dir = _location(staging_dir, filesystem)
     fs.create_dir(out_dir, recursive=True)
     stager = _Stager(out_dir, local.schemas, fs)
     try:
-        for part in _hashed(chunks, spec, keys, local, workers, stager.counts):
+        for part in _hashed(chunks, spec, keys, local, workers, stager.counts, known_all):
             stager.add(part)
     finally:
         stager.close()
@@ -158,6 +180,8 @@ class _Spec:
     platforms: tuple[str, ...]
     default_country: str | None
     consent_column: str | None
+    #: platform -> rules version the row fingerprints are keyed with
+    versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -181,14 +205,21 @@ class _Hashed:
     # platform -> staged rows sorted by member id (``_row``: the row's number in the chunk), built in
     # the worker so the staging process only slices and writes
     staged: dict[str, pa.Table]
+    hashed: int = 0
+    reused: int = 0
 
 
 class _Hasher:
     """Hashes chunks: member ids, consent, every platform's values, row hashes, sealed values."""
 
-    def __init__(self, spec: _Spec, keys: StateKeys) -> None:
+    def __init__(self, spec: _Spec, keys: StateKeys, known: Mapping[str, KnownPrints | None]) -> None:
         self.spec = spec
         self.keys = keys
+        self.known = known
+        self.printers = {
+            p: RowPrinter(keys, p, spec.versions[p], spec.key, spec.identifiers, spec.default_country)
+            for p in spec.platforms
+        }
         rules = {p: get_platform(p).rules for p in spec.platforms}
         self.columns = ChunkHasher(spec.identifiers, rules, spec.default_country)
         self.schemas = {p: h.schema for p, h in self.columns.hashers.items()}
@@ -219,7 +250,12 @@ class _Hasher:
                 continue
             kinds[i] = INVALID
             rows.append(i)
-        if len(rows) < n:  # hash only rows with a key and consent
+        prints = {p: printer.prints(columns, rows) for p, printer in self.printers.items()}
+        rows, prints, kept = self._unchanged(rows, prints)
+        unchanged = next(iter(kept.values()))[0] if kept else []
+        for i in unchanged:
+            kinds[i] = VALID
+        if len(rows) < n:  # hash only rows with a key and consent (and a changed fingerprint)
             columns = {name: [col[i] for i in rows] for name, col in columns.items()}
         results = self.columns.hash_chunk(columns, len(rows))
         first = results[spec.platforms[0]]
@@ -232,7 +268,12 @@ class _Hasher:
                 kinds[i] = VALID
             else:
                 reasons[i] = first.reasons.get(j, NO_IDENTIFIER)
-        staged = {p: self._staged(p, results[p], rows, mids) for p in spec.platforms}
+        staged = {p: self._staged(p, results[p], rows, mids, prints[p]) for p in spec.platforms}
+        if kept:
+            for p, (_, same) in kept.items():
+                staged[p] = pa.concat_tables([staged[p], _kept(same, mids, self.schemas[p])]).sort_by(
+                    "member_id"
+                )
         return _Hashed(
             n=n,
             ids=b"".join(_NO_ID if m is None else bytes.fromhex(m[:16]) for m in mids),
@@ -241,10 +282,37 @@ class _Hasher:
             reasons=reasons,
             field_errors={rows[j]: errs for j, errs in first.field_errors.items()},
             staged=staged,
+            hashed=len(rows),
+            reused=len(unchanged),
         )
 
+    def _unchanged(
+        self, rows: list[int], prints: dict[str, list[bytes]]
+    ) -> tuple[list[int], dict[str, list[bytes]], dict[str, tuple[list[int], list[tuple[int, bytes]]]]]:
+        """Split rows into those to hash and those every platform knows unchanged (by fingerprint).
+
+        :return: rows to hash, their fingerprints per platform, and per platform the unchanged rows with
+            theirs (``(rows, [(row, fingerprint)])``).
+        """
+        if not self.known or not rows:
+            return rows, prints, {}
+        same = np.ones(len(rows), dtype=bool)
+        for p, known in self.known.items():
+            same &= known.contains(prints[p]) if known is not None else False
+        if not same.any():
+            return rows, prints, {}
+        keep = np.flatnonzero(same).tolist()
+        todo = np.flatnonzero(~same).tolist()
+        kept = {p: ([rows[j] for j in keep], [(rows[j], fps[j]) for j in keep]) for p, fps in prints.items()}
+        return [rows[j] for j in todo], {p: [fps[j] for j in todo] for p, fps in prints.items()}, kept
+
     def _staged(
-        self, platform: str, result: PlatformColumns, rows: list[int], mids: list[str | None]
+        self,
+        platform: str,
+        result: PlatformColumns,
+        rows: list[int],
+        mids: list[str | None],
+        prints: list[bytes],
     ) -> pa.Table:
         keep = [j for j, ok in enumerate(result.valid) if ok]
         schema = self.schemas[platform]
@@ -265,11 +333,26 @@ class _Hasher:
             "row_hash": [row_hash(template(*parts)) for parts in zip(*quoted)]
             if schema
             else [row_hash("{}")] * len(keep),
+            "fingerprint": [prints[j].hex() for j in keep],
         }
         for name, col in zip(schema, sealed, strict=True):
             data[name] = col
         table = pa.table(data, schema=_staged_schema(schema, with_row=True))
         return table.sort_by("member_id")
+
+
+def _kept(rows: list[tuple[int, bytes]], mids: list[str | None], schema: Sequence[str]) -> pa.Table:
+    """Rows staged unchanged: member id and fingerprint (the ledger holds their hash and payload)."""
+    n = len(rows)
+    data: dict[str, Any] = {
+        "_row": [i for i, _ in rows],
+        "member_id": [mids[i] for i, _ in rows],
+        "row_hash": pa.nulls(n, pa.string()),
+        "fingerprint": [fp.hex() for _, fp in rows],
+    }
+    for name in schema:
+        data[name] = pa.nulls(n, pa.string())
+    return pa.table(data, schema=_staged_schema(schema, with_row=True))
 
 
 def as_columns(chunk: Chunk, names: Sequence[str]) -> tuple[dict[str, list[Any]], int]:
@@ -293,10 +376,10 @@ def _staged_schema(schema: Sequence[str], *, with_row: bool = False) -> pa.Schem
 _worker: _Hasher | None = None
 
 
-def _init_worker(spec: _Spec, key_text: dict[str, str]) -> None:
+def _init_worker(spec: _Spec, key_text: dict[str, str], known: Mapping[str, KnownPrints | None]) -> None:
     global _worker
     # the keys come through the pool's pipe, never through a file or an environment variable
-    _worker = _Hasher(spec, StateKeys.from_text(key_text, "extraction worker"))
+    _worker = _Hasher(spec, StateKeys.from_text(key_text, "extraction worker"), known)
 
 
 def _hash_in_worker(chunk: Chunk) -> _Hashed:
@@ -311,6 +394,7 @@ def _hashed(
     local: _Hasher,
     workers: int | None,
     counts: ExtractCounts,
+    known: Mapping[str, KnownPrints | None],
 ) -> Iterator[_Hashed]:
     """The chunks, hashed and in order: here for a one-chunk group, else by a pool of processes
     (``counts.workers`` says which)."""
@@ -330,7 +414,7 @@ def _hashed(
     log.info("hashing the group in %d worker processes", count)
     counts.workers = count
     try:
-        with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text())) as pool:
+        with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text(), known)) as pool:
             for chunk in rest:
                 slim = _slim(chunk, spec)
                 pending.append((pool.submit(_hash_in_worker, slim), slim))
@@ -390,6 +474,8 @@ class _Stager:
         if dropped:
             kinds = bytes(DUPLICATE if i in dropped else k for i, k in enumerate(kinds))
         c.rows += h.n
+        c.hashed += h.hashed
+        c.reused += h.reused
         c.duplicates += len(dropped)
         missing = kinds.count(MISSING_KEY)
         if missing:

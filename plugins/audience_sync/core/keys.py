@@ -169,6 +169,10 @@ class StateKeys:
         """Keyed hash of a row's plaintext payload JSON: equal rows, equal hashes; no lookup table."""
         return self._row_mac(plain_payload_json.encode("utf-8"))
 
+    def derive_key(self, label: bytes) -> bytes:
+        """A 32-byte key for one purpose, derived from the member-id key (e.g. row fingerprints)."""
+        return hmac.new(self._member_key, b"audience-sync derived key|" + label, hashlib.sha256).digest()
+
     def fingerprints(self) -> dict[str, str]:
         """Per key, an HMAC of a constant: identifies the key in the state database, reveals nothing."""
         return {

@@ -15,6 +15,10 @@ The upgrade is one transaction (all or nothing, so it is safe to re-run after a 
 the ledger in batches through a work table (bounded memory; re-keying the primary key in place would
 revisit rows), and serialises concurrent upgraders by locking the version rows first. Tables are
 described here as they were at v1 (lightweight ``sa.table``), not imported from ``ledger.py``.
+
+v2 -> v3 (row fingerprints, ``core/fingerprints.py``), in place: a nullable ``fingerprint`` column in the
+ledger and the stage table, and the ledger's status index extended with it. Existing rows get none, so the first v3 run hashes every row once (and
+sends nothing new: its row hashes are the v2 ones) and records their fingerprints.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from audience_sync.core.keys import StateKeyError, StateKeys
 
 log = logging.getLogger(__name__)
 
-LATEST = 2
+LATEST = 3
 BATCH_ROWS = 5_000
 
 _version = sa.table("as_schema_version", sa.column("version"), sa.column("applied_at"))
@@ -78,8 +82,10 @@ def prepare(engine: Engine, keys: StateKeys | None) -> None:
     """Upgrade an older schema to :data:`LATEST`, then check (or, on first use, record) the keys."""
     with engine.connect() as conn:
         current = conn.execute(sa.select(sa.func.max(_version.c.version))).scalar()
-    if current is not None and current < LATEST:
+    if current is not None and current < 2:
         upgrade_v1_to_v2(engine, keys)
+    if current is not None and current < 3:
+        upgrade_v2_to_v3(engine)
     if keys is not None:
         check_keys(engine, keys)
 
@@ -91,7 +97,7 @@ def upgrade_v1_to_v2(engine: Engine, keys: StateKeys | None) -> bool:
         # A second upgrader waits here and then sees version 2.
         conn.execute(_version.update().values(applied_at=_version.c.applied_at))
         current = conn.execute(sa.select(sa.func.max(_version.c.version))).scalar()
-        if current is None or current >= LATEST:
+        if current is None or current >= 2:
             return False
         rows = conn.execute(sa.select(sa.func.count()).select_from(_ledger)).scalar_one()
         if rows and keys is None:
@@ -104,8 +110,37 @@ def upgrade_v1_to_v2(engine: Engine, keys: StateKeys | None) -> bool:
         if rows:
             assert keys is not None  # noqa: S101 - checked above
             _rekey_ledger(conn, keys)
-        conn.execute(_version.insert().values(version=LATEST, applied_at=dt.datetime.now(dt.UTC)))
-    log.info("Upgraded the state database to schema version %s (%s ledger rows re-keyed)", LATEST, rows)
+        conn.execute(_version.insert().values(version=2, applied_at=dt.datetime.now(dt.UTC)))
+    log.info("Upgraded the state database to schema version 2 (%s ledger rows re-keyed)", rows)
+    return True
+
+
+#: columns v3 added: the keyed fingerprint of the raw row a ledger (or staged) row was built from
+_V3_COLUMNS = {"as_member_ledger": ("fingerprint VARCHAR(32)",), "as_stage": ("fingerprint VARCHAR(32)",)}
+
+
+def upgrade_v2_to_v3(engine: Engine) -> bool:
+    """Add the fingerprint columns to a v2 state database; False when another process already did."""
+    with engine.begin() as conn:
+        conn.execute(_version.update().values(applied_at=_version.c.applied_at))  # the write lock, as above
+        current = conn.execute(sa.select(sa.func.max(_version.c.version))).scalar()
+        if current is None or current >= 3:
+            return False
+        inspector = sa.inspect(conn)
+        for table, columns in _V3_COLUMNS.items():
+            have = {c["name"] for c in inspector.get_columns(table)}
+            for column in columns:
+                if column.split()[0] not in have:
+                    conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column}"))
+        # the status index covers the fingerprint lookup of a rerun (``fingerprints.known_prints``)
+        conn.execute(sa.text("DROP INDEX IF EXISTS ix_as_ledger_status"))
+        conn.execute(
+            sa.text(
+                "CREATE INDEX ix_as_ledger_status ON as_member_ledger (registry_id, status, op, fingerprint)"
+            )
+        )
+        conn.execute(_version.insert().values(version=3, applied_at=dt.datetime.now(dt.UTC)))
+    log.info("Upgraded the state database to schema version 3 (row fingerprints)")
     return True
 
 

@@ -11,6 +11,7 @@ from airflow.sdk import BaseHook, BaseOperator
 
 from audience_sync import sources
 from audience_sync.core.extract import extract_and_stage
+from audience_sync.core.fingerprints import known_for_targets
 from audience_sync.core.partitions import choose_count, partition_chunks
 from audience_sync.core.settings import settings
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
@@ -121,11 +122,14 @@ class ExtractAudienceOperator(BaseOperator):
         fs, out_path = arrow_filesystem(out)
         # the store's keys, not the hook's: opening the store checks them against the state database,
         # so a worker with the wrong key fails here instead of staging ids no ledger row matches
-        keys = AudienceSyncStateHook(self.state_conn_id).store.keys
+        store = AudienceSyncStateHook(self.state_conn_id).store
+        keys = store.keys
         assert keys is not None  # noqa: S101 - the hook always opens the store with keys
         chunks = self._chunks()
         if count > 1:
             chunks = partition_chunks(chunks, self.key, index, count)
+        # rows whose raw values are unchanged since their audience's last sync are not hashed again
+        known = known_for_targets(store, self._targets(context))
         counts = extract_and_stage(
             chunks,
             key=self.key,
@@ -136,6 +140,7 @@ class ExtractAudienceOperator(BaseOperator):
             default_country=self.default_country,
             consent_column=self.consent_column,
             filesystem=fs,
+            known=known,
         )
         result = counts.as_dict()
         for staged in result["staged"].values():
@@ -155,6 +160,16 @@ class ExtractAudienceOperator(BaseOperator):
         if counts.field_errors:
             self.log.info("Identifier problems (rows may still be usable): %s", result["field_errors"])
         return result
+
+    def _targets(self, context: Context) -> list[tuple[str, str, str]]:
+        """(platform, account, segment name) of each sync task of this DAG."""
+        from audience_sync.operators.sync import SyncAudienceOperator
+
+        return [
+            (t.platform, t.account, t.segment_name)
+            for t in context["dag"].tasks
+            if isinstance(t, SyncAudienceOperator)
+        ]
 
     def _chunks(self) -> Iterator[list[dict[str, Any]]]:
         return read_group(self.source_path, self.sql, self.conn_id, self.chunk_rows)
