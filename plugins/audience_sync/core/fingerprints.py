@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import phonenumbers
 import sqlalchemy as sa
 
 from audience_sync.core.keys import StateKeys
@@ -56,6 +57,8 @@ def rules_version(rules: PlatformRules) -> str:
         "standalone": sorted(rules.standalone),
         "combos": [sorted(c) for c in rules.combos],
         "all_or_nothing": [sorted(c) for c in rules.all_or_nothing],
+        # which numbers are valid, and their E.164 form, change with libphonenumber's metadata
+        "phone_metadata": phonenumbers.__version__,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
