@@ -135,7 +135,9 @@ def extract_and_stage(
 Chunk = Any  # pa.RecordBatch | pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
 #: the short id of a row without a member key (never looked at: such rows are not keys)
-_NO_ID = bytes(8)
+_NO_ID_HEX = "0" * 16
+#: member keys that count as no key (after trimming)
+_NO_KEY = frozenset({"", "nan", "None"})
 
 #: kinds of row, one byte per row in a hashed chunk
 MISSING_KEY, NO_CONSENT, INVALID, VALID, DUPLICATE = 0, 1, 2, 3, 4
@@ -197,10 +199,11 @@ class _Hasher:
     def hash(self, chunk: Chunk) -> _Hashed:
         columns, n = as_columns(chunk, self.spec.columns)
         spec, keys = self.spec, self.keys
-        mids: list[str | None] = [
-            None if raw is None or str(raw).strip() in ("", "nan", "None") else keys.member_id(raw)
-            for raw in columns.get(spec.key) or [None] * n
-        ]
+        raw_keys = columns.get(spec.key) or [None] * n
+        present = [i for i, raw in enumerate(raw_keys) if raw is not None and str(raw).strip() not in _NO_KEY]
+        mids: list[str | None] = [None] * n
+        for i, mid in zip(present, keys.member_ids(raw_keys[i] for i in present), strict=True):
+            mids[i] = mid
         kinds = bytearray(n)
         no_consent: dict[int, str] = {}
         consent = columns.get(spec.consent_column) if spec.consent_column else None
@@ -230,7 +233,7 @@ class _Hasher:
         staged = {p: self._staged(p, results[p], rows, mids) for p in spec.platforms}
         return _Hashed(
             n=n,
-            ids=b"".join(_NO_ID if m is None else bytes.fromhex(m[:16]) for m in mids),
+            ids=bytes.fromhex("".join(_NO_ID_HEX if m is None else m[:16] for m in mids)),
             kinds=bytes(kinds),
             no_consent=no_consent,
             reasons=reasons,
@@ -257,7 +260,7 @@ class _Hasher:
         data: dict[str, Any] = {
             "_row": [rows[j] for j in keep],
             "member_id": [mids[rows[j]] for j in keep],
-            "row_hash": [row_hash(template(*parts)) for parts in zip(*quoted)]
+            "row_hash": self.keys.row_hashes(template(*parts) for parts in zip(*quoted))
             if schema
             else [row_hash("{}")] * len(keep),
         }

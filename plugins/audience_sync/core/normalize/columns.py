@@ -10,11 +10,14 @@ of sets and result objects.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from audience_sync.core.normalize.api import NO_IDENTIFIER, RowHasher, reason_code
+from audience_sync.core.normalize.normalizers import PhoneNormalizer
+from audience_sync.core.normalize.phones import parts_column
 from audience_sync.core.normalize.platforms import FieldRule, PlatformRules
 from audience_sync.core.normalize.values import InvalidValue, coerce, normalize_country
 
@@ -55,8 +58,11 @@ class _PlatformState:
 
     def record(self, identifier: str, start: int, end: int, results: list[Any]) -> None:
         """Store one identifier's results (sent parts, :data:`_MISSING` or :data:`_INVALID` per row)."""
-        for j in range(end - start):
-            self.values[start + j][:] = [x[j] if type(x) is tuple else "" for x in results]
+        if end - start == 1:
+            self.values[start] = [x[0] if type(x) is tuple else "" for x in results]
+        else:
+            for j in range(end - start):
+                self.values[start + j] = [x[j] if type(x) is tuple else "" for x in results]
         bit = self.bits[identifier]
         self.present = [
             p | bit if type(x) is tuple else p for p, x in zip(self.present, results, strict=True)
@@ -96,18 +102,26 @@ class ChunkHasher:
 
     def hash_chunk(self, columns: Mapping[str, Sequence[object]], n: int) -> dict[str, PlatformColumns]:
         """Hash ``n`` rows given as columns (name -> values; a missing column is all missing values)."""
-        coerced = {name: _coerced(columns.get(name), n) for name in self.columns}
         regions = self._regions(columns.get(self.country_column) if self.country_column else None, n)
         states = {name: _PlatformState(h, n) for name, h in self.hashers.items()}
         for identifier, (column, targets) in self.targets.items():
-            values = coerced[column]
-            if len(targets) > 1 and not all(rule.cached for _p, rule, _s, _e in targets):
-                # one value for every platform in turn: the phone parser's memo parses it once per row
-                results = _interleaved([rule.apply for _p, rule, _s, _e in targets], values, regions)
-            else:
-                results = [_results(rule, values, regions) for _p, rule, _s, _e in targets]
-            for (platform, _rule, start, end), result in zip(targets, results, strict=True):
-                states[platform].record(identifier, start, end, result)
+            raw = columns.get(column)
+            if raw is None:
+                continue  # all missing: nothing to record
+            coerced: list[object] | None = None
+            phones: list[Any] | None = None
+            for platform, rule, start, end in targets:
+                if rule.cached:
+                    results = _cached_results(rule, raw, regions)
+                elif isinstance(rule.normalize, PhoneNormalizer):
+                    if phones is None:  # parsed once for every platform that takes the phone
+                        coerced = _coerced(raw) if coerced is None else coerced
+                        phones = parts_column([_as_text(v) for v in coerced], regions)
+                    results = _phone_results(rule, rule.normalize, phones)
+                else:
+                    coerced = _coerced(raw) if coerced is None else coerced
+                    results = _direct_results(rule, coerced, regions)
+                states[platform].record(identifier, start, end, results)
         return {name: _finish(st, n) for name, st in states.items()}
 
     def _regions(self, raw: Sequence[object] | None, n: int) -> list[str | None]:
@@ -140,31 +154,85 @@ def _attempt(apply: Callable[[object, str | None], Any], value: object, region: 
         return _INVALID
 
 
-def _results(rule: FieldRule, values: list[object], regions: list[str | None]) -> list[Any]:
-    """One rule over a column. Low-cardinality fields are normalised once per distinct (value, region)."""
+def _cached_results(rule: FieldRule, raw: Sequence[object], regions: list[str | None]) -> list[Any]:
+    """A low-cardinality rule over a raw column: coerced, normalised and hashed once per distinct
+    (text, region); other cells (numbers, dates: 1, 1.0 and True are equal keys) one by one."""
     apply = rule.apply
-    if rule.cached:
-        keys = list(zip(values, regions, strict=True))
-        table = {k: _attempt(apply, *k) for k in set(keys) if k[0] is not None}
-        return [table.get(k, _MISSING) for k in keys]
-    return [_MISSING if v is None else _attempt(apply, v, r) for v, r in zip(values, regions, strict=True)]
-
-
-def _interleaved(
-    applies: list[Callable[[object, str | None], Any]], values: list[object], regions: list[str | None]
-) -> list[list[Any]]:
-    """Several rules over a column, row by row: each value goes through every rule before the next."""
-    out: list[list[Any]] = [[] for _ in applies]
-    for v, r in zip(values, regions, strict=True):
-        for results, apply in zip(out, applies, strict=True):
-            results.append(_MISSING if v is None else _attempt(apply, v, r))
+    table: dict[tuple[str, str | None], Any] = {}
+    out: list[Any] = []
+    for v, r in zip(raw, regions, strict=True):
+        if type(v) is str:
+            result = table.get((v, r), _UNSEEN)
+            if result is _UNSEEN:
+                c = coerce(v)
+                result = table[v, r] = _MISSING if c is None else _attempt(apply, c, r)
+        else:
+            c = coerce(v)
+            result = _MISSING if c is None else _attempt(apply, c, r)
+        out.append(result)
     return out
 
 
-def _coerced(values: Sequence[object] | None, n: int) -> list[object]:
-    if values is None:
-        return [None] * n
-    return [coerce(v) for v in values]
+def _direct_results(rule: FieldRule, values: list[object], regions: list[str | None]) -> list[Any]:
+    """A rule over a coerced column, row by row: ``rule.apply``'s steps inlined (normalise, then hash
+    every part unless the rule sends it unhashed)."""
+    normalize = rule.normalize
+    hashed = rule.hashed
+    sha = hashlib.sha256
+    out: list[Any] = []
+    append = out.append
+    for v, r in zip(values, regions, strict=True):
+        if v is None:
+            append(_MISSING)
+            continue
+        try:
+            result = normalize(v, r)
+        except InvalidValue:
+            append(_INVALID)
+            continue
+        if type(result) is str:
+            append((sha(result.encode("utf-8")).hexdigest(),) if hashed else (result,))
+        else:
+            parts = result if isinstance(result, tuple) else (result,)
+            append(tuple(sha(p.encode("utf-8")).hexdigest() for p in parts) if hashed else parts)
+    return out
+
+
+def _phone_results(rule: FieldRule, phone: PhoneNormalizer, parsed: list[Any]) -> list[Any]:
+    """A phone rule over a parsed column (:func:`parts_column`: parts, the reason it is invalid, or None)."""
+    sha = hashlib.sha256
+    fmt = phone.format
+    out: list[Any] = []
+    append = out.append
+    for p in parsed:
+        if p is None:
+            append(_MISSING)
+        elif type(p) is str:
+            append(_INVALID)
+        else:
+            text = fmt(*p)
+            append((sha(text.encode("utf-8")).hexdigest(),) if rule.hashed else (text,))
+    return out
+
+
+# zero-width characters and the BOM that ``coerce`` trims besides whitespace (all non-ASCII)
+_EDGE_JUNK = frozenset("\u200b\u200c\u200d\u2060\ufeff")
+
+
+def _coerced(values: Sequence[object]) -> list[object]:
+    """``coerce`` of every cell; text (every cell of an Arrow string column) without a call per cell."""
+    junk = _EDGE_JUNK
+    return [
+        (s if (s := v.strip()) and s[0] not in junk and s[-1] not in junk else coerce(s))
+        if type(v) is str
+        else coerce(v)
+        for v in values
+    ]
+
+
+def _as_text(value: object) -> str | None:
+    """A coerced cell as the text normalisers read (``None`` stays ``None``; a date is its ISO text)."""
+    return value if value is None or type(value) is str else str(value)
 
 
 def _finish(st: _PlatformState, n: int) -> PlatformColumns:

@@ -77,23 +77,35 @@ def make_email(*, remove_inner_whitespace: bool, gmail_canonical: bool, drop_plu
 # --------------------------------------------------------------------------------------------- phone
 
 
-def make_phone(*, plus: bool) -> Normalizer:
+class PhoneNormalizer:
     """Phone normaliser: parse with libphonenumber (row/default region, or the number's own ``+CC``).
 
     Requires ``is_valid_number``. The result is the E.164 number (country code + national significant
     number, trunk ``0`` removed, Italian leading zero kept), with or without the leading ``+``. Extensions
     are dropped. Parsing is :func:`~audience_sync.core.normalize.phones.e164_parts` (``rphonenumbers`` or
-    ``phonenumbers``, memoised).
+    ``phonenumbers``, memoised). A class rather than a closure so that column-wise hashing
+    (``columns.py``) can parse a phone once for every platform and format it with :meth:`format`.
 
     :param plus: keep the ``+`` (Google: E.164) or not (Meta, TikTok: digits only).
     """
-    prefix = "+" if plus else ""
 
-    def normalize_phone(value: object, region: str | None) -> str:
-        country_code, national = e164_parts(_text(value), region)
-        return f"{prefix}{country_code}{national}"
+    __slots__ = ("plus", "prefix")
 
-    return normalize_phone
+    def __init__(self, *, plus: bool) -> None:
+        self.plus = plus
+        self.prefix = "+" if plus else ""
+
+    def format(self, country_code: int, national: str) -> str:
+        """The normalised number from :func:`e164_parts`' result."""
+        return f"{self.prefix}{country_code}{national}"
+
+    def __call__(self, value: object, region: str | None) -> str:
+        return self.format(*e164_parts(_text(value), region))
+
+
+def make_phone(*, plus: bool) -> Normalizer:
+    """Phone normaliser, see :class:`PhoneNormalizer`."""
+    return PhoneNormalizer(plus=plus)
 
 
 # --------------------------------------------------------------------------------------------- names, places
