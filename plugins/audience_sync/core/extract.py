@@ -18,7 +18,7 @@ import json
 import logging
 import multiprocessing
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -98,7 +98,7 @@ def extract_and_stage(
     identifiers: Mapping[str, str],
     platforms: Sequence[str],
     staging_dir: str | Path,
-    keys: StateKeys,
+    keys: StateKeys | Future[StateKeys],
     default_country: str | None = None,
     consent_column: str | None = None,
     workers: int | None = None,
@@ -107,7 +107,10 @@ def extract_and_stage(
     (``h``: the member id's first hex digit), members without consent in ``no_consent.parquet``.
 
     ``keys`` (the state's, see ``hooks/state.py``) key the member ids and row hashes and encrypt the
-    identifiers a platform takes unhashed.
+    identifiers a platform takes unhashed. They may still be on their way (a future, e.g. while the
+    command line imports Airflow to read them): rows are then read and normalised meanwhile, and
+    every hashing process waits for the keys at its first member id; a future that fails fails the
+    extraction with its own exception.
 
     A row counts as invalid (with one reason) when no platform can use it; invalid rows are counted,
     never staged, never fatal. A member key seen twice keeps its first row (``duplicates``).
@@ -119,7 +122,7 @@ def extract_and_stage(
         for a platform registered at run time, which a fresh worker process would not know.
     """
     spec = _Spec(key, dict(identifiers), tuple(platforms), default_country, consent_column)
-    local = _Hasher(spec, keys)
+    local = _Hasher(spec, keys.result if isinstance(keys, Future) else keys)
     out_dir = Path(staging_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stager = _Stager(out_dir, local.schemas)
@@ -181,11 +184,15 @@ class _Hashed:
 
 
 class _Hasher:
-    """Hashes chunks: member ids, consent, every platform's values, row hashes, sealed values."""
+    """Hashes chunks: member ids, consent, every platform's values, row hashes, sealed values.
 
-    def __init__(self, spec: _Spec, keys: StateKeys) -> None:
+    :param keys: the keys, or what returns them when first needed (after a chunk's values are
+        normalised and hashed, which needs no key).
+    """
+
+    def __init__(self, spec: _Spec, keys: StateKeys | Callable[[], StateKeys]) -> None:
         self.spec = spec
-        self.keys = keys
+        self._keys = keys
         rules = {p: get_platform(p).rules for p in spec.platforms}
         self.columns = ChunkHasher(spec.identifiers, rules, spec.default_country)
         self.schemas = {p: h.schema for p, h in self.columns.hashers.items()}
@@ -196,30 +203,34 @@ class _Hasher:
             for p, schema in self.schemas.items()
         }
 
+    @property
+    def keys(self) -> StateKeys:
+        if not isinstance(self._keys, StateKeys):
+            self._keys = self._keys()
+        return self._keys
+
     def hash(self, chunk: Chunk) -> _Hashed:
         columns, n = as_columns(chunk, self.spec.columns)
-        spec, keys = self.spec, self.keys
+        spec = self.spec
         raw_keys = columns.get(spec.key) or [None] * n
-        present = [i for i, raw in enumerate(raw_keys) if raw is not None and str(raw).strip() not in _NO_KEY]
-        mids: list[str | None] = [None] * n
-        for i, mid in zip(present, keys.member_ids(raw_keys[i] for i in present), strict=True):
-            mids[i] = mid
+        keyed = [i for i, raw in enumerate(raw_keys) if raw is not None and str(raw).strip() not in _NO_KEY]
         kinds = bytearray(n)
-        no_consent: dict[int, str] = {}
         consent = columns.get(spec.consent_column) if spec.consent_column else None
         rows: list[int] = []
-        for i, mid in enumerate(mids):
-            if mid is None:
-                continue  # MISSING_KEY
+        for i in keyed:
             if consent is not None and not consent_given(consent[i]):
                 kinds[i] = NO_CONSENT
-                no_consent[i] = mid
                 continue
             kinds[i] = INVALID
             rows.append(i)
         if len(rows) < n:  # hash only rows with a key and consent
             columns = {name: [col[i] for i in rows] for name, col in columns.items()}
         results = self.columns.hash_chunk(columns, len(rows))
+        # the keys are needed from here on (they may arrive while the first chunks are normalised)
+        mids: list[str | None] = [None] * n
+        for i, mid in zip(keyed, self.keys.member_ids(raw_keys[i] for i in keyed), strict=True):
+            mids[i] = mid
+        no_consent = {i: mid for i in keyed if kinds[i] == NO_CONSENT and (mid := mids[i]) is not None}
         first = results[spec.platforms[0]]
         reasons: dict[int, str] = {}
         usable = [False] * len(rows)
@@ -291,10 +302,48 @@ def _staged_schema(schema: Sequence[str], *, with_row: bool = False) -> pa.Schem
 _worker: _Hasher | None = None
 
 
-def _init_worker(spec: _Spec, key_text: dict[str, str]) -> None:
+def _init_worker(spec: _Spec, key_text: dict[str, str] | Any) -> None:
+    """``key_text``: the keys as text, or a queue they come through once known (see :func:`_feed_keys`)."""
     global _worker
-    # the keys come through the pool's pipe, never through a file or an environment variable
-    _worker = _Hasher(spec, StateKeys.from_text(key_text, "extraction worker"))
+    # the keys come through the pool's pipe or queue, never through a file or an environment variable
+    if isinstance(key_text, dict):
+        _worker = _Hasher(spec, StateKeys.from_text(key_text, "extraction worker"))
+        return
+
+    def receive() -> StateKeys:
+        text = key_text.get()
+        if text is None:
+            raise RuntimeError("extraction worker: the state keys could not be loaded")
+        return StateKeys.from_text(text, "extraction worker")
+
+    _worker = _Hasher(spec, _once(receive))
+
+
+def _once(load: Callable[[], StateKeys]) -> Callable[[], StateKeys]:
+    """``load`` called at most once: a failure is remembered (a worker takes one message off the queue)."""
+    failed: list[BaseException] = []
+
+    def keys() -> StateKeys:
+        if failed:
+            raise failed[0]
+        try:
+            return load()
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+
+    return keys
+
+
+def _feed_keys(keys: Future[StateKeys], queue: Any, count: int) -> None:
+    """When ``keys`` is done, put its text on ``queue`` once per worker (or None per worker if it failed)."""
+
+    def put(done: Future[StateKeys]) -> None:
+        text = None if done.cancelled() or done.exception() is not None else done.result().as_text()
+        for _ in range(count):
+            queue.put(text)
+
+    keys.add_done_callback(put)
 
 
 def _hash_in_worker(chunk: Chunk) -> _Hashed:
@@ -305,7 +354,7 @@ def _hash_in_worker(chunk: Chunk) -> _Hashed:
 def _hashed(
     chunks: Iterable[Chunk],
     spec: _Spec,
-    keys: StateKeys,
+    keys: StateKeys | Future[StateKeys],
     local: _Hasher,
     workers: int | None,
     counts: ExtractCounts,
@@ -327,16 +376,30 @@ def _hashed(
     pending: deque[tuple[Future[_Hashed], Chunk]] = deque()
     log.info("hashing the group in %d worker processes", count)
     counts.workers = count
+    if isinstance(keys, Future):
+        key_source: Any = context.SimpleQueue()
+        _feed_keys(keys, key_source, count)
+    else:
+        key_source = keys.as_text()
+
+    def result(future: Future[_Hashed]) -> _Hashed:
+        try:
+            return future.result()
+        except Exception:
+            if isinstance(keys, Future) and keys.done():
+                keys.result()  # the keys' own failure, rather than the workers' report of it
+            raise
+
     try:
-        with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text())) as pool:
+        with ProcessPoolExecutor(count, context, _init_worker, (spec, key_source)) as pool:
             for chunk in rest:
                 slim = _slim(chunk, spec)
                 pending.append((pool.submit(_hash_in_worker, slim), slim))
                 while len(pending) >= count * AHEAD_PER_WORKER:
-                    yield pending[0][0].result()
+                    yield result(pending[0][0])
                     pending.popleft()
             while pending:
-                yield pending[0][0].result()
+                yield result(pending[0][0])
                 pending.popleft()
     except BrokenProcessPool as exc:
         # e.g. a script that starts extraction without an ``if __name__ == "__main__":`` guard
