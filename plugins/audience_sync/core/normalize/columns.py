@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -162,6 +163,38 @@ def _attempt(apply: Callable[[object, str | None], Any], value: object, region: 
 def _cached_results(rule: FieldRule, raw: Sequence[object], regions: list[str | None]) -> list[Any]:
     """A low-cardinality rule over a raw column: coerced, normalised and hashed once per distinct
     (text, region); other cells (numbers, dates: 1, 1.0 and True are equal keys) one by one."""
+    try:
+        values = pa.array(raw, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return _cached_results_by_row(rule, raw, regions)
+    return _distinct_results(rule, values, regions)
+
+
+def _codes(values: pa.Array) -> tuple[np.ndarray, list[Any]]:
+    """Per row the index of its value among the distinct values (-1 for null), and those values."""
+    encoded = pc.dictionary_encode(values)
+    return encoded.indices.fill_null(-1).to_numpy(), encoded.dictionary.to_pylist()
+
+
+def _distinct_results(rule: FieldRule, values: pa.Array, regions: list[str | None]) -> list[Any]:
+    """:func:`_cached_results` of a text column: the distinct (text, region) pairs found in Arrow, each
+    coerced, normalised and hashed once, then spread back to the rows."""
+    texts, distinct_texts = _codes(values)
+    places, distinct_places = _codes(pa.array(regions, pa.string()))
+    width = len(distinct_places) + 1
+    pairs, rows = np.unique(texts.astype(np.int64) * width + (places + 1), return_inverse=True)
+    apply = rule.apply
+    table: list[Any] = []
+    for pair in pairs.tolist():
+        text, place = divmod(pair, width)
+        c = coerce(distinct_texts[text]) if text >= 0 else None
+        table.append(
+            _MISSING if c is None else _attempt(apply, c, distinct_places[place - 1] if place else None)
+        )
+    return [table[i] for i in rows.tolist()]
+
+
+def _cached_results_by_row(rule: FieldRule, raw: Sequence[object], regions: list[str | None]) -> list[Any]:
     apply = rule.apply
     table: dict[tuple[str, str | None], Any] = {}
     out: list[Any] = []
