@@ -196,12 +196,6 @@ class _Hasher:
         rules = {p: get_platform(p).rules for p in spec.platforms}
         self.columns = ChunkHasher(spec.identifiers, rules, spec.default_country)
         self.schemas = {p: h.schema for p, h in self.columns.hashers.items()}
-        # the row hash is the keyed hash of payload_json(schema, values); built from a template,
-        # identical to json.dumps: hashed values are hex, unhashed ones are JSON-quoted here
-        self._templates = {
-            p: "{{" + ",".join(f'"{k}":' + ("{}" if k in ENCRYPTED_KEYS else '"{}"') for k in schema) + "}}"
-            for p, schema in self.schemas.items()
-        }
 
     @property
     def keys(self) -> StateKeys:
@@ -241,10 +235,12 @@ class _Hasher:
                 kinds[i] = VALID
             else:
                 reasons[i] = first.reasons.get(j, NO_IDENTIFIER)
-        staged = {p: self._staged(p, results[p], rows, mids) for p in spec.platforms}
+        ids = bytes.fromhex("".join(_NO_ID_HEX if m is None else m[:16] for m in mids))
+        prefixes = np.frombuffer(ids, dtype=">u8")
+        staged = {p: self._staged(p, results[p], rows, mids, prefixes) for p in spec.platforms}
         return _Hashed(
             n=n,
-            ids=bytes.fromhex("".join(_NO_ID_HEX if m is None else m[:16] for m in mids)),
+            ids=ids,
             kinds=bytes(kinds),
             no_consent=no_consent,
             reasons=reasons,
@@ -253,32 +249,57 @@ class _Hasher:
         )
 
     def _staged(
-        self, platform: str, result: PlatformColumns, rows: list[int], mids: list[str | None]
+        self,
+        platform: str,
+        result: PlatformColumns,
+        rows: list[int],
+        mids: list[str | None],
+        prefixes: np.ndarray,
     ) -> pa.Table:
-        keep = [j for j, ok in enumerate(result.valid) if ok]
+        """The platform's valid rows, sorted by member id (``prefixes``: each row's first 8 bytes)."""
+        keep = [rows[j] for j, ok in enumerate(result.valid) if ok]
+        member_ids: list[str] = [mids[i] for i in keep]  # type: ignore[misc]
+        order = _by_member_id(member_ids, prefixes[keep])
+        slots = [j for j, ok in enumerate(result.valid) if ok]
+        slots = [slots[k] for k in order]
+        keep = [keep[k] for k in order]
+        member_ids = [member_ids[k] for k in order]
         schema = self.schemas[platform]
-        values = [[col[j] for j in keep] for col in result.values]
-        sealed = [
-            [self.keys.seal_value(v) for v in col] if name in ENCRYPTED_KEYS else col
-            for name, col in zip(schema, values, strict=True)
-        ]
-        quoted = [
-            [json.dumps(v) for v in col] if name in ENCRYPTED_KEYS else col
-            for name, col in zip(schema, values, strict=True)
-        ]
-        row_hash = self.keys.row_hash
-        template = self._templates[platform].format
-        data: dict[str, Any] = {
-            "_row": [rows[j] for j in keep],
-            "member_id": [mids[rows[j]] for j in keep],
-            "row_hash": self.keys.row_hashes(template(*parts) for parts in zip(*quoted))
-            if schema
-            else [row_hash("{}")] * len(keep),
-        }
-        for name, col in zip(schema, sealed, strict=True):
-            data[name] = col
-        table = pa.table(data, schema=_staged_schema(schema, with_row=True))
-        return table.sort_by("member_id")
+        values = [pa.array([col[j] for j in slots], pa.string()) for col in result.values]
+        data: dict[str, Any] = {"_row": keep, "member_id": member_ids}
+        if schema:
+            # the row hash is the keyed hash of payload_json(schema, values), built in Arrow: hashed
+            # values are hex, unhashed ones are JSON-quoted (identical to json.dumps, see the tests)
+            pieces: list[Any] = []
+            for i, (name, col) in enumerate(zip(schema, values, strict=True)):
+                quoted = name in ENCRYPTED_KEYS
+                pieces.append(("{" if i == 0 else ",") + json.dumps(name) + (":" if quoted else ':"'))
+                pieces.append(pa.array([json.dumps(v) for v in col.to_pylist()]) if quoted else col)
+                if not quoted:
+                    pieces.append('"')
+            pieces.append("}")
+            payloads = pc.binary_join_element_wise(*pieces, "").to_pylist()
+            data["row_hash"] = self.keys.row_hashes(payloads)
+        else:
+            data["row_hash"] = [self.keys.row_hash("{}")] * len(keep)
+        for name, col in zip(schema, values, strict=True):
+            data[name] = (
+                pa.array([self.keys.seal_value(v) for v in col.to_pylist()], pa.string())
+                if name in ENCRYPTED_KEYS
+                else col
+            )
+        return pa.table(data, schema=_staged_schema(schema, with_row=True))
+
+
+def _by_member_id(member_ids: list[str], prefixes: np.ndarray) -> list[int]:
+    """The positions of ``member_ids`` in sorted order, stable (as Arrow's ``sort_by``): by their first
+    8 bytes, unless two different ids share them (then by the whole id)."""
+    order = np.argsort(prefixes, kind="stable")
+    ranked = prefixes[order]
+    tied = np.flatnonzero(ranked[1:] == ranked[:-1]).tolist()
+    if any(member_ids[order[t]] != member_ids[order[t + 1]] for t in tied):
+        return sorted(range(len(member_ids)), key=member_ids.__getitem__)
+    return order.tolist()
 
 
 def as_columns(chunk: Chunk, names: Sequence[str]) -> tuple[dict[str, list[Any]], int]:
