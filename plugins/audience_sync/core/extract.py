@@ -204,12 +204,17 @@ class _Hasher:
         return self._keys
 
     def hash(self, chunk: Chunk) -> _Hashed:
-        columns, n = as_columns(chunk, self.spec.columns)
         spec = self.spec
-        raw_keys = columns.get(spec.key) or [None] * n
+        columns: dict[str, Any]
+        if isinstance(chunk, pa.RecordBatch | pa.Table):
+            # identifier columns stay Arrow (ChunkHasher reads text columns there); key and consent are listed
+            columns, n = {c: chunk.column(c) for c in spec.columns if c in chunk.schema.names}, chunk.num_rows
+        else:
+            columns, n = as_columns(chunk, spec.columns)
+        raw_keys = _listed(columns.get(spec.key)) or [None] * n
         keyed = [i for i, raw in enumerate(raw_keys) if raw is not None and str(raw).strip() not in _NO_KEY]
         kinds = bytearray(n)
-        consent = columns.get(spec.consent_column) if spec.consent_column else None
+        consent = _listed(columns.get(spec.consent_column)) if spec.consent_column else None
         rows: list[int] = []
         for i in keyed:
             if consent is not None and not consent_given(consent[i]):
@@ -218,7 +223,7 @@ class _Hasher:
             kinds[i] = INVALID
             rows.append(i)
         if len(rows) < n:  # hash only rows with a key and consent
-            columns = {name: [col[i] for i in rows] for name, col in columns.items()}
+            columns = {name: _taken(col, rows) for name, col in columns.items()}
         results = self.columns.hash_chunk(columns, len(rows))
         # the keys are needed from here on (they may arrive while the first chunks are normalised)
         mids: list[str | None] = [None] * n
@@ -265,30 +270,52 @@ class _Hasher:
         keep = [keep[k] for k in order]
         member_ids = [member_ids[k] for k in order]
         schema = self.schemas[platform]
-        values = [pa.array([col[j] for j in slots], pa.string()) for col in result.values]
-        data: dict[str, Any] = {"_row": keep, "member_id": member_ids}
+        values = [_text_array([col[j] for j in slots]) for col in result.values]
+        rows_kept = np.asarray(keep, dtype=np.int32)
+        data: dict[str, Any] = {
+            "_row": pa.Array.from_buffers(pa.int32(), len(keep), [None, pa.py_buffer(rows_kept)]),
+            "member_id": _text_array(member_ids),
+        }
         if schema:
             # the row hash is the keyed hash of payload_json(schema, values), built in Arrow: hashed
             # values are hex, unhashed ones are JSON-quoted (identical to json.dumps, see the tests)
             pieces: list[Any] = []
             for i, (name, col) in enumerate(zip(schema, values, strict=True)):
                 quoted = name in ENCRYPTED_KEYS
-                pieces.append(("{" if i == 0 else ",") + json.dumps(name) + (":" if quoted else ':"'))
-                pieces.append(pa.array([json.dumps(v) for v in col.to_pylist()]) if quoted else col)
+                pieces.append(
+                    _text_scalar(("{" if i == 0 else ",") + json.dumps(name) + (":" if quoted else ':"'))
+                )
+                pieces.append(_text_array([json.dumps(v) for v in col.to_pylist()]) if quoted else col)
                 if not quoted:
-                    pieces.append('"')
-            pieces.append("}")
-            payloads = pc.binary_join_element_wise(*pieces, "").to_pylist()
-            data["row_hash"] = self.keys.row_hashes(payloads)
+                    pieces.append(_text_scalar('"'))
+            pieces.append(_text_scalar("}"))
+            payloads = pc.binary_join_element_wise(*pieces, _text_scalar("")).to_pylist()
+            data["row_hash"] = _text_array(self.keys.row_hashes(payloads))
         else:
-            data["row_hash"] = [self.keys.row_hash("{}")] * len(keep)
+            data["row_hash"] = _text_array([self.keys.row_hash("{}")] * len(keep))
         for name, col in zip(schema, values, strict=True):
             data[name] = (
-                pa.array([self.keys.seal_value(v) for v in col.to_pylist()], pa.string())
+                _text_array([self.keys.seal_value(v) for v in col.to_pylist()])
                 if name in ENCRYPTED_KEYS
                 else col
             )
         return pa.table(data, schema=_staged_schema(schema, with_row=True))
+
+
+def _text_array(values: list[str]) -> pa.Array:
+    """A string array of ``values`` built from its buffers: ``pa.array`` (and ``pa.scalar``) import
+    pandas on first use, about 0.5 s of CPU in every worker process."""
+    data = [v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]
+    )
+
+
+def _text_scalar(text: str) -> pa.Scalar:
+    """A string scalar, without ``pa.scalar`` (see :func:`_text_array`)."""
+    return _text_array([text])[0]
 
 
 def _by_member_id(member_ids: list[str], prefixes: np.ndarray) -> list[int]:
@@ -300,6 +327,21 @@ def _by_member_id(member_ids: list[str], prefixes: np.ndarray) -> list[int]:
     if any(member_ids[order[t]] != member_ids[order[t + 1]] for t in tied):
         return sorted(range(len(member_ids)), key=member_ids.__getitem__)
     return order.tolist()
+
+
+def _listed(column: Any) -> list[Any] | None:
+    """A column as a list of Python values (None stays None)."""
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        return column.to_pylist()
+    return column
+
+
+def _taken(column: Any, rows: list[int]) -> Any:
+    """The ``rows`` of a column (Arrow stays Arrow: indices from a buffer, no conversion per value)."""
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        indices = np.asarray(rows, dtype=np.int64)
+        return column.take(pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(indices)]))
+    return [column[i] for i in rows]
 
 
 def as_columns(chunk: Chunk, names: Sequence[str]) -> tuple[dict[str, list[Any]], int]:

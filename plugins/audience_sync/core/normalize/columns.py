@@ -104,28 +104,51 @@ class ChunkHasher:
                 rule = platforms[name].fields[identifier]
                 self.targets.setdefault(identifier, (column, []))[1].append((name, rule, start, end))
 
-    def hash_chunk(self, columns: Mapping[str, Sequence[object]], n: int) -> dict[str, PlatformColumns]:
-        """Hash ``n`` rows given as columns (name -> values; a missing column is all missing values)."""
-        regions = self._regions(columns.get(self.country_column) if self.country_column else None, n)
+    def hash_chunk(
+        self, columns: Mapping[str, Sequence[object] | pa.Array | pa.ChunkedArray], n: int
+    ) -> dict[str, PlatformColumns]:
+        """Hash ``n`` rows given as columns (name -> values; a missing column is all missing values).
+
+        A column may be an Arrow array: a text one is then read in Arrow where a rule allows (e-mails,
+        low-cardinality fields), without turning it into Python objects first.
+        """
+        listed: dict[str, list[object]] = {}
+
+        def values_of(name: str) -> list[object]:
+            col = columns[name]
+            if isinstance(col, list):
+                return col
+            if name not in listed:
+                listed[name] = col.to_pylist() if isinstance(col, pa.Array | pa.ChunkedArray) else list(col)
+            return listed[name]
+
+        country = self.country_column
+        regions = self._regions(
+            values_of(country) if country and columns.get(country) is not None else None, n
+        )
+        places: tuple[np.ndarray, list[str | None]] | None = None
         states = {name: _PlatformState(h, n) for name, h in self.hashers.items()}
         for identifier, (column, targets) in self.targets.items():
-            raw = columns.get(column)
-            if raw is None:
+            if columns.get(column) is None:
                 continue  # all missing: nothing to record
+            text = _text_array(columns[column])
             coerced: list[object] | None = None
             phones: list[Any] | None = None
             for platform, rule, start, end in targets:
-                if rule.cached:
-                    results = _cached_results(rule, raw, regions)
-                elif _vector_email(rule) and (found := _email_results(rule, raw, regions)) is not None:
-                    results = found
+                if rule.cached and text is not None:
+                    places = _region_codes(regions) if places is None else places
+                    results = _distinct_results(rule, text, places)
+                elif rule.cached:
+                    results = _cached_results(rule, values_of(column), regions)
+                elif text is not None and _vector_email(rule):
+                    results = _email_results(rule, text, values_of(column), regions)
                 elif isinstance(rule.normalize, PhoneNormalizer):
                     if phones is None:  # parsed once for every platform that takes the phone
-                        coerced = _coerced(raw) if coerced is None else coerced
+                        coerced = _coerced(values_of(column)) if coerced is None else coerced
                         phones = parts_column([_as_text(v) for v in coerced], regions)
                     results = _phone_results(rule, rule.normalize, phones)
                 else:
-                    coerced = _coerced(raw) if coerced is None else coerced
+                    coerced = _coerced(values_of(column)) if coerced is None else coerced
                     results = _direct_results(rule, coerced, regions)
                 states[platform].record(identifier, start, end, results)
         return {name: _finish(st, n) for name, st in states.items()}
@@ -160,41 +183,56 @@ def _attempt(apply: Callable[[object, str | None], Any], value: object, region: 
         return _INVALID
 
 
-def _cached_results(rule: FieldRule, raw: Sequence[object], regions: list[str | None]) -> list[Any]:
-    """A low-cardinality rule over a raw column: coerced, normalised and hashed once per distinct
-    (text, region); other cells (numbers, dates: 1, 1.0 and True are equal keys) one by one."""
-    try:
-        values = pa.array(raw, pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return _cached_results_by_row(rule, raw, regions)
-    return _distinct_results(rule, values, regions)
+def _text_array(column: object) -> pa.Array | None:
+    """An Arrow text column as one string array; None for anything else (Python values, numbers)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not isinstance(column, pa.Array):
+        return None
+    if pa.types.is_string(column.type):
+        return column
+    return column.cast(pa.string()) if pa.types.is_large_string(column.type) else None
+
+
+def _region_codes(regions: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+    """Per row the index of its region among the distinct regions, and those regions."""
+    codes: dict[str | None, int] = {}
+    places = np.fromiter((codes.setdefault(r, len(codes)) for r in regions), np.int64, len(regions))
+    return places, list(codes)
 
 
 def _codes(values: pa.Array) -> tuple[np.ndarray, list[Any]]:
     """Per row the index of its value among the distinct values (-1 for null), and those values."""
     encoded = pc.dictionary_encode(values)
-    return encoded.indices.fill_null(-1).to_numpy(), encoded.dictionary.to_pylist()
+    indices = encoded.indices  # int32; read from its buffer (a fill value would be an Arrow scalar,
+    # whose construction imports pandas: ~0.5 s in every worker process)
+    codes = np.frombuffer(indices.buffers()[1], np.int32, len(indices), indices.offset * 4).astype(np.int64)
+    if indices.null_count:
+        codes[pc.is_null(indices).to_numpy(zero_copy_only=False)] = -1
+    return codes, encoded.dictionary.to_pylist()
 
 
-def _distinct_results(rule: FieldRule, values: pa.Array, regions: list[str | None]) -> list[Any]:
-    """:func:`_cached_results` of a text column: the distinct (text, region) pairs found in Arrow, each
-    coerced, normalised and hashed once, then spread back to the rows."""
+def _distinct_results(
+    rule: FieldRule, values: pa.Array, places: tuple[np.ndarray, list[str | None]]
+) -> list[Any]:
+    """:func:`_cached_results` of an Arrow text column: the distinct (text, region) pairs, each coerced,
+    normalised and hashed once, then spread back to the rows (``places``: :func:`_region_codes`)."""
     texts, distinct_texts = _codes(values)
-    places, distinct_places = _codes(pa.array(regions, pa.string()))
-    width = len(distinct_places) + 1
-    pairs, rows = np.unique(texts.astype(np.int64) * width + (places + 1), return_inverse=True)
+    regions, distinct_regions = places
+    width = len(distinct_regions)
+    pairs, rows = np.unique(texts.astype(np.int64) * width + regions, return_inverse=True)
     apply = rule.apply
     table: list[Any] = []
     for pair in pairs.tolist():
         text, place = divmod(pair, width)
         c = coerce(distinct_texts[text]) if text >= 0 else None
-        table.append(
-            _MISSING if c is None else _attempt(apply, c, distinct_places[place - 1] if place else None)
-        )
-    return [table[i] for i in rows.tolist()]
+        table.append(_MISSING if c is None else _attempt(apply, c, distinct_regions[place]))
+    return [table[i] for i in rows.reshape(-1).tolist()]
 
 
-def _cached_results_by_row(rule: FieldRule, raw: Sequence[object], regions: list[str | None]) -> list[Any]:
+def _cached_results(rule: FieldRule, raw: Sequence[object], regions: list[str | None]) -> list[Any]:
+    """A low-cardinality rule over a column of Python values: coerced, normalised and hashed once per
+    distinct (text, region); other cells (numbers, dates: 1, 1.0 and True are equal keys) one by one."""
     apply = rule.apply
     table: dict[tuple[str, str | None], Any] = {}
     out: list[Any] = []
@@ -267,39 +305,33 @@ def _vector_email(rule: FieldRule) -> bool:
     return isinstance(email, EmailNormalizer) and not (email.gmail_canonical or email.drop_plus_suffix)
 
 
-def _email_results(rule: FieldRule, raw: Sequence[object], regions: list[str | None]) -> list[Any] | None:
-    """An email rule without local-part rewrites over a raw column, in Arrow for ASCII text: trim
-    (``coerce``), lowercase, drop inner whitespace if the rule does, check the length and the pattern.
-    On ASCII text each step is exactly the Python one (the tests hold the two equal); other cells go
-    through the rule row by row. None when the column is not all text (the caller goes row by row)."""
-    try:
-        arr = pa.array(raw, pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
+def _email_results(
+    rule: FieldRule, arr: pa.Array, raw: Sequence[object], regions: list[str | None]
+) -> list[Any]:
+    """An email rule without local-part rewrites over an Arrow text column (``raw``: its values), in
+    Arrow for ASCII text: trim (``coerce``), lowercase, drop inner whitespace if the rule does, check
+    the length and the pattern. On ASCII text each step is exactly the Python one (the tests hold the
+    two equal); other cells go through the rule row by row."""
     email = rule.normalize
     assert isinstance(email, EmailNormalizer)  # noqa: S101 - checked by _vector_email
     trimmed = pc.replace_substring_regex(arr, _EDGE_SPACE_RE2, "")
     text = pc.ascii_lower(trimmed)
     if email.remove_inner_whitespace:
         text = pc.replace_substring_regex(text, _INNER_SPACE_RE2, "")
-    ok = pc.and_(
-        pc.less_equal(pc.binary_length(text), EMAIL_MAX_LENGTH), pc.match_substring_regex(text, _EMAIL_RE2)
-    )
+    # (no Arrow scalars here: building one imports pandas)
+    matched = pc.match_substring_regex(text, _EMAIL_RE2).to_pylist()
     ascii_ = pc.string_is_ascii(arr).to_pylist()
-    empty = pc.equal(pc.binary_length(trimmed), 0).to_pylist()
     sha = hashlib.sha256
     hashed = rule.hashed
     out: list[Any] = []
     append = out.append
-    for v, r, a, e, good, t in zip(
-        raw, regions, ascii_, empty, ok.to_pylist(), text.to_pylist(), strict=True
-    ):
-        if v is None or (a and e):
+    for v, r, a, good, t in zip(raw, regions, ascii_, matched, text.to_pylist(), strict=True):
+        if v is None or (a and not t):  # ASCII text is empty after trimming iff it is after both steps
             append(_MISSING)
         elif not a:
             c = coerce(v)
             append(_MISSING if c is None else _attempt(rule.apply, c, r))
-        elif not good:
+        elif not good or len(t) > EMAIL_MAX_LENGTH:
             append(_INVALID)
         else:
             append((sha(t.encode("utf-8")).hexdigest(),) if hashed else (t,))
