@@ -160,3 +160,10 @@ def test_member_ids_sharing_their_first_bytes_are_sorted_by_the_whole_id() -> No
     same = ["ab" * 8 + "00", "00" * 8, "ab" * 8 + "00"]
     prefixes = np.frombuffer(bytes.fromhex("".join(m[:16] for m in same)), dtype=">u8")
     assert _by_member_id(same, prefixes) == [1, 0, 2]
+
+
+def test_staged_text_columns_are_built_from_their_buffers_whatever_the_text() -> None:
+    from audience_sync.core.extract import _text_array
+
+    for values in (["", "ab" * 32, "x"], ["Zoë", "", "東京", "a"], []):
+        assert _text_array(values).to_pylist() == values

@@ -305,12 +305,17 @@ class _Hasher:
 def _text_array(values: list[str]) -> pa.Array:
     """A string array of ``values`` built from its buffers: ``pa.array`` (and ``pa.scalar``) import
     pandas on first use, about 0.5 s of CPU in every worker process."""
-    data = [v.encode("utf-8") for v in values]
-    offsets = np.zeros(len(data) + 1, dtype=np.int32)
-    np.cumsum([len(b) for b in data], out=offsets[1:])
-    return pa.Array.from_buffers(
-        pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]
-    )
+    joined = "".join(values)
+    if joined.isascii():  # hashes, member ids: one encoding, lengths in characters are in bytes
+        data = joined.encode("ascii")
+        lengths = [len(v) for v in values]
+    else:
+        encoded = [v.encode("utf-8") for v in values]
+        data = b"".join(encoded)
+        lengths = [len(b) for b in encoded]
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _text_scalar(text: str) -> pa.Scalar:
