@@ -268,7 +268,20 @@ def parts_column(
     """:func:`e164_parts` of a column, unmemoised (each value is parsed once, by the caller's design):
     per text its (country code, national number), the reason it is invalid (a ``str``), or ``None``
     for ``None``."""
-    return [None if t is None else _parts(t, r) for t, r in zip(texts, regions, strict=True)]
+    lib = _library()
+    out: list[tuple[int, str] | str | None] = []
+    append = out.append
+    for t, r in zip(texts, regions, strict=True):
+        if t is None:
+            append(None)
+            continue
+        try:
+            append(parts_with(lib, t, r))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            append(_parts(t, r))  # the library failed on this value: _parts falls back, with its warning
+    return out
 
 
 def e164_parts(text: str, region: str | None) -> tuple[int, str]:
