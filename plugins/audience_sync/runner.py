@@ -160,9 +160,9 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
     fixed cost, is off the critical path.
     """
     prepare_airflow_env()
-    from audience_sync.core.delta import StagedGroup
+    # planning's modules (SQLAlchemy) are imported once the state is open, when the other thread has
+    # imported SQLAlchemy with Airflow: the extraction starts without waiting for them
     from audience_sync.core.extract import extract_and_stage, read_member_ids
-    from audience_sync.core.sync import SyncRequest, plan_sync
     from audience_sync.sources import read_group
 
     folder = campaigns_dir()
@@ -206,6 +206,9 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
             if g.source != "sql":
                 opened = opening.result()
             store, destinations = opened
+            from audience_sync.core.delta import StagedGroup
+            from audience_sync.core.sync import SyncRequest, plan_sync
+
             revoked = read_member_ids(counts.no_consent_path)
             plans = []
             for d, dest in zip(c.destinations, destinations, strict=True):
