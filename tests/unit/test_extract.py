@@ -167,3 +167,12 @@ def test_staged_text_columns_are_built_from_their_buffers_whatever_the_text() ->
 
     for values in (["", "ab" * 32, "x"], ["Zoë", "", "東京", "a"], []):
         assert _text_array(values).to_pylist() == values
+
+
+def test_the_utf8_bytes_of_each_value_are_read_from_the_buffer_of_a_sliced_array_too() -> None:
+    from audience_sync.core.extract import _text_array, _utf8_values
+
+    values = ["", "ab", "Zoë", "東京", "x"]
+    array = _text_array(values)
+    assert [bytes(v) for v in _utf8_values(array)] == [v.encode() for v in values]
+    assert [bytes(v) for v in _utf8_values(array.slice(2, 2))] == [v.encode() for v in values[2:4]]

@@ -295,8 +295,8 @@ class _Hasher:
                 if not quoted:
                     pieces.append(_text_scalar('"'))
             pieces.append(_text_scalar("}"))
-            payloads = pc.binary_join_element_wise(*pieces, _text_scalar("")).to_pylist()
-            data["row_hash"] = _text_array(self.keys.row_hashes(payloads))
+            payloads = pc.binary_join_element_wise(*pieces, _text_scalar(""))
+            data["row_hash"] = _text_array(self.keys.row_hashes_utf8(_utf8_values(payloads)))
         else:
             data["row_hash"] = _text_array([self.keys.row_hash("{}")] * len(keep))
         for name, col in zip(schema, values, strict=True):
@@ -322,6 +322,14 @@ def _text_array(values: list[str]) -> pa.Array:
     offsets = np.zeros(len(values) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _utf8_values(array: pa.Array) -> Iterator[memoryview]:
+    """The UTF-8 bytes of each value of a string array without nulls, as views of its data buffer."""
+    _validity, offsets, data = array.buffers()
+    bounds = np.frombuffer(offsets, np.int32, len(array) + 1, array.offset * 4).tolist()
+    view = memoryview(data) if data is not None else memoryview(b"")
+    return (view[a:b] for a, b in itertools.pairwise(bounds))
 
 
 def _text_scalar(text: str) -> pa.Scalar:

@@ -110,13 +110,13 @@ def _hmac_sha256(key: bytes) -> Callable[[bytes], str]:
     return mac
 
 
-def _hmac_sha256_many(key: bytes) -> Callable[[Iterable[bytes]], list[str]]:
+def _hmac_sha256_many(key: bytes) -> Callable[[Iterable[bytes | memoryview]], list[str]]:
     """:func:`_hmac_sha256` over many messages in one loop (no Python call per message)."""
     padded = key.ljust(64, b"\0")
     inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
     outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
 
-    def macs(messages: Iterable[bytes]) -> list[str]:
+    def macs(messages: Iterable[bytes | memoryview]) -> list[str]:
         out = []
         append = out.append
         for message in messages:
@@ -202,6 +202,10 @@ class StateKeys:
     def row_hashes(self, plain_payload_jsons: Iterable[str]) -> list[str]:
         """:meth:`row_hash` of each payload, in one loop."""
         return self._row_macs(p.encode("utf-8") for p in plain_payload_jsons)
+
+    def row_hashes_utf8(self, plain_payload_jsons: Iterable[bytes | memoryview]) -> list[str]:
+        """:meth:`row_hash` of each payload given as its UTF-8 bytes (e.g. slices of an Arrow buffer)."""
+        return self._row_macs(plain_payload_jsons)
 
     def rekey(self, v1_member_id: str) -> str:
         """The v2 member id of a v1 (plain SHA-256) member id."""
