@@ -1,11 +1,18 @@
 """Hash a chunk of customer rows column by column, for several platforms at once (extraction's hot loop).
 
 :class:`ChunkHasher` gives, row for row, exactly what :meth:`RowHasher.hash_row` gives (the tests hold
-the two equal on random rows), but works on columns: every cell is coerced once for all platforms, the
-row's region is looked up once, and each identifier is normalised for every platform while its value is
-at hand, so a phone number is parsed once per row however many platforms take it (the phone parser
-memoises its last numbers, see ``phones.py``). Per-row bookkeeping is a bit mask per platform instead
-of sets and result objects.
+the two equal on random rows, Python lists and Arrow arrays), but works on columns, with one kernel per
+kind of rule:
+
+- low-cardinality fields (``FieldRule.cached``: names, country, ...): coerced, normalised and hashed once
+  per distinct (text, region), the distinct pairs found in Arrow for a text column;
+- e-mails without local-part rewrites (Meta's rule): trimmed, lowercased and validated in Arrow for
+  ASCII text, where each step is exactly Python's; other text goes through the rule row by row;
+- phones: parsed once per row for every platform that takes them (``phones.parts_column``), then
+  formatted and hashed per platform;
+- anything else: the rule's normaliser row by row, hashing inlined (``FieldRule.apply``'s steps).
+
+Per-row bookkeeping is a bit mask per platform instead of sets and result objects.
 """
 
 from __future__ import annotations
