@@ -5,9 +5,11 @@ Environment variables must be set before Airflow is imported, so this runs at co
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,8 @@ from audience_sync.core.keys import StateKeys
 
 ROOT = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="audience-sync-airflow-"))
+# the session's Airflow home (metadata DB, logs, staged files) goes when the test process exits
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")

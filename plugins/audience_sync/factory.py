@@ -1,5 +1,9 @@
 """Build one Airflow DAG per campaign file: extract >> plan >> (sync >> wait) per destination >> metrics.
 
+With ``partitions: N`` the extract task is mapped over N partitions of the group (dynamic task
+mapping); with ``partitions: auto`` a ``partition`` task sizes the group first and the extract task is
+mapped over what it returns.
+
 Parse-time work is local only: YAML and SQL files are read, nothing connects to a database, an API
 or Airflow Variables. A broken campaign file never stops the others: :func:`build_dags` skips it (and
 logs why), and :func:`raise_campaign_errors` — called from its own DAG file — turns every broken file
@@ -20,7 +24,7 @@ from airflow.sdk import DAG
 from audience_sync.core.campaign import Campaign, load_campaigns
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.settings import settings
-from audience_sync.operators.extract import ExtractAudienceOperator
+from audience_sync.operators.extract import ExtractAudienceOperator, PartitionGroupOperator
 from audience_sync.operators.metrics import RecordMetricsOperator
 from audience_sync.operators.processing import AwaitProcessingSensor
 from audience_sync.operators.sync import PlanAudienceOperator, SyncAudienceOperator
@@ -72,17 +76,7 @@ def build_dag(c: Campaign) -> DAG:
         doc_md=doc,
         params={},
     ) as dag:
-        extract = ExtractAudienceOperator(
-            task_id="extract",
-            source_path=str(group.source_path) if group.source == "list" else None,
-            sql=group.sql_query() if group.source == "sql" else None,
-            conn_id=group.conn_id,
-            key=group.key,
-            identifiers=dict(group.identifiers),
-            platforms=platforms,
-            default_country=group.default_country,
-            consent_column=group.consent.column if group.consent else None,
-        )
+        extract = extract_tasks(c, platforms)
         dests: list[dict[str, str]] = []
         syncs = []
         for d in c.destinations:
@@ -126,6 +120,33 @@ def build_dag(c: Campaign) -> DAG:
             plan >> sync
             wait >> metrics
     return dag
+
+
+def extract_tasks(c: Campaign, platforms: list[str]) -> Any:
+    """The extract task: one task, or mapped over the campaign's partitions (then the task the plan
+    follows is the mapped one; with ``auto`` a ``partition`` task before it says how many)."""
+    group = c.audience_group
+    source = {
+        "source_path": str(group.source_path) if group.source == "list" else None,
+        "sql": group.sql_query() if group.source == "sql" else None,
+        "conn_id": group.conn_id,
+    }
+    args = {
+        **source,
+        "key": group.key,
+        "identifiers": dict(group.identifiers),
+        "platforms": platforms,
+        "default_country": group.default_country,
+        "consent_column": group.consent.column if group.consent else None,
+    }
+    if c.partitions == 1:
+        return ExtractAudienceOperator(task_id="extract", **args)
+    mapped = ExtractAudienceOperator.partial(task_id="extract", **args)
+    if c.partitions == "auto":
+        sizing = PartitionGroupOperator(task_id="partition", **source)
+        return mapped.expand(partition=sizing.output)
+    count = int(c.partitions)
+    return mapped.expand(partition=[[i, count] for i in range(count)])
 
 
 def build_dags(

@@ -101,3 +101,39 @@ def test_strict_mode_fails_on_any_broken_file(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("AUDIENCE_SYNC_STRICT", "1")
     with pytest.raises(Exception, match="broken.yaml"):
         build_dags(folder=folder)
+
+
+def test_partitioned_dags_map_the_extract_task_without_touching_a_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk import BaseHook
+
+    def forbid(*a, **k):
+        raise AssertionError("a connection was read while parsing DAGs")
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(forbid))
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    text = CAMPAIGNS[0].read_text()  # a SQL group: ``auto`` must not count it at parse time
+    (folder / "fixed.yaml").write_text(text + "partitions: 3\n")
+    (folder / "sized.yaml").write_text(text + "partitions: auto\n")
+    (folder / "single.yaml").write_text(text + "partitions: 1\n")
+    (folder / "plain.yaml").write_text(text)
+    monkeypatch.setenv("AUDIENCE_SYNC_CAMPAIGNS_DIR", str(folder))
+    bag = _bag()
+    assert bag.import_errors == {}
+    fixed, sized, single = (bag.dags[f"ads_audience__{s}"] for s in ("fixed", "sized", "single"))
+
+    extract = fixed.get_task("extract")
+    assert type(extract).__name__ == "MappedOperator"
+    assert extract.expand_input.value == {"partition": [[0, 3], [1, 3], [2, 3]]}
+    assert "partition" not in fixed.task_ids and extract.downstream_task_ids == {"plan"}
+
+    assert type(sized.get_task("extract")).__name__ == "MappedOperator"
+    assert sized.get_task("partition").downstream_task_ids == {"extract"}
+    assert sized.get_task("extract").downstream_task_ids == {"plan"}
+
+    # one partition is today's DAG: one plain extract task, the same task ids
+    assert type(single.get_task("extract")).__name__ == "ExtractAudienceOperator"
+    assert set(single.task_ids) == set(bag.dags["ads_audience__plain"].task_ids)
+    assert "partition" not in single.task_ids

@@ -141,7 +141,7 @@ def test_prune_keeps_running_runs_and_young_unmarked_folders(
     young, old = staging_dir("dag_x", "legacy_young"), staging_dir("dag_x", "legacy_old")
     for d in (young, old):
         d.mkdir()
-    os.utime(old, (0, os.path.getmtime(old) - UNMARKED_MAX_AGE_SECONDS - 60))
+    os.utime(old.path, (0, os.path.getmtime(old.path) - UNMARKED_MAX_AGE_SECONDS - 60))  # a local store
     other_dag = staging_dir("dag_y", "r_done")
     other_dag.mkdir(parents=True)
     (other_dag / RUN_MARKER).write_text("r_done")

@@ -708,3 +708,34 @@ def test_load_campaigns_relative_folder_and_bad_fixtures() -> None:
 def test_load_campaigns_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_campaigns(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------------------------------
+# partitions (scale-out of extraction)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 1), ("1", 1), ("3", 3), ("64", 64), ("auto", "auto")])
+def test_partitions(tmp_path: Path, value: str | None, expected: int | str) -> None:
+    text = MINIMAL + (f"partitions: {value}\n" if value is not None else "")
+    assert load_campaign(write(tmp_path, text)).partitions == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "0 partitions is not between 1 and 64"),
+        ("65", "65 partitions is not between 1 and 64"),
+        ("-2", "-2 partitions is not between 1 and 64"),
+        ('"3"', "'3' is not a number of partitions"),
+        ("2.5", "'2.5' is not a number of partitions"),
+        ("true", "'True' is not a number of partitions"),
+        ("many", "'many' is not a number of partitions"),
+    ],
+)
+def test_bad_partitions_name_file_field_and_fix(tmp_path: Path, value: str, message: str) -> None:
+    path = write(tmp_path, MINIMAL + f"partitions: {value}\n")
+    error = only_error(path, "partitions")
+    assert message in error.message
+    assert "partitions: auto" in error.fix and "whole number from 1 to 64" in error.fix
+    assert str(path) in str(error) and "line 12" in str(error)

@@ -1,7 +1,9 @@
 """Static checks of docker-compose.yaml, Dockerfile, .env.example and the postgres init script.
 
 No Docker engine or compose plugin is needed: the files are parsed, and ``${VAR:-default}``
-interpolation is resolved the way Compose does it, with an empty environment.
+interpolation is resolved the way Compose does it, with an empty environment. The compose file is
+checked twice: as it is (LocalExecutor), and as its commented CeleryExecutor variant, made the way its
+header says (``sed -e '/#local$/d' -e 's/#celery //'``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ REQUIREMENTS = ROOT / "requirements.txt"
 
 AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 ALL_AIRFLOW = ("airflow-init", *AIRFLOW_SERVICES)
+CELERY_SERVICES = ("valkey", "airflow-worker", "airflow-flower")
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}; "$${...}" is an escaped literal for the container.
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -45,9 +48,27 @@ def _interpolate(value: str, env: dict[str, str] | None = None) -> str:
     return _INTERPOLATION.sub(replace, value).replace("$$", "$")
 
 
+def celery_variant(text: str) -> str:
+    """The CeleryExecutor variant: ``#local`` lines dropped, ``#celery `` prefixes removed."""
+    lines = [line for line in text.splitlines() if not line.endswith("#local")]
+    return "\n".join(line.replace("#celery ", "", 1) if "#celery " in line else line for line in lines) + "\n"
+
+
+@pytest.fixture(scope="module", params=["local", "celery"])
+def variant(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def compose_text() -> str:
-    return COMPOSE.read_text(encoding="utf-8")
+def compose_text(variant: str) -> str:
+    text = COMPOSE.read_text(encoding="utf-8")
+    return celery_variant(text) if variant == "celery" else text
+
+
+@pytest.fixture(scope="module")
+def airflow_names(variant: str) -> tuple[str, ...]:
+    """Every service running Airflow code with the common settings (init included)."""
+    return (*ALL_AIRFLOW, "airflow-worker", "airflow-flower") if variant == "celery" else ALL_AIRFLOW
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +101,46 @@ def _dependencies(service: dict[str, Any]) -> dict[str, str]:
     return {name: spec["condition"] for name, spec in service.get("depends_on", {}).items()}
 
 
-def test_expected_services(services: dict[str, dict[str, Any]]) -> None:
+def test_expected_services(services: dict[str, dict[str, Any]], variant: str) -> None:
     assert set(services) >= {"postgres", *ALL_AIRFLOW, "sandbox"}
-    assert not {"redis", "airflow-worker", "flower"} & set(services)
+    if variant == "local":
+        assert not {*CELERY_SERVICES, "redis", "flower"} & set(services)
+    else:
+        assert set(services) >= set(CELERY_SERVICES)
 
 
-def test_no_celery(compose_text: str) -> None:
-    assert "celery" not in compose_text.lower()
-    assert "redis" not in compose_text.lower()
+def test_celery_is_commented_out_of_the_local_variant() -> None:
+    active = [
+        line for line in COMPOSE.read_text(encoding="utf-8").splitlines() if not line.lstrip().startswith("#")
+    ]
+    assert not [line for line in active if "celery" in line.lower() or "valkey" in line.lower()]
+
+
+def test_celery_variant() -> None:
+    services = yaml.safe_load(celery_variant(COMPOSE.read_text(encoding="utf-8")))["services"]
+    valkey = services["valkey"]
+    assert valkey["image"].startswith("valkey/valkey:")
+    assert "valkey-cli" in valkey["healthcheck"]["test"]
+    worker, flower = services["airflow-worker"], services["airflow-flower"]
+    assert worker["command"] == "celery worker" and flower["command"] == "celery flower"
+    assert flower["profiles"] == ["flower"]
+    assert any(_interpolate(p).endswith(":5555:5555") for p in flower["ports"])
+    assert "inspect ping" in " ".join(worker["healthcheck"]["test"])
+    assert _dependencies(worker)["valkey"] == "service_healthy"
+    assert _dependencies(worker)["airflow-apiserver"] == "service_healthy"
+    staging_urls = set()
+    for name in (*ALL_AIRFLOW, "airflow-worker", "airflow-flower"):
+        env = _env(services[name])
+        assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "valkey", name
+        backend = urlsplit(env["AIRFLOW__CELERY__RESULT_BACKEND"].removeprefix("db+"))
+        assert (backend.hostname, backend.path) == ("postgres", "/airflow"), name
+        staging_urls.add(env["AUDIENCE_SYNC_STAGING_URL"])
+        # every task process, wherever it runs, reads and writes the same staging volume
+        assert _volume_targets(services[name]).get("/opt/airflow/staging") == "staging", name
+        assert _dependencies(services[name]).get("valkey") == "service_healthy" or name == "airflow-init"
+    assert staging_urls == {"file:///opt/airflow/staging"}
+    init = " ".join(services["airflow-init"]["command"])
+    assert "chown" in init and "/opt/airflow/staging" in init
 
 
 def test_images_and_build(services: dict[str, dict[str, Any]]) -> None:
@@ -102,8 +155,10 @@ def test_images_and_build(services: dict[str, dict[str, Any]]) -> None:
     assert len(images) == 1, images  # one image, built once, used by every Airflow service and the sandbox
 
 
-def test_airflow_services_mount_project_folders(services: dict[str, dict[str, Any]]) -> None:
-    for name in ALL_AIRFLOW:
+def test_airflow_services_mount_project_folders(
+    services: dict[str, dict[str, Any]], airflow_names: tuple[str, ...]
+) -> None:
+    for name in airflow_names:
         targets = _volume_targets(services[name])
         for folder in ("dags", "plugins", "include", "logs", "config"):
             assert targets.get(f"/opt/airflow/{folder}") == f"./{folder}", (name, folder)
@@ -111,21 +166,27 @@ def test_airflow_services_mount_project_folders(services: dict[str, dict[str, An
         assert (ROOT / folder).is_dir(), folder
 
 
-def test_airflow_environment(services: dict[str, dict[str, Any]]) -> None:
-    for name in ALL_AIRFLOW:
+def test_airflow_environment(
+    services: dict[str, dict[str, Any]], variant: str, airflow_names: tuple[str, ...]
+) -> None:
+    for name in airflow_names:
         env = _env(services[name])
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["AIRFLOW__CORE__EXECUTOR"] == (
+            "CeleryExecutor" if variant == "celery" else "LocalExecutor"
+        )
         assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
         assert env["AUDIENCE_SYNC_CAMPAIGNS_DIR"] == "/opt/airflow/include/campaigns"
         assert env["AIRFLOW_CONFIG"].startswith("/opt/airflow/config/")
 
 
-def test_database_urls_point_at_postgres(services: dict[str, dict[str, Any]]) -> None:
+def test_database_urls_point_at_postgres(
+    services: dict[str, dict[str, Any]], airflow_names: tuple[str, ...]
+) -> None:
     postgres_env = _env(services["postgres"])
     user, password = postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_PASSWORD"]
     assert postgres_env["POSTGRES_DB"] == "airflow"
-    for name in ALL_AIRFLOW:
+    for name in airflow_names:
         env = _env(services[name])
         url = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
         assert url.scheme == "postgresql+psycopg2"
@@ -138,8 +199,9 @@ def test_database_urls_point_at_postgres(services: dict[str, dict[str, Any]]) ->
         assert (conn["login"], conn["password"]) == (user, password)
 
 
-def test_depends_on_conditions(services: dict[str, dict[str, Any]]) -> None:
-    assert _dependencies(services["airflow-init"]) == {"postgres": "service_healthy"}
+def test_depends_on_conditions(services: dict[str, dict[str, Any]], variant: str) -> None:
+    broker = {"valkey": "service_healthy"} if variant == "celery" else {}
+    assert _dependencies(services["airflow-init"]) == {"postgres": "service_healthy", **broker}
     for name in AIRFLOW_SERVICES:
         deps = _dependencies(services[name])
         assert deps["postgres"] == "service_healthy", name
@@ -148,8 +210,8 @@ def test_depends_on_conditions(services: dict[str, dict[str, Any]]) -> None:
     assert _dependencies(services["airflow-scheduler"])["airflow-apiserver"] == "service_healthy"
 
 
-def test_healthchecks(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("postgres", *AIRFLOW_SERVICES, "sandbox"):
+def test_healthchecks(services: dict[str, dict[str, Any]], variant: str) -> None:
+    for name in ("postgres", *AIRFLOW_SERVICES, "sandbox", *(CELERY_SERVICES if variant == "celery" else ())):
         test = services[name]["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL"), name
     api = services["airflow-apiserver"]
@@ -225,7 +287,7 @@ def test_no_literal_secrets_in_compose(compose: dict[str, Any], compose_text: st
         assert all(isinstance(f, dict) and f["path"] == ".env" and f["required"] is False for f in env_files)
 
 
-def test_env_example_has_placeholders_only(compose_text: str) -> None:
+def test_env_example_has_placeholders_only(compose_text: str) -> None:  # both variants' variables
     text = ENV_EXAMPLE.read_text(encoding="utf-8")
     meta = re.search(r"^AIRFLOW_CONN_META_DEFAULT='(.*)'$", text, re.MULTILINE)
     assert meta, "document AIRFLOW_CONN_META_DEFAULT"

@@ -131,3 +131,31 @@ def test_the_readme_documents_every_variable_in_one_table() -> None:
     # every AUDIENCE_SYNC_* name the README mentions is either a setting or compose-only
     mentioned = set(re.findall(r"(?<![A-Z_])AUDIENCE_SYNC_[A-Z_]+", readme))
     assert mentioned <= {v.name for v in VARIABLES} | {"AUDIENCE_SYNC_IMAGE"}
+
+
+def test_staging_url_and_partition_settings() -> None:
+    s = Settings.from_env({"AIRFLOW_HOME": "/srv/airflow"})
+    assert s.staging == "file:///srv/airflow/audience_sync/staging"
+    assert (s.staging_conn_id, s.partition_rows, s.max_partitions) == (None, 1_000_000, 16)
+    s = Settings.from_env(
+        {
+            "AUDIENCE_SYNC_STAGING_URL": "s3://bucket/audience-sync/",
+            "AUDIENCE_SYNC_STAGING_CONN_ID": "aws_staging",
+            "AUDIENCE_SYNC_PARTITION_ROWS": "5000",
+            "AUDIENCE_SYNC_MAX_PARTITIONS": "4",
+        }
+    )
+    assert (s.staging, s.staging_conn_id, s.partition_rows, s.max_partitions) == (
+        "s3://bucket/audience-sync",
+        "aws_staging",
+        5000,
+        4,
+    )
+    assert Settings.from_env({"AUDIENCE_SYNC_STAGING_URL": "/mnt/shared/"}).staging == "file:///mnt/shared"
+    for bad in ("bucket/prefix", "s3://", "not a url://x"):
+        with pytest.raises(SettingsError, match="AUDIENCE_SYNC_STAGING_URL.*s3://my-bucket"):
+            Settings.from_env({"AUDIENCE_SYNC_STAGING_URL": bad})
+    with pytest.raises(
+        SettingsError, match="AUDIENCE_SYNC_PARTITION_ROWS is '10' but must be a whole number"
+    ):
+        Settings.from_env({"AUDIENCE_SYNC_PARTITION_ROWS": "10"})

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePath
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
@@ -39,19 +40,33 @@ _IDS = pa.schema([("member_id", pa.string()), ("row_hash", pa.string())])
 class StagedGroup:
     """(member_id, row_hash) of one platform's staged group, sliced by member-id prefix.
 
-    :param source: a staged folder (or single file) written by extraction, or rows
-        ``(member_id, row_hash, payload)`` (tests, small groups).
+    :param source: a staged folder (or single file) written by extraction, a list of them (one per
+        extraction partition: their members are disjoint), or rows ``(member_id, row_hash, payload)``
+        (tests, small groups).
+    :param filesystem: where the staged folders are (default: the local filesystem).
     """
 
-    def __init__(self, source: str | Path | Iterable[tuple[str, str, str]]) -> None:
-        self.parts: dict[str, Path] = {}
+    def __init__(
+        self,
+        source: str | PurePath | Sequence[str | PurePath] | Iterable[tuple[str, str, str]],
+        filesystem: pafs.FileSystem | None = None,
+    ) -> None:
+        self.parts: dict[str, list[PurePath]] = {}
         self.table: pa.Table | None = None
         self.schema: list[str] = []  # the platform keys of staged files (rows carry a payload instead)
-        if isinstance(source, str | Path):
-            for part in staged_parts(source):
-                self.parts[part.stem] = part
-            self.size = sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts.values())
-            self.schema = staged_schema(source)
+        self.filesystem = filesystem
+        if isinstance(source, str | PurePath):
+            source = [source]
+        if isinstance(source, list | tuple) and source and isinstance(source[0], str | PurePath):
+            for folder in source:
+                for part in staged_parts(folder, filesystem):
+                    self.parts.setdefault(part.stem, []).append(part)
+            self.size = sum(
+                pq.ParquetFile(str(p), filesystem=filesystem).metadata.num_rows
+                for files in self.parts.values()
+                for p in files
+            )
+            self.schema = staged_schema(source[0], filesystem)
         else:
             columns: tuple[list[str], list[str], list[str]] = ([], [], [])
             for row in source:
@@ -67,11 +82,11 @@ class StagedGroup:
             table = self.table if full else self.table.select(["member_id", "row_hash"])
             return _starting(table, prefix)
         if prefix and set(self.parts) == set(PARTS):
-            files = [self.parts[prefix[0]]]
+            files = self.parts[prefix[0]]
         else:  # every part, or a single file staged by an older version
-            files = list(self.parts.values())
+            files = [f for fs in self.parts.values() for f in fs]
         columns = None if full else ["member_id", "row_hash"]
-        tables = [pq.read_table(f, columns=columns) for f in files]
+        tables = [pq.read_table(str(f), columns=columns, filesystem=self.filesystem) for f in files]
         return _starting(pa.concat_tables(tables) if tables else _IDS.empty_table(), prefix)
 
     def payloads(self, table: pa.Table) -> list[str]:

@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from audience_sync.core.dedupe import SeenKeys
@@ -102,6 +103,7 @@ def extract_and_stage(
     default_country: str | None = None,
     consent_column: str | None = None,
     workers: int | None = None,
+    filesystem: pafs.FileSystem | None = None,
 ) -> ExtractCounts:
     """Hash every row for each platform and stage it in ``<staging_dir>/<platform>/<h>.parquet``
     (``h``: the member id's first hex digit), members without consent in ``no_consent.parquet``.
@@ -120,12 +122,15 @@ def extract_and_stage(
     :param workers: processes hashing chunks in parallel (default: the ``AUDIENCE_SYNC_EXTRACT_WORKERS``
         setting, one per usable core). A group of one chunk is hashed in this process; so is a group
         for a platform registered at run time, which a fresh worker process would not know.
+    :param filesystem: where ``staging_dir`` is (an object store through
+        ``pyarrow.fs.PyFileSystem(FSSpecHandler(fs))``; default: the local filesystem). The staged paths
+        in the counts are paths on it.
     """
     spec = _Spec(key, dict(identifiers), tuple(platforms), default_country, consent_column)
     local = _Hasher(spec, keys.result if isinstance(keys, Future) else keys)
-    out_dir = Path(staging_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stager = _Stager(out_dir, local.schemas)
+    fs, out_dir = _location(staging_dir, filesystem)
+    fs.create_dir(out_dir, recursive=True)
+    stager = _Stager(out_dir, local.schemas, fs)
     try:
         for part in _hashed(chunks, spec, keys, local, workers, stager.counts):
             stager.add(part)
@@ -505,18 +510,28 @@ def _slim(chunk: Chunk, spec: _Spec) -> Chunk:
 
 
 # ------------------------------------------------------------------------------------------ staging
+def _location(path: str | PurePath, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path on it: a local path is made absolute (pyarrow's local filesystem
+    wants one)."""
+    if filesystem is None:
+        return pafs.LocalFileSystem(), str(Path(path).absolute())
+    return filesystem, str(path).rstrip("/")
+
+
 class _Stager:
     """Drops later rows of a member key already seen, counts, and writes the staged files in order."""
 
-    def __init__(self, out_dir: Path, schemas: Mapping[str, tuple[str, ...]]) -> None:
+    def __init__(self, out_dir: str, schemas: Mapping[str, tuple[str, ...]], fs: pafs.FileSystem) -> None:
         self.out_dir = out_dir
         self.schemas = schemas
         self.counts = ExtractCounts()
         self.seen = SeenKeys()
         self.per_platform = Counter[str]()
-        self.parts = {p: _Parts(out_dir / p, _staged_schema(schema)) for p, schema in schemas.items()}
+        self.parts = {
+            p: _Parts(f"{out_dir}/{p}", _staged_schema(schema), fs) for p, schema in schemas.items()
+        }
         revoked = pa.schema([("member_id", pa.string())])
-        self.revoked = pq.ParquetWriter(out_dir / "no_consent.parquet", revoked)
+        self.revoked = pq.ParquetWriter(f"{out_dir}/no_consent.parquet", revoked, filesystem=fs)
 
     def add(self, h: _Hashed) -> None:
         c = self.counts
@@ -555,11 +570,11 @@ class _Stager:
         for p, parts in self.parts.items():
             parts.close()
             self.counts.staged[p] = {
-                "path": str(parts.folder),
+                "path": parts.folder,
                 "rows": self.per_platform[p],
                 "schema": list(self.schemas[p]),
             }
-        self.counts.no_consent_path = str(self.out_dir / "no_consent.parquet")
+        self.counts.no_consent_path = f"{self.out_dir}/no_consent.parquet"
 
 
 #: the staged rows of a platform are split by the first hex digit of the member id, so the group can
@@ -573,13 +588,13 @@ BUFFER_ROWS = 262_144
 class _Parts:
     """One platform's staged folder: ``<h>.parquet`` for each first hex digit ``h`` of the member id."""
 
-    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+    def __init__(self, folder: str, schema: pa.Schema, fs: pafs.FileSystem) -> None:
         self.folder = folder
         self.schema = schema
-        folder.mkdir(parents=True, exist_ok=True)
+        fs.create_dir(folder, recursive=True)
         self.buffers: dict[str, list[pa.Table]] = {h: [] for h in PARTS}
         self.buffered = 0
-        self.writers = {h: pq.ParquetWriter(folder / f"{h}.parquet", schema) for h in PARTS}
+        self.writers = {h: pq.ParquetWriter(f"{folder}/{h}.parquet", schema, filesystem=fs) for h in PARTS}
 
     def add(self, table: pa.Table) -> None:
         """Rows sorted by member id: each part's rows are one contiguous slice."""
@@ -607,21 +622,34 @@ class _Parts:
             writer.close()
 
 
-def staged_parts(path: str | Path) -> list[Path]:
-    """The files of a staged group: a platform's folder of parts, or a single file (older runs)."""
-    p = Path(path)
-    return sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+def staged_parts(path: str | PurePath, filesystem: pafs.FileSystem | None = None) -> list[PurePath]:
+    """The files of a staged group: a platform's folder of parts, or a single file (older runs).
+
+    Local paths without ``filesystem``; on a ``filesystem``, paths on it (``PurePosixPath``).
+    """
+    if filesystem is None:
+        p = Path(path)
+        return sorted(p.glob("*.parquet")) if p.is_dir() else [p]  # type: ignore[return-value]
+    folder = str(path).rstrip("/")
+    if filesystem.get_file_info(folder).type != pafs.FileType.Directory:
+        return [PurePosixPath(folder)]
+    found = filesystem.get_file_info(pafs.FileSelector(folder))
+    return sorted(PurePosixPath(i.path) for i in found if i.path.endswith(".parquet"))
 
 
-def read_staged(path: str | Path, batch_rows: int = CHUNK_ROWS) -> Iterator[tuple[str, list[str], list[str]]]:
+def read_staged(
+    path: str | PurePath, batch_rows: int = CHUNK_ROWS, filesystem: pafs.FileSystem | None = None
+) -> Iterator[tuple[str, list[str], list[str]]]:
     """Yield (member_id, schema, values) from a staged file, in bounded memory (values as staged: sealed)."""
-    for mid, _row_hash, schema, values in _read(path, batch_rows):
+    for mid, _row_hash, schema, values in _read(path, batch_rows, filesystem):
         yield mid, schema, values
 
 
-def _read(path: str | Path, batch_rows: int) -> Iterator[tuple[str, str, list[str], list[str]]]:
-    for part in staged_parts(path):
-        pf = pq.ParquetFile(part)
+def _read(
+    path: str | PurePath, batch_rows: int, filesystem: pafs.FileSystem | None = None
+) -> Iterator[tuple[str, str, list[str], list[str]]]:
+    for part in staged_parts(path, filesystem):
+        pf = pq.ParquetFile(str(part), filesystem=filesystem)
         schema = [n for n in pf.schema_arrow.names if n not in META_COLUMNS]
         for batch in pf.iter_batches(batch_size=batch_rows):
             data = batch.to_pydict()
@@ -631,13 +659,22 @@ def _read(path: str | Path, batch_rows: int) -> Iterator[tuple[str, str, list[st
                 yield mid, hashes[i], schema, [c[i] or "" for c in columns]
 
 
-def read_member_ids(path: str | Path | None) -> list[str]:
+def read_member_ids(path: str | PurePath | None, filesystem: pafs.FileSystem | None = None) -> list[str]:
     """Member ids from a staged id list (e.g. members without consent)."""
-    if not path or not Path(path).exists():
+    if not path:
         return []
-    return [str(v) for v in pq.read_table(path, columns=["member_id"]).column("member_id").to_pylist()]
+    if filesystem is None and not Path(path).exists():
+        return []
+    if filesystem is not None and filesystem.get_file_info(str(path)).type == pafs.FileType.NotFound:
+        return []
+    table = pq.read_table(str(path), columns=["member_id"], filesystem=filesystem)
+    return [str(v) for v in table.column("member_id").to_pylist()]
 
 
-def staged_schema(path: str | Path) -> list[str]:
-    first = staged_parts(path)[0]
-    return [n for n in pq.ParquetFile(first).schema_arrow.names if n not in META_COLUMNS]
+def staged_schema(path: str | PurePath, filesystem: pafs.FileSystem | None = None) -> list[str]:
+    first = staged_parts(path, filesystem)[0]
+    return [
+        n
+        for n in pq.ParquetFile(str(first), filesystem=filesystem).schema_arrow.names
+        if n not in META_COLUMNS
+    ]

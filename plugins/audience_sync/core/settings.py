@@ -94,6 +94,21 @@ def _flag(name: str, raw: str) -> bool:
     raise SettingsError(name, raw, "a yes/no flag (1, true, yes, on / 0, false, no, off)", "1")
 
 
+def _url(name: str, raw: str) -> str:
+    """A URL with a scheme (``s3://bucket/prefix``, ``file:///srv/staging``) or an absolute local path."""
+    if raw.startswith("/"):
+        return "file://" + raw.rstrip("/")
+    scheme, sep, rest = raw.partition("://")
+    if not sep or not scheme.isidentifier() or not rest.strip("/"):
+        raise SettingsError(
+            name,
+            raw,
+            "a URL such as s3://bucket/prefix, gs://bucket/prefix or file:///srv/staging",
+            "s3://my-bucket/audience-sync",
+        )
+    return raw.rstrip("/")
+
+
 def _count(minimum: int) -> Callable[[str, str], int]:
     def parse(name: str, raw: str) -> int:
         try:
@@ -186,6 +201,41 @@ VARIABLES: tuple[Variable, ...] = (
         _count(100),
     ),
     Variable(
+        "AUDIENCE_SYNC_STAGING_URL",
+        "staging_url",
+        "URL",
+        "`file://$AIRFLOW_HOME/audience_sync/staging`",
+        "Where extraction stages hashed members (Parquet), as an Airflow `ObjectStoragePath` URL: "
+        "`s3://…`, `gs://…` when tasks run on several machines (see *Scale-out*); an absolute path "
+        "means `file://`.",
+        _url,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_STAGING_CONN_ID",
+        "staging_conn_id",
+        "text",
+        "none",
+        "Airflow connection holding the credentials for `AUDIENCE_SYNC_STAGING_URL` (e.g. an `aws` "
+        "connection for `s3://`); none: the filesystem's own defaults.",
+        _text,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_PARTITION_ROWS",
+        "partition_rows",
+        "integer ≥ 1000",
+        "1000000",
+        "For `partitions: auto`: rows of the group per extraction partition.",
+        _count(1000),
+    ),
+    Variable(
+        "AUDIENCE_SYNC_MAX_PARTITIONS",
+        "max_partitions",
+        "integer ≥ 1",
+        "16",
+        "For `partitions: auto`: the most partitions a group is split into.",
+        _count(1),
+    ),
+    Variable(
         "AUDIENCE_SYNC_PHONE_LIBRARY",
         "phone_library",
         "`auto` \\| `rphonenumbers` \\| `phonenumbers`",
@@ -207,8 +257,8 @@ VARIABLES: tuple[Variable, ...] = (
         "airflow_home",
         "path",
         "`~/airflow`",
-        "Airflow's own; audience-sync keeps staging files and the default SQLite state database "
-        "under `$AIRFLOW_HOME/audience_sync/`.",
+        "Airflow's own; audience-sync keeps staging files (unless `AUDIENCE_SYNC_STAGING_URL` says "
+        "otherwise) and the default SQLite state database under `$AIRFLOW_HOME/audience_sync/`.",
         _path,
     ),
 )
@@ -226,6 +276,10 @@ class Settings:
     retry_max_wait: float = 120.0
     extract_workers: int = 0
     chunk_rows: int = 50_000
+    staging_url: str | None = None
+    staging_conn_id: str | None = None
+    partition_rows: int = 1_000_000
+    max_partitions: int = 16
     phone_library: PhoneLibrary = "auto"
     sandbox_token: str = "sandbox-token"
     airflow_home: Path = dataclasses.field(default_factory=lambda: Path.home() / "airflow")
@@ -255,6 +309,11 @@ class Settings:
     def state_dir(self) -> Path:
         """``$AIRFLOW_HOME/audience_sync``: staging files and the default SQLite state database."""
         return self.airflow_home / "audience_sync"
+
+    @property
+    def staging(self) -> str:
+        """The staging URL: ``staging_url``, else ``file://$AIRFLOW_HOME/audience_sync/staging``."""
+        return self.staging_url or f"file://{(self.state_dir / 'staging').absolute()}"
 
 
 # The cache is keyed by the raw values of the variables, so a process that changes its own environment

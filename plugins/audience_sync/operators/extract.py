@@ -2,66 +2,42 @@
 
 from __future__ import annotations
 
-import re
-import shutil
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
 from airflow.sdk import BaseHook, BaseOperator
 
 from audience_sync import sources
 from audience_sync.core.extract import extract_and_stage
-from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook, airflow_home
+from audience_sync.core.partitions import choose_count, partition_chunks
+from audience_sync.core.settings import settings
+from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.operators.staging import (
+    FINISHED,
+    RUN_MARKER,
+    UNMARKED_MAX_AGE_SECONDS,
+    arrow_filesystem,
+    prune_staging,
+    remove,
+    staging_dir,
+    url_on,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-
-#: file in a run's staging folder holding its real run id (the folder name is a sanitised one)
-RUN_MARKER = ".run_id"
-
-#: run states after which a run's staged files are no longer read (unless someone clears a task)
-FINISHED = ("success", "failed")
-
-#: a folder without a marker (staged by an older version) is dropped once it is this old
-UNMARKED_MAX_AGE_SECONDS = 7 * 24 * 3600
-
-
-def staging_dir(dag_id: str, run_id: str) -> Path:
-    """Where one run stages its hashed members: ``$AIRFLOW_HOME/audience_sync/staging/<dag>/<run>``."""
-    safe_run = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-    return airflow_home() / "audience_sync" / "staging" / dag_id / safe_run
-
-
-def prune_staging(dag_id: str, run_id: str, run_state: Callable[[str], str | None]) -> list[Path]:
-    """Delete the staging folders other runs of this DAG left behind (killed or failed runs).
-
-    ``record_metrics`` deletes a run's files when every sync succeeded; a run that was killed or failed
-    leaves them, hashes of the whole group, on disk. A folder is only deleted when its run is finished
-    (``run_state`` says success or failed): a concurrent run (a backfill runs several at once) still
-    needs its files. A later clear of just that old run's sync task then fails with a clear message.
-
-    :return: the folders deleted.
-    """
-    base = staging_dir(dag_id, run_id).parent
-    mine = staging_dir(dag_id, run_id)
-    if not base.is_dir():
-        return []
-    dropped: list[Path] = []
-    for folder in sorted(base.iterdir()):
-        if not folder.is_dir() or folder == mine:
-            continue
-        marker = folder / RUN_MARKER
-        if marker.exists():
-            if run_state(marker.read_text().strip()) not in FINISHED:
-                continue
-        elif time.time() - folder.stat().st_mtime < UNMARKED_MAX_AGE_SECONDS:
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        dropped.append(folder)
-    return dropped
+__all__ = [
+    "FINISHED",
+    "RUN_MARKER",
+    "UNMARKED_MAX_AGE_SECONDS",
+    "ExtractAudienceOperator",
+    "PartitionGroupOperator",
+    "prune_staging",
+    "read_group",
+    "staging_dir",
+]
 
 
 class ExtractAudienceOperator(BaseOperator):
@@ -79,7 +55,11 @@ class ExtractAudienceOperator(BaseOperator):
         read when the task runs).
     :param state_conn_id: the state database connection, whose keys make member ids and encrypt
         identifiers sent unhashed.
-    :return: counts (rows, valid, invalid by reason, excluded) and the staged file of each platform.
+    :param partition: ``[index, count]``: extract only the rows of that partition of the group (a
+        stable hash of the member key, see ``core/partitions.py``) into ``<run>/part-<index>``; set by
+        dynamic task mapping. None: the whole group, into the run's folder.
+    :return: counts (rows, valid, invalid by reason, excluded) and the staged folder of each platform
+        (``path`` on the staging filesystem and its ``url``).
     """
 
     template_fields: Sequence[str] = ("source_path", "sql")
@@ -99,6 +79,7 @@ class ExtractAudienceOperator(BaseOperator):
         consent_column: str | None = None,
         chunk_rows: int | None = None,
         state_conn_id: str = DEFAULT_CONN_ID,
+        partition: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -116,30 +97,52 @@ class ExtractAudienceOperator(BaseOperator):
         self.consent_column = consent_column
         self.chunk_rows = chunk_rows
         self.state_conn_id = state_conn_id
+        self.partition = list(partition) if partition is not None else None
+        if self.partition is not None and not (
+            len(self.partition) == 2 and 0 <= self.partition[0] < self.partition[1]
+        ):
+            raise ValueError(f"partition must be [index, count] with 0 <= index < count, not {partition}")
 
     def execute(self, context: Context) -> dict[str, Any]:
         run_id = context["run_id"]
-        dropped = prune_staging(self.dag_id, run_id, lambda rid: self._run_state(context, rid))
-        if dropped:
-            self.log.info("removed staged files of %d finished earlier run(s) of this DAG", len(dropped))
-        out = staging_dir(self.dag_id, run_id)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_MARKER).write_text(run_id)
+        index, count = self.partition or (0, 1)
+        if index == 0:  # one task of the run prunes
+            dropped = prune_staging(self.dag_id, run_id, lambda rid: self._run_state(context, rid))
+            if dropped:
+                self.log.info("removed staged files of %d finished earlier run(s) of this DAG", len(dropped))
+        run = staging_dir(self.dag_id, run_id)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / RUN_MARKER).write_text(run_id)
+        out = run
+        if self.partition is not None:
+            out = run / f"part-{index}"
+            remove(out)  # a retried partition starts afresh
+            self.log.info("partition %d of %d: the rows whose member key hashes to it", index, count)
+        fs, out_path = arrow_filesystem(out)
         # the store's keys, not the hook's: opening the store checks them against the state database,
         # so a worker with the wrong key fails here instead of staging ids no ledger row matches
         keys = AudienceSyncStateHook(self.state_conn_id).store.keys
         assert keys is not None  # noqa: S101 - the hook always opens the store with keys
+        chunks = self._chunks()
+        if count > 1:
+            chunks = partition_chunks(chunks, self.key, index, count)
         counts = extract_and_stage(
-            self._chunks(),
+            chunks,
             key=self.key,
             identifiers=self.identifiers,
             platforms=self.platforms,
-            staging_dir=out,
+            staging_dir=out_path,
             keys=keys,
             default_country=self.default_country,
             consent_column=self.consent_column,
+            filesystem=fs,
         )
         result = counts.as_dict()
+        for staged in result["staged"].values():
+            staged["url"] = url_on(out, staged["path"])
+        result["no_consent_url"] = url_on(out, str(result["no_consent_path"]))
+        result["run_url"] = str(run)
+        result["partition"] = self.partition
         self.log.info(
             "Audience group: %s rows, %s valid, %s invalid %s, %s duplicate keys, %s excluded (no consent)",
             counts.rows,
@@ -174,3 +177,78 @@ def read_group(
         (lambda: BaseHook.get_connection(str(conn_id)).get_hook().get_conn()) if sql is not None else None
     )
     return sources.read_group(source_path, sql, connect, chunk_rows)
+
+
+class PartitionGroupOperator(BaseOperator):
+    """For ``partitions: auto``: count the group cheaply and return the partitions to extract.
+
+    A list's rows are counted from the file (Parquet metadata, CSV line breaks); a query's with
+    ``SELECT COUNT(*)`` around it on the source connection (reading the group once when the database
+    refuses that). One partition per ``AUDIENCE_SYNC_PARTITION_ROWS`` rows begun, at most
+    ``AUDIENCE_SYNC_MAX_PARTITIONS``.
+
+    :return: ``[[0, n], [1, n], …]``: the ``partition`` argument of each mapped extract task.
+    """
+
+    template_fields: Sequence[str] = ("source_path", "sql")
+    template_fields_renderers = {"sql": "sql"}
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        source_path: str | None = None,
+        sql: str | None = None,
+        conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (source_path is None) == (sql is None):
+            raise ValueError("give exactly one of source_path or sql")
+        self.source_path = source_path
+        self.sql = sql
+        self.conn_id = conn_id
+
+    def execute(self, context: Context) -> list[list[int]]:
+        rows = count_file_rows(Path(str(self.source_path))) if self.sql is None else self._count_query()
+        s = settings()
+        count = choose_count(rows, s.partition_rows, s.max_partitions)
+        self.log.info(
+            "audience group of about %d rows: %d partition(s) (%d rows each, at most %d)",
+            rows,
+            count,
+            s.partition_rows,
+            s.max_partitions,
+        )
+        return [[i, count] for i in range(count)]
+
+    def _count_query(self) -> int:
+        hook = BaseHook.get_connection(str(self.conn_id)).get_hook()
+        query = str(self.sql).strip().rstrip(";")
+        try:
+            return int(hook.get_first(f"SELECT COUNT(*) FROM (\n{query}\n) audience_group")[0])
+        except Exception as exc:  # a dialect that refuses the subquery: read the group once
+            self.log.warning("could not count the group with COUNT(*) (%s); reading it to count", exc)
+            return sum(_rows(chunk) for chunk in read_group(None, self.sql, self.conn_id))
+
+
+def count_file_rows(path: Path) -> int:
+    """Rows of a list file: Parquet from its metadata, CSV by its line breaks (less the header; a quoted
+    line break counts too, which only matters for choosing a partition count)."""
+    if path.suffix.lower() == ".parquet":
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    lines, last = 0, b"\n"
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without a line break
+    return max(0, lines - 1)
+
+
+def _rows(chunk: Any) -> int:
+    if hasattr(chunk, "num_rows"):
+        return int(chunk.num_rows)
+    if isinstance(chunk, Mapping):
+        return len(next(iter(chunk.values()))) if chunk else 0
+    return len(chunk)

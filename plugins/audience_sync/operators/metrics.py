@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -13,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from audience_sync.core.ledger import COUNT_KEYS, RUN_KEYS
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
 from audience_sync.operators.context import run_date
-from audience_sync.operators.extract import RUN_MARKER
+from audience_sync.operators.staging import location, merge_extracts, remove
 from audience_sync.outcome import metrics_row
 
 if TYPE_CHECKING:
@@ -50,7 +48,7 @@ class RecordMetricsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         store = AudienceSyncStateHook(self.state_conn_id).store
         ti = context["ti"]
-        extracted = ti.xcom_pull(task_ids="extract") or {}
+        extracted = merge_extracts(ti.xcom_pull(task_ids="extract"))
         unfinished: list[str] = []
         summary: dict[str, Any] = {}
         for d in self.destinations:
@@ -94,19 +92,7 @@ class RecordMetricsOperator(BaseOperator):
         return summary
 
     def _drop_staging(self, extracted: dict[str, Any]) -> None:
-        """Every destination is synced: the run's staged hashes are no longer needed."""
-        paths = [Path(s["path"]) for s in (extracted.get("staged") or {}).values()]
-        if extracted.get("no_consent_path"):
-            paths.append(Path(extracted["no_consent_path"]))
-        for p in paths:
-            if p.is_dir():  # a platform's staged parts
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-        folders = {p.parent for p in paths}
-        for folder in folders:
-            (folder / RUN_MARKER).unlink(missing_ok=True)  # the extract's note of whose folder it is
-            if folder.exists() and not any(folder.iterdir()):
-                folder.rmdir()
-        if paths:
-            self.log.info("removed the run's staged files (%d)", len(paths))
+        """Every destination is synced: the run's staged hashes (every partition's) are no longer needed."""
+        if extracted.get("run_url"):
+            remove(location(extracted["run_url"]))
+            self.log.info("removed the run's staged files (%s)", extracted["run_url"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -17,26 +16,42 @@ from audience_sync.core.sync import RetryPolicy, SyncRequest, format_plan, plan_
 from audience_sync.destinations import build_destination, resolve_target
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
 from audience_sync.operators.context import run_date
+from audience_sync.operators.staging import location, merge_extracts, open_staged, require_urls
 from audience_sync.outcome import as_airflow_error
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-def require_staged(extracted: Mapping[str, Any], platform: str) -> Mapping[str, Any]:
-    """This platform's staged file from the extract XCom; fail clearly when it is gone from disk.
+def require_staged(extracted: Any, platform: str) -> Mapping[str, Any]:
+    """This platform's staged files (``urls``, ``rows``, ``schema``) from the extract XCom (one task's,
+    a mapped task's list, or merged); fail clearly when they are gone from the staging store.
 
     The next run's extract task deletes the staged files of finished runs, so clearing only the sync
     task of an old run finds nothing to read.
     """
-    staged = extracted["staged"][platform]
-    for path in (staged["path"], extracted.get("no_consent_path")):
-        if path and not Path(path).exists():
+    merged = (
+        extracted if isinstance(extracted, Mapping) and extracted.get("merged") else merge_extracts(extracted)
+    )
+    for url in require_urls(merged, platform):
+        if not location(url).exists():
             raise AirflowFailException(
-                f"staged file missing: {path}. A later run removed this run's staged files; "
+                f"staged file missing: {url}. A later run removed this run's staged files; "
                 "clear the extract task of that run too (with its downstream tasks), not only the sync task."
             )
-    return staged
+    return merged["staged"][platform]
+
+
+def staged_group(staged: Mapping[str, Any]) -> StagedGroup:
+    """The staged group of one platform, over every partition's folder."""
+    fs, paths = open_staged(staged["urls"])
+    return StagedGroup(paths, filesystem=fs)
+
+
+def revoked_members(extracted: Mapping[str, Any]) -> list[str]:
+    """Member ids staged as without consent, over every partition."""
+    fs, paths = open_staged(extracted.get("no_consent_urls", []))
+    return [mid for path in paths for mid in read_member_ids(path, fs)]
 
 
 def build_request(
@@ -104,7 +119,7 @@ class SyncAudienceOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         started = utcnow()
-        extracted = context["ti"].xcom_pull(task_ids=self.extract_task_id)
+        extracted = merge_extracts(context["ti"].xcom_pull(task_ids=self.extract_task_id))
         staged = require_staged(extracted, self.platform)
         dest = build_destination(self.platform, self.conn_id, self.account)
         store = AudienceSyncStateHook(self.state_conn_id).store
@@ -123,8 +138,8 @@ class SyncAudienceOperator(BaseOperator):
                 dest,
                 store,
                 req,
-                StagedGroup(staged["path"]),
-                revoked=read_member_ids(extracted.get("no_consent_path")),
+                staged_group(staged),
+                revoked=revoked_members(extracted),
                 retry=self.retry_policy or RetryPolicy.from_env(),
                 progress=self._progress,
             )
@@ -215,9 +230,9 @@ class PlanAudienceOperator(BaseOperator):
         self.state_conn_id = state_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        extracted = context["ti"].xcom_pull(task_ids=self.extract_task_id)
+        extracted = merge_extracts(context["ti"].xcom_pull(task_ids=self.extract_task_id))
         store = AudienceSyncStateHook(self.state_conn_id).store
-        revoked = read_member_ids(extracted.get("no_consent_path"))
+        revoked = revoked_members(extracted)
         plans: dict[str, Any] = {}
         for d in self.destinations:
             staged = require_staged(extracted, d["platform"])
@@ -232,7 +247,7 @@ class PlanAudienceOperator(BaseOperator):
                 exclude_segments=self.exclude_segments,
             )
             try:
-                plan = plan_sync(dest, store, req, StagedGroup(staged["path"]), revoked=revoked)
+                plan = plan_sync(dest, store, req, staged_group(staged), revoked=revoked)
             except AudienceSyncError as exc:
                 raise as_airflow_error(exc) from None
             plan["invalid"] = int(extracted.get("invalid", 0))

@@ -37,6 +37,12 @@ SyncMode = Literal["mirror", "add_only", "replace"]
 SYNC_MODES: tuple[str, ...] = SyncMode.__args__
 SCHEDULE_PRESETS: tuple[str, ...] = ("@once", "@hourly", "@daily", "@weekly", "@monthly")
 DAG_ID_PREFIX = "ads_audience__"
+#: most extraction partitions a campaign may ask for (each is one mapped task instance)
+MAX_PARTITIONS = 64
+_PARTITIONS_FIX = (
+    f"write 'partitions: auto' (split by the group's size), or a whole number from 1 to {MAX_PARTITIONS}, "
+    "or leave it out for one extraction task"
+)
 _CRON_FIELDS = 5
 _SCHEDULE_FIX = (
     "use one of " + ", ".join(SCHEDULE_PRESETS) + ", or a 5-field cron expression "
@@ -198,6 +204,8 @@ class Campaign(StrictModel):
     # how long the wait task lets a platform process the uploads (Meta: up to 24 h) and how often it asks
     processing_timeout_minutes: int = Field(default=360, ge=1, strict=True)
     processing_poke_seconds: int = Field(default=120, ge=1, strict=True)
+    # extraction split over mapped tasks by a hash of the member key: 1 (one task), N, or "auto"
+    partitions: int | Literal["auto"] = 1
 
     _path: Path | None = PrivateAttr(default=None)
 
@@ -225,6 +233,18 @@ class Campaign(StrictModel):
             )
         if not croniter.is_valid(value):
             raise Invalid(f"'{value}' is not a valid cron expression", _SCHEDULE_FIX)
+        return value
+
+    @field_validator("partitions", mode="before")
+    @classmethod
+    def _check_partitions(cls, value: Any) -> Any:
+        """``auto`` or a whole number from 1 to :data:`MAX_PARTITIONS`."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"'{value}' is not a number of partitions", _PARTITIONS_FIX)
+        if not 1 <= value <= MAX_PARTITIONS:
+            raise Invalid(f"{value} partitions is not between 1 and {MAX_PARTITIONS}", _PARTITIONS_FIX)
         return value
 
     @field_validator("timezone")
