@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,11 @@ from audience_sync.core.campaign import DAG_ID_PREFIX, campaigns_dir, load_campa
 if TYPE_CHECKING:
     from airflow.sdk import DAG
     from pendulum import DateTime
+
+    from audience_sync.core.campaign import Campaign
+    from audience_sync.core.contract import Destination
+    from audience_sync.core.keys import StateKeys
+    from audience_sync.core.ledger import StateStore
 
 
 def prepare_airflow_env(home: Path | None = None) -> None:
@@ -147,13 +153,16 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
     The campaign's SQL is rendered with the data interval a run of ``logical_date`` would get (see
     :func:`data_interval`), so the plan reads the same group that run will read; a list group has no
     data interval (``None``).
+
+    A list group is extracted while another thread imports Airflow, opens the state and builds the
+    destinations (:func:`_open_state`): the extraction needs the state's keys only at its first member
+    id (``extract_and_stage`` takes them as a future), so Airflow's import, most of this command's
+    fixed cost, is off the critical path.
     """
     prepare_airflow_env()
-    from audience_sync.core.delta import StagedGroup
+    # planning's modules (SQLAlchemy) are imported once the state is open, when the other thread has
+    # imported SQLAlchemy with Airflow: the extraction starts without waiting for them
     from audience_sync.core.extract import extract_and_stage, read_member_ids
-    from audience_sync.core.sync import SyncRequest, plan_sync
-    from audience_sync.destinations import build_destination
-    from audience_sync.hooks.state import AudienceSyncStateHook
     from audience_sync.sources import read_group
 
     folder = campaigns_dir()
@@ -165,46 +174,57 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
     g = c.audience_group
     sql: str | None = None
     interval: list[str] | None = None
-    chunks = read_group(g.source_path, None)  # a list group; a query's replaces it below
-    if g.source == "sql":  # only a query depends on the run's dates (building the DAG costs ~1 s)
-        from audience_sync.factory import build_dag
-        from audience_sync.operators.extract import read_group as read_sql_group
+    keys: Future[StateKeys] = Future()
+    with ThreadPoolExecutor(1, thread_name_prefix="audience-sync-plan") as opener:
+        if g.source == "sql":
+            # only a query depends on the run's dates (building the DAG costs ~1 s); this thread imports
+            # Airflow for it, so the state is opened here first rather than alongside
+            from audience_sync.factory import build_dag
+            from audience_sync.operators.extract import read_group as read_sql_group
 
-        dag = build_dag(c)
-        start, end = data_interval(dag, when)
-        interval = [start.isoformat(), end.isoformat()]
-        sql = render_query(dag, when)
-        chunks = read_sql_group(None, sql, g.conn_id)
-    platforms = sorted({d.platform for d in c.destinations})
-    store = AudienceSyncStateHook().store
-    with tempfile.TemporaryDirectory(prefix="audience-sync-plan-") as tmp:
-        counts = extract_and_stage(
-            chunks,
-            key=g.key,
-            identifiers=dict(g.identifiers),
-            platforms=platforms,
-            staging_dir=tmp,
-            keys=store.keys,
-            default_country=g.default_country,
-            consent_column=g.consent.column if g.consent else None,
-        )
-        revoked = read_member_ids(counts.no_consent_path)
-        plans = []
-        for d in c.destinations:
-            dest = build_destination(d.platform, d.conn_id, d.account)
-            staged = counts.staged[d.platform]
-            req = SyncRequest(
-                dag_id=c.dag_id,
-                run_id="plan",
-                platform=d.platform,
-                account=dest.account,
-                segment_name=c.segment_name,
-                schema=tuple(staged["schema"]),
-                mode=c.sync_mode,
-                logical_date=when,
-                exclude_segments=tuple(g.exclude_segments),
+            opened = _open_state(keys, c)
+            dag = build_dag(c)
+            start, end = data_interval(dag, when)
+            interval = [start.isoformat(), end.isoformat()]
+            sql = render_query(dag, when)
+            chunks = read_sql_group(None, sql, g.conn_id)
+        else:
+            opening = opener.submit(_open_state, keys, c)
+            chunks = read_group(g.source_path, None)
+        platforms = sorted({d.platform for d in c.destinations})
+        with tempfile.TemporaryDirectory(prefix="audience-sync-plan-") as tmp:
+            counts = extract_and_stage(
+                chunks,
+                key=g.key,
+                identifiers=dict(g.identifiers),
+                platforms=platforms,
+                staging_dir=tmp,
+                keys=keys,
+                default_country=g.default_country,
+                consent_column=g.consent.column if g.consent else None,
             )
-            plans.append(plan_sync(dest, store, req, StagedGroup(staged["path"]), revoked=revoked))
+            if g.source != "sql":
+                opened = opening.result()
+            store, destinations = opened
+            from audience_sync.core.delta import StagedGroup
+            from audience_sync.core.sync import SyncRequest, plan_sync
+
+            revoked = read_member_ids(counts.no_consent_path)
+            plans = []
+            for d, dest in zip(c.destinations, destinations, strict=True):
+                staged = counts.staged[d.platform]
+                req = SyncRequest(
+                    dag_id=c.dag_id,
+                    run_id="plan",
+                    platform=d.platform,
+                    account=dest.account,
+                    segment_name=c.segment_name,
+                    schema=tuple(staged["schema"]),
+                    mode=c.sync_mode,
+                    logical_date=when,
+                    exclude_segments=tuple(g.exclude_segments),
+                )
+                plans.append(plan_sync(dest, store, req, StagedGroup(staged["path"]), revoked=revoked))
     ext = counts.as_dict()
     ext.pop("staged", None)
     ext.pop("no_consent_path", None)
@@ -217,3 +237,19 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
         "group": ext,
         "destinations": plans,
     }
+
+
+def _open_state(keys: Future[StateKeys], campaign: Campaign) -> tuple[StateStore, list[Destination]]:
+    """Import Airflow, open the state (``keys`` gets its keys, or the failure) and build the campaign's
+    destinations (no request is sent)."""
+    try:
+        from audience_sync.hooks.state import AudienceSyncStateHook
+
+        store = AudienceSyncStateHook().store
+    except BaseException as exc:
+        keys.set_exception(exc)
+        raise
+    keys.set_result(store.keys)
+    from audience_sync.destinations import build_destination
+
+    return store, [build_destination(d.platform, d.conn_id, d.account) for d in campaign.destinations]

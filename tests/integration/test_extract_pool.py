@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pendulum
@@ -113,3 +115,53 @@ def test_a_group_of_many_chunks_is_hashed_by_worker_processes_in_the_task(
     sent = {frozenset(m.items()) for m in fresh_sandbox.meta.members(audience["id"])}
     assert len(expected) == 1150
     assert sent == expected  # what the workers hashed is exactly what one process hashes
+
+
+def _extract(csv: Path, out: Path, keys: object, workers: int) -> dict:
+    return extract_and_stage(
+        read_file(csv, 100),
+        key="customer_id",
+        identifiers=IDENTIFIERS,
+        platforms=["meta"],
+        staging_dir=out,
+        keys=keys,  # type: ignore[arg-type]
+        workers=workers,
+    ).staged["meta"]
+
+
+@pytest.mark.timeout(300)
+def test_keys_that_arrive_while_the_workers_hash_give_what_known_keys_give(tmp_path: Path) -> None:
+    from audience_sync.core.keys import StateKeys
+
+    csv = tmp_path / "group.csv"
+    write_group(csv, 1200)
+    keys = StateKeys.generate()
+    later: Future[StateKeys] = Future()
+    timer = threading.Timer(1.0, later.set_result, (keys,))  # as the CLI's thread importing Airflow
+    timer.start()
+    try:
+        pooled = _extract(csv, tmp_path / "later", later, workers=2)
+    finally:
+        timer.cancel()
+    one = _extract(csv, tmp_path / "known", keys, workers=1)
+    assert pooled["rows"] == one["rows"] == 1150
+    assert staged(pooled["path"]) == staged(one["path"])  # member ids and row hashes included
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_keys_that_fail_to_load_fail_the_extraction_with_their_own_error(
+    tmp_path: Path, workers: int
+) -> None:
+    from audience_sync.core.keys import StateKeyError
+
+    csv = tmp_path / "group.csv"
+    write_group(csv, 1200)
+    failing: Future[object] = Future()
+    timer = threading.Timer(0.5, failing.set_exception, (StateKeyError("no keys in the connection"),))
+    timer.start()
+    try:
+        with pytest.raises(StateKeyError, match="no keys in the connection"):
+            _extract(csv, tmp_path / "failed", failing, workers=workers)
+    finally:
+        timer.cancel()

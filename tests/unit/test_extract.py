@@ -130,3 +130,56 @@ def test_the_staged_group_is_read_by_slice(tmp_path: Path) -> None:
     assert sum(group.slice(h).num_rows for h in PARTS) == group.size
     for h in ("3", "a7"):
         assert all(m.startswith(h) for m in group.slice(h)["member_id"].to_pylist())
+
+
+def test_a_chunk_stages_its_rows_sorted_by_member_id_with_the_row_hash_of_their_payload() -> None:
+    from audience_sync.core.extract import _Hasher, _Spec
+
+    identifiers = {**IDENTIFIERS, "first_name": "fn", "last_name": "ln", "zip": "zip"}
+    rows = [
+        {**r, "fn": "Zoë " if i % 2 else "Ann", "ln": "O'Neil", "zip": "94025" if i % 4 else " SW1A 1AA"}
+        for i, r in enumerate(crm(500))
+    ]
+    platforms = ("meta",)  # the registered platform: hashed keys, and MADID / EXTERN_ID quoted and sealed
+    spec = _Spec("id", identifiers, platforms, "US", "ok")
+    hashed = _Hasher(spec, KEYS).hash(rows)
+    for platform in platforms:
+        table = hashed.staged[platform]
+        ids = table["member_id"].to_pylist()
+        assert ids == sorted(ids) and len(ids) > 100
+        hasher = RowHasher(platform, identifiers, "US", rules=get_rules(platform))
+        schema = list(hasher.schema)
+        for r in table.to_pylist():
+            plain = hasher.hash_row(rows[r["_row"]]).values
+            assert r["member_id"] == KEYS.member_id(rows[r["_row"]]["id"])
+            assert r["row_hash"] == KEYS.row_hash(payload_json(schema, list(plain))), platform
+            assert KEYS.open_payload({k: r[k] for k in schema}) == dict(zip(schema, plain, strict=True))
+
+
+def test_member_ids_sharing_their_first_bytes_are_sorted_by_the_whole_id() -> None:
+    import numpy as np
+
+    from audience_sync.core.extract import _by_member_id
+
+    ids = ["ab" * 8 + "ff", "ab" * 8 + "00", "00" * 8 + "11", "ab" * 8 + "00"]
+    prefixes = np.frombuffer(bytes.fromhex("".join(m[:16] for m in ids)), dtype=">u8")
+    assert _by_member_id(ids, prefixes) == [2, 1, 3, 0]  # stable among equal ids
+    same = ["ab" * 8 + "00", "00" * 8, "ab" * 8 + "00"]
+    prefixes = np.frombuffer(bytes.fromhex("".join(m[:16] for m in same)), dtype=">u8")
+    assert _by_member_id(same, prefixes) == [1, 0, 2]
+
+
+def test_staged_text_columns_are_built_from_their_buffers_whatever_the_text() -> None:
+    from audience_sync.core.extract import _text_array
+
+    for values in (["", "ab" * 32, "x"], ["Zoë", "", "東京", "a"], []):
+        assert _text_array(values).to_pylist() == values
+
+
+def test_the_utf8_bytes_of_each_value_are_read_from_the_buffer_of_a_sliced_array_too() -> None:
+    from audience_sync.core.extract import _text_array, _utf8_values
+
+    values = ["", "ab", "Zoë", "東京", "x"]
+    array = _text_array(values)
+    assert [bytes(v) for v in _utf8_values(array)] == [v.encode() for v in values]
+    assert [bytes(v) for v in _utf8_values(array.slice(2, 2))] == [v.encode() for v in values[2:4]]

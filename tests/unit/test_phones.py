@@ -174,3 +174,33 @@ def test_a_value_rphonenumbers_fails_on_is_read_with_phonenumbers(
     with caplog.at_level(logging.WARNING, logger=phones.__name__):
         assert phones.e164_parts("07400 654321", "GB") == (44, "7400654321")
     assert "rphonenumbers raised on one value; parsed it with phonenumbers" in caplog.text
+
+
+def test_a_column_is_read_as_e164_parts_reads_each_value_falling_back_where_rphonenumbers_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_parse = rphonenumbers.parse
+
+    def parse(text: str, region: str | None) -> object:
+        if text == "07400 654321":
+            raise RuntimeError("simulated failure of the native code")
+        return real_parse(text, region)
+
+    monkeypatch.setattr(rphonenumbers, "__phonenumbers_version__", phonenumbers.__version__)
+    monkeypatch.setattr(rphonenumbers, "parse", parse)
+    texts = ["07400 654321", None, "+44 7400 123456", "12345", "6502530000", "447400123456"]
+    regions = ["GB", "GB", None, "GB", "US", None]
+    with caplog.at_level(logging.WARNING, logger=phones.__name__):
+        got = phones.parts_column(texts, regions)
+    want: list[object] = []
+    for text, region in zip(texts, regions, strict=True):
+        if text is None:
+            want.append(None)
+            continue
+        try:
+            want.append(phones.e164_parts(text, region))
+        except InvalidValue as exc:
+            want.append(str(exc))
+    assert got == want
+    assert got[0] == (44, "7400654321") and isinstance(got[3], str)
+    assert "rphonenumbers raised on one value; parsed it with phonenumbers" in caplog.text

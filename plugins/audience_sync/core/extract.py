@@ -22,7 +22,7 @@ import json
 import logging
 import multiprocessing
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from audience_sync.core.dedupe import SeenKeys
 from audience_sync.core.fingerprints import KnownPrints, RowPrinter, rules_version
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys
-from audience_sync.core.normalize import NO_IDENTIFIER
+from audience_sync.core.normalize import NO_IDENTIFIER, RULES, PlatformRules
 from audience_sync.core.normalize.columns import ChunkHasher, PlatformColumns
 from audience_sync.core.platforms import get_platform, is_builtin
 from audience_sync.core.settings import settings
@@ -110,7 +110,7 @@ def extract_and_stage(
     identifiers: Mapping[str, str],
     platforms: Sequence[str],
     staging_dir: str | Path,
-    keys: StateKeys,
+    keys: StateKeys | Future[StateKeys],
     default_country: str | None = None,
     consent_column: str | None = None,
     workers: int | None = None,
@@ -122,7 +122,10 @@ def extract_and_stage(
     (``h``: the member id's first hex digit), members without consent in ``no_consent.parquet``.
 
     ``keys`` (the state's, see ``hooks/state.py``) key the member ids and row hashes and encrypt the
-    identifiers a platform takes unhashed.
+    identifiers a platform takes unhashed. They may still be on their way (a future, e.g. while the
+    command line imports Airflow to read them): rows are then read and normalised meanwhile, and
+    every hashing process waits for the keys at its first member id; a future that fails fails the
+    extraction with its own exception.
 
     A row counts as invalid (with one reason) when no platform can use it; invalid rows are counted,
     never staged, never fatal. A member key seen twice keeps its first row (``duplicates``).
@@ -146,7 +149,7 @@ def extract_and_stage(
     known_all = dict(known or {})
     if not platforms or not all(known_all.get(p) for p in platforms):
         known_all = {}
-    local = _Hasher(spec, keys, known_all)
+    local = _Hasher(spec, keys.result if isinstance(keys, Future) else keys, known_all)
     fs, out_dir = _location(staging_dir, filesystem)
     fs.create_dir(out_dir, recursive=True)
     stager = _Stager(out_dir, local.schemas, fs)
@@ -162,7 +165,9 @@ def extract_and_stage(
 Chunk = Any  # pa.RecordBatch | pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
 #: the short id of a row without a member key (never looked at: such rows are not keys)
-_NO_ID = bytes(8)
+_NO_ID_HEX = "0" * 16
+#: member keys that count as no key (after trimming)
+_NO_KEY = frozenset({"", "nan", "None"})
 
 #: kinds of row, one byte per row in a hashed chunk
 MISSING_KEY, NO_CONSENT, INVALID, VALID, DUPLICATE = 0, 1, 2, 3, 4
@@ -210,54 +215,86 @@ class _Hashed:
 
 
 class _Hasher:
-    """Hashes chunks: member ids, consent, every platform's values, row hashes, sealed values."""
+    """Hashes chunks: member ids, consent, every platform's values, row hashes, sealed values.
 
-    def __init__(self, spec: _Spec, keys: StateKeys, known: Mapping[str, KnownPrints | None]) -> None:
+    :param keys: the keys, or what returns them when first needed (after a chunk's values are
+        normalised and hashed, which needs no key, unless ``known`` fingerprints decide what to hash).
+    :param known: per platform, the fingerprints of rows that need no hashing (see ``extract_and_stage``).
+    :param rules: each platform's rules table (default: the registered platform's).
+    """
+
+    def __init__(
+        self,
+        spec: _Spec,
+        keys: StateKeys | Callable[[], StateKeys],
+        known: Mapping[str, KnownPrints | None] | None = None,
+        rules: Mapping[str, PlatformRules] | None = None,
+    ) -> None:
         self.spec = spec
-        self.keys = keys
-        self.known = known
-        self.printers = {
-            p: RowPrinter(keys, p, spec.versions[p], spec.key, spec.identifiers, spec.default_country)
-            for p in spec.platforms
-        }
-        rules = {p: get_platform(p).rules for p in spec.platforms}
+        self._keys = keys
+        self.known = known or {}
+        self._printers: dict[str, RowPrinter] | None = None
+        rules = rules or {p: get_platform(p).rules for p in spec.platforms}
+        self._versions = {p: spec.versions.get(p) or rules_version(rules[p]) for p in spec.platforms}
         self.columns = ChunkHasher(spec.identifiers, rules, spec.default_country)
         self.schemas = {p: h.schema for p, h in self.columns.hashers.items()}
-        # the row hash is the keyed hash of payload_json(schema, values); built from a template,
-        # identical to json.dumps: hashed values are hex, unhashed ones are JSON-quoted here
-        self._templates = {
-            p: "{{" + ",".join(f'"{k}":' + ("{}" if k in ENCRYPTED_KEYS else '"{}"') for k in schema) + "}}"
-            for p, schema in self.schemas.items()
-        }
+
+    @property
+    def keys(self) -> StateKeys:
+        if not isinstance(self._keys, StateKeys):
+            self._keys = self._keys()
+        return self._keys
+
+    def _prints(self, columns: Mapping[str, Any], rows: list[int]) -> dict[str, list[bytes]]:
+        """Each platform's fingerprints of ``rows`` (keyed: the keys are needed from here on)."""
+        if self._printers is None:
+            spec = self.spec
+            self._printers = {
+                p: RowPrinter(
+                    self.keys, p, self._versions[p], spec.key, spec.identifiers, spec.default_country
+                )
+                for p in spec.platforms
+            }
+        listed = {name: _listed(col) for name, col in columns.items()}  # Arrow columns as Python values
+        return {p: printer.prints(listed, rows) for p, printer in self._printers.items()}
 
     def hash(self, chunk: Chunk) -> _Hashed:
-        columns, n = as_columns(chunk, self.spec.columns)
-        spec, keys = self.spec, self.keys
-        mids: list[str | None] = [
-            None if raw is None or str(raw).strip() in ("", "nan", "None") else keys.member_id(raw)
-            for raw in columns.get(spec.key) or [None] * n
-        ]
+        spec = self.spec
+        columns: dict[str, Any]
+        if isinstance(chunk, pa.RecordBatch | pa.Table):
+            # identifier columns stay Arrow (ChunkHasher reads text columns there); key and consent are listed
+            columns, n = {c: chunk.column(c) for c in spec.columns if c in chunk.schema.names}, chunk.num_rows
+        else:
+            columns, n = as_columns(chunk, spec.columns)
+        raw_keys = _listed(columns.get(spec.key)) or [None] * n
+        keyed = [i for i, raw in enumerate(raw_keys) if raw is not None and str(raw).strip() not in _NO_KEY]
         kinds = bytearray(n)
-        no_consent: dict[int, str] = {}
-        consent = columns.get(spec.consent_column) if spec.consent_column else None
+        consent = _listed(columns.get(spec.consent_column)) if spec.consent_column else None
         rows: list[int] = []
-        for i, mid in enumerate(mids):
-            if mid is None:
-                continue  # MISSING_KEY
+        for i in keyed:
             if consent is not None and not consent_given(consent[i]):
                 kinds[i] = NO_CONSENT
-                no_consent[i] = mid
                 continue
             kinds[i] = INVALID
             rows.append(i)
-        prints = {p: printer.prints(columns, rows) for p, printer in self.printers.items()}
-        rows, prints, kept = self._unchanged(rows, prints)
-        unchanged = next(iter(kept.values()))[0] if kept else []
-        for i in unchanged:
-            kinds[i] = VALID
+        raw = columns
+        prints: dict[str, list[bytes]] = {}
+        unchanged: list[int] = []
+        kept: dict[str, tuple[list[int], list[tuple[int, bytes]]]] = {}
+        if self.known:  # a rerun: rows every platform knows unchanged are not normalised again
+            prints = self._prints(raw, rows)
+            rows, prints, kept = self._unchanged(rows, prints)
+            unchanged = next(iter(kept.values()))[0] if kept else []
+            for i in unchanged:
+                kinds[i] = VALID
         if len(rows) < n:  # hash only rows with a key and consent (and a changed fingerprint)
-            columns = {name: [col[i] for i in rows] for name, col in columns.items()}
+            columns = {name: _taken(col, rows) for name, col in columns.items()}
         results = self.columns.hash_chunk(columns, len(rows))
+        # the keys are needed from here on (they may arrive while the first chunks are normalised)
+        mids: list[str | None] = [None] * n
+        for i, mid in zip(keyed, self.keys.member_ids(raw_keys[i] for i in keyed), strict=True):
+            mids[i] = mid
+        no_consent = {i: mid for i in keyed if kinds[i] == NO_CONSENT and (mid := mids[i]) is not None}
         first = results[spec.platforms[0]]
         reasons: dict[int, str] = {}
         usable = [False] * len(rows)
@@ -268,15 +305,16 @@ class _Hasher:
                 kinds[i] = VALID
             else:
                 reasons[i] = first.reasons.get(j, NO_IDENTIFIER)
-        staged = {p: self._staged(p, results[p], rows, mids, prints[p]) for p in spec.platforms}
-        if kept:
-            for p, (_, same) in kept.items():
-                staged[p] = pa.concat_tables([staged[p], _kept(same, mids, self.schemas[p])]).sort_by(
-                    "member_id"
-                )
+        if not self.known:
+            prints = self._prints(raw, rows)
+        ids = bytes.fromhex("".join(_NO_ID_HEX if m is None else m[:16] for m in mids))
+        prefixes = np.frombuffer(ids, dtype=">u8")
+        staged = {p: self._staged(p, results[p], rows, mids, prefixes, prints[p]) for p in spec.platforms}
+        for p, (_, same) in kept.items():
+            staged[p] = pa.concat_tables([staged[p], _kept(same, mids, self.schemas[p])]).sort_by("member_id")
         return _Hashed(
             n=n,
-            ids=b"".join(_NO_ID if m is None else bytes.fromhex(m[:16]) for m in mids),
+            ids=ids,
             kinds=bytes(kinds),
             no_consent=no_consent,
             reasons=reasons,
@@ -312,43 +350,116 @@ class _Hasher:
         result: PlatformColumns,
         rows: list[int],
         mids: list[str | None],
+        prefixes: np.ndarray,
         prints: list[bytes],
     ) -> pa.Table:
-        keep = [j for j, ok in enumerate(result.valid) if ok]
+        """The platform's valid rows, sorted by member id (``prefixes``: each row's first 8 bytes)."""
+        keep = [rows[j] for j, ok in enumerate(result.valid) if ok]
+        member_ids: list[str] = [mids[i] for i in keep]  # type: ignore[misc]
+        order = _by_member_id(member_ids, prefixes[keep])
+        slots = [j for j, ok in enumerate(result.valid) if ok]
+        slots = [slots[k] for k in order]
+        keep = [keep[k] for k in order]
+        member_ids = [member_ids[k] for k in order]
         schema = self.schemas[platform]
-        values = [[col[j] for j in keep] for col in result.values]
-        sealed = [
-            [self.keys.seal_value(v) for v in col] if name in ENCRYPTED_KEYS else col
-            for name, col in zip(schema, values, strict=True)
-        ]
-        quoted = [
-            [json.dumps(v) for v in col] if name in ENCRYPTED_KEYS else col
-            for name, col in zip(schema, values, strict=True)
-        ]
-        row_hash = self.keys.row_hash
-        template = self._templates[platform].format
+        values = [_text_array([col[j] for j in slots]) for col in result.values]
+        rows_kept = np.asarray(keep, dtype=np.int32)
         data: dict[str, Any] = {
-            "_row": [rows[j] for j in keep],
-            "member_id": [mids[rows[j]] for j in keep],
-            "row_hash": [row_hash(template(*parts)) for parts in zip(*quoted)]
-            if schema
-            else [row_hash("{}")] * len(keep),
-            "fingerprint": [prints[j].hex() for j in keep],
+            "_row": pa.Array.from_buffers(pa.int32(), len(keep), [None, pa.py_buffer(rows_kept)]),
+            "member_id": _text_array(member_ids),
+            "fingerprint": _text_array([prints[j].hex() for j in slots]),
         }
-        for name, col in zip(schema, sealed, strict=True):
-            data[name] = col
-        table = pa.table(data, schema=_staged_schema(schema, with_row=True))
-        return table.sort_by("member_id")
+        if schema:
+            # the row hash is the keyed hash of payload_json(schema, values), built in Arrow: hashed
+            # values are hex, unhashed ones are JSON-quoted (identical to json.dumps, see the tests)
+            pieces: list[Any] = []
+            for i, (name, col) in enumerate(zip(schema, values, strict=True)):
+                quoted = name in ENCRYPTED_KEYS
+                pieces.append(
+                    _text_scalar(("{" if i == 0 else ",") + json.dumps(name) + (":" if quoted else ':"'))
+                )
+                pieces.append(_text_array([json.dumps(v) for v in col.to_pylist()]) if quoted else col)
+                if not quoted:
+                    pieces.append(_text_scalar('"'))
+            pieces.append(_text_scalar("}"))
+            payloads = pc.binary_join_element_wise(*pieces, _text_scalar(""))
+            data["row_hash"] = _text_array(self.keys.row_hashes_utf8(_utf8_values(payloads)))
+        else:
+            data["row_hash"] = _text_array([self.keys.row_hash("{}")] * len(keep))
+        for name, col in zip(schema, values, strict=True):
+            data[name] = (
+                _text_array([self.keys.seal_value(v) for v in col.to_pylist()])
+                if name in ENCRYPTED_KEYS
+                else col
+            )
+        return pa.table(data, schema=_staged_schema(schema, with_row=True))
+
+
+def _text_array(values: list[str]) -> pa.Array:
+    """A string array of ``values`` built from its buffers: ``pa.array`` (and ``pa.scalar``) import
+    pandas on first use, about 0.5 s of CPU in every worker process."""
+    joined = "".join(values)
+    if joined.isascii():  # hashes, member ids: one encoding, lengths in characters are in bytes
+        data = joined.encode("ascii")
+        lengths = [len(v) for v in values]
+    else:
+        encoded = [v.encode("utf-8") for v in values]
+        data = b"".join(encoded)
+        lengths = [len(b) for b in encoded]
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _utf8_values(array: pa.Array) -> Iterator[memoryview]:
+    """The UTF-8 bytes of each value of a string array without nulls, as views of its data buffer."""
+    _validity, offsets, data = array.buffers()
+    bounds = np.frombuffer(offsets, np.int32, len(array) + 1, array.offset * 4).tolist()
+    view = memoryview(data) if data is not None else memoryview(b"")
+    return (view[a:b] for a, b in itertools.pairwise(bounds))
+
+
+def _text_scalar(text: str) -> pa.Scalar:
+    """A string scalar, without ``pa.scalar`` (see :func:`_text_array`)."""
+    return _text_array([text])[0]
+
+
+def _by_member_id(member_ids: list[str], prefixes: np.ndarray) -> list[int]:
+    """The positions of ``member_ids`` in sorted order, stable (as Arrow's ``sort_by``): by their first
+    8 bytes, unless two different ids share them (then by the whole id)."""
+    order = np.argsort(prefixes, kind="stable")
+    ranked = prefixes[order]
+    tied = np.flatnonzero(ranked[1:] == ranked[:-1]).tolist()
+    if any(member_ids[order[t]] != member_ids[order[t + 1]] for t in tied):
+        return sorted(range(len(member_ids)), key=member_ids.__getitem__)
+    return order.tolist()
+
+
+def _listed(column: Any) -> list[Any] | None:
+    """A column as a list of Python values (None stays None)."""
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        return column.to_pylist()
+    return column
+
+
+def _taken(column: Any, rows: list[int]) -> Any:
+    """The ``rows`` of a column (Arrow stays Arrow: indices from a buffer, no conversion per value)."""
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        indices = np.asarray(rows, dtype=np.int64)
+        return column.take(pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(indices)]))
+    return [column[i] for i in rows]
 
 
 def _kept(rows: list[tuple[int, bytes]], mids: list[str | None], schema: Sequence[str]) -> pa.Table:
     """Rows staged unchanged: member id and fingerprint (the ledger holds their hash and payload)."""
     n = len(rows)
     data: dict[str, Any] = {
-        "_row": [i for i, _ in rows],
-        "member_id": [mids[i] for i, _ in rows],
+        "_row": pa.Array.from_buffers(
+            pa.int32(), n, [None, pa.py_buffer(np.array([i for i, _ in rows], np.int32))]
+        ),
+        "member_id": _text_array([mids[i] for i, _ in rows]),  # type: ignore[misc]
         "row_hash": pa.nulls(n, pa.string()),
-        "fingerprint": [fp.hex() for _, fp in rows],
+        "fingerprint": _text_array([fp.hex() for _, fp in rows]),
     }
     for name in schema:
         data[name] = pa.nulls(n, pa.string())
@@ -376,10 +487,57 @@ def _staged_schema(schema: Sequence[str], *, with_row: bool = False) -> pa.Schem
 _worker: _Hasher | None = None
 
 
-def _init_worker(spec: _Spec, key_text: dict[str, str], known: Mapping[str, KnownPrints | None]) -> None:
+def _init_worker(
+    spec: _Spec,
+    key_text: dict[str, str] | Any,
+    known: Mapping[str, KnownPrints | None],
+    packaged_rules: bool = False,
+) -> None:
+    """``key_text``: the keys as text, or a queue they come through once known (see :func:`_feed_keys`).
+    ``known``: fingerprints of rows that need no hashing. ``packaged_rules``: the platforms' rules are the
+    normalisation package's own tables (``RULES``), so the worker need not import the platform registry
+    (campaign models: ~0.2 s per process)."""
     global _worker
-    # the keys come through the pool's pipe, never through a file or an environment variable
-    _worker = _Hasher(spec, StateKeys.from_text(key_text, "extraction worker"), known)
+    rules = {p: RULES[p] for p in spec.platforms} if packaged_rules else None
+    # the keys come through the pool's pipe or queue, never through a file or an environment variable
+    if isinstance(key_text, dict):
+        _worker = _Hasher(spec, StateKeys.from_text(key_text, "extraction worker"), known, rules)
+        return
+
+    def receive() -> StateKeys:
+        text = key_text.get()
+        if text is None:
+            raise RuntimeError("extraction worker: the state keys could not be loaded")
+        return StateKeys.from_text(text, "extraction worker")
+
+    _worker = _Hasher(spec, _once(receive), known, rules)
+
+
+def _once(load: Callable[[], StateKeys]) -> Callable[[], StateKeys]:
+    """``load`` called at most once: a failure is remembered (a worker takes one message off the queue)."""
+    failed: list[BaseException] = []
+
+    def keys() -> StateKeys:
+        if failed:
+            raise failed[0]
+        try:
+            return load()
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+
+    return keys
+
+
+def _feed_keys(keys: Future[StateKeys], queue: Any, count: int) -> None:
+    """When ``keys`` is done, put its text on ``queue`` once per worker (or None per worker if it failed)."""
+
+    def put(done: Future[StateKeys]) -> None:
+        text = None if done.cancelled() or done.exception() is not None else done.result().as_text()
+        for _ in range(count):
+            queue.put(text)
+
+    keys.add_done_callback(put)
 
 
 def _hash_in_worker(chunk: Chunk) -> _Hashed:
@@ -390,7 +548,7 @@ def _hash_in_worker(chunk: Chunk) -> _Hashed:
 def _hashed(
     chunks: Iterable[Chunk],
     spec: _Spec,
-    keys: StateKeys,
+    keys: StateKeys | Future[StateKeys],
     local: _Hasher,
     workers: int | None,
     counts: ExtractCounts,
@@ -413,16 +571,31 @@ def _hashed(
     pending: deque[tuple[Future[_Hashed], Chunk]] = deque()
     log.info("hashing the group in %d worker processes", count)
     counts.workers = count
+    if isinstance(keys, Future):
+        key_source: Any = context.SimpleQueue()
+        _feed_keys(keys, key_source, count)
+    else:
+        key_source = keys.as_text()
+
+    def result(future: Future[_Hashed]) -> _Hashed:
+        try:
+            return future.result()
+        except Exception:
+            if isinstance(keys, Future) and keys.done():
+                keys.result()  # the keys' own failure, rather than the workers' report of it
+            raise
+
     try:
-        with ProcessPoolExecutor(count, context, _init_worker, (spec, keys.as_text(), known)) as pool:
+        packaged = all(get_platform(p).rules is RULES.get(p) for p in spec.platforms)
+        with ProcessPoolExecutor(count, context, _init_worker, (spec, key_source, known, packaged)) as pool:
             for chunk in rest:
                 slim = _slim(chunk, spec)
                 pending.append((pool.submit(_hash_in_worker, slim), slim))
                 while len(pending) >= count * AHEAD_PER_WORKER:
-                    yield pending[0][0].result()
+                    yield result(pending[0][0])
                     pending.popleft()
             while pending:
-                yield pending[0][0].result()
+                yield result(pending[0][0])
                 pending.popleft()
     except BrokenProcessPool as exc:
         # e.g. a script that starts extraction without an ``if __name__ == "__main__":`` guard

@@ -1,20 +1,34 @@
 """Hash a chunk of customer rows column by column, for several platforms at once (extraction's hot loop).
 
 :class:`ChunkHasher` gives, row for row, exactly what :meth:`RowHasher.hash_row` gives (the tests hold
-the two equal on random rows), but works on columns: every cell is coerced once for all platforms, the
-row's region is looked up once, and each identifier is normalised for every platform while its value is
-at hand, so a phone number is parsed once per row however many platforms take it (the phone parser
-memoises its last numbers, see ``phones.py``). Per-row bookkeeping is a bit mask per platform instead
-of sets and result objects.
+the two equal on random rows, Python lists and Arrow arrays), but works on columns, with one kernel per
+kind of rule:
+
+- low-cardinality fields (``FieldRule.cached``: names, country, ...): coerced, normalised and hashed once
+  per distinct (text, region), the distinct pairs found in Arrow for a text column;
+- e-mails without local-part rewrites (Meta's rule): trimmed, lowercased and validated in Arrow for
+  ASCII text, where each step is exactly Python's; other text goes through the rule row by row;
+- phones: parsed once per row for every platform that takes them (``phones.parts_column``), then
+  formatted and hashed per platform;
+- anything else: the rule's normaliser row by row, hashing inlined (``FieldRule.apply``'s steps).
+
+Per-row bookkeeping is a bit mask per platform instead of sets and result objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from audience_sync.core.normalize.api import NO_IDENTIFIER, RowHasher, reason_code
+from audience_sync.core.normalize.normalizers import EMAIL_MAX_LENGTH, EmailNormalizer, PhoneNormalizer
+from audience_sync.core.normalize.phones import parts_column
 from audience_sync.core.normalize.platforms import FieldRule, PlatformRules
 from audience_sync.core.normalize.values import InvalidValue, coerce, normalize_country
 
@@ -55,8 +69,11 @@ class _PlatformState:
 
     def record(self, identifier: str, start: int, end: int, results: list[Any]) -> None:
         """Store one identifier's results (sent parts, :data:`_MISSING` or :data:`_INVALID` per row)."""
-        for j in range(end - start):
-            self.values[start + j][:] = [x[j] if type(x) is tuple else "" for x in results]
+        if end - start == 1:
+            self.values[start] = [x[0] if type(x) is tuple else "" for x in results]
+        else:
+            for j in range(end - start):
+                self.values[start + j] = [x[j] if type(x) is tuple else "" for x in results]
         bit = self.bits[identifier]
         self.present = [
             p | bit if type(x) is tuple else p for p, x in zip(self.present, results, strict=True)
@@ -94,20 +111,53 @@ class ChunkHasher:
                 rule = platforms[name].fields[identifier]
                 self.targets.setdefault(identifier, (column, []))[1].append((name, rule, start, end))
 
-    def hash_chunk(self, columns: Mapping[str, Sequence[object]], n: int) -> dict[str, PlatformColumns]:
-        """Hash ``n`` rows given as columns (name -> values; a missing column is all missing values)."""
-        coerced = {name: _coerced(columns.get(name), n) for name in self.columns}
-        regions = self._regions(columns.get(self.country_column) if self.country_column else None, n)
+    def hash_chunk(
+        self, columns: Mapping[str, Sequence[object] | pa.Array | pa.ChunkedArray], n: int
+    ) -> dict[str, PlatformColumns]:
+        """Hash ``n`` rows given as columns (name -> values; a missing column is all missing values).
+
+        A column may be an Arrow array: a text one is then read in Arrow where a rule allows (e-mails,
+        low-cardinality fields), without turning it into Python objects first.
+        """
+        listed: dict[str, list[object]] = {}
+
+        def values_of(name: str) -> list[object]:
+            col = columns[name]
+            if isinstance(col, list):
+                return col
+            if name not in listed:
+                listed[name] = col.to_pylist() if isinstance(col, pa.Array | pa.ChunkedArray) else list(col)
+            return listed[name]
+
+        country = self.country_column
+        regions = self._regions(
+            values_of(country) if country and columns.get(country) is not None else None, n
+        )
+        places: tuple[np.ndarray, list[str | None]] | None = None
         states = {name: _PlatformState(h, n) for name, h in self.hashers.items()}
         for identifier, (column, targets) in self.targets.items():
-            values = coerced[column]
-            if len(targets) > 1 and not all(rule.cached for _p, rule, _s, _e in targets):
-                # one value for every platform in turn: the phone parser's memo parses it once per row
-                results = _interleaved([rule.apply for _p, rule, _s, _e in targets], values, regions)
-            else:
-                results = [_results(rule, values, regions) for _p, rule, _s, _e in targets]
-            for (platform, _rule, start, end), result in zip(targets, results, strict=True):
-                states[platform].record(identifier, start, end, result)
+            if columns.get(column) is None:
+                continue  # all missing: nothing to record
+            text = _text_array(columns[column])
+            coerced: list[object] | None = None
+            phones: list[Any] | None = None
+            for platform, rule, start, end in targets:
+                if rule.cached and text is not None:
+                    places = _region_codes(regions) if places is None else places
+                    results = _distinct_results(rule, text, places)
+                elif rule.cached:
+                    results = _cached_results(rule, values_of(column), regions)
+                elif text is not None and _vector_email(rule):
+                    results = _email_results(rule, text, values_of(column), regions)
+                elif isinstance(rule.normalize, PhoneNormalizer):
+                    if phones is None:  # parsed once for every platform that takes the phone
+                        coerced = _coerced(values_of(column)) if coerced is None else coerced
+                        phones = parts_column([_as_text(v) for v in coerced], regions)
+                    results = _phone_results(rule, rule.normalize, phones)
+                else:
+                    coerced = _coerced(values_of(column)) if coerced is None else coerced
+                    results = _direct_results(rule, coerced, regions)
+                states[platform].record(identifier, start, end, results)
         return {name: _finish(st, n) for name, st in states.items()}
 
     def _regions(self, raw: Sequence[object] | None, n: int) -> list[str | None]:
@@ -140,31 +190,179 @@ def _attempt(apply: Callable[[object, str | None], Any], value: object, region: 
         return _INVALID
 
 
-def _results(rule: FieldRule, values: list[object], regions: list[str | None]) -> list[Any]:
-    """One rule over a column. Low-cardinality fields are normalised once per distinct (value, region)."""
+def _text_array(column: object) -> pa.Array | None:
+    """An Arrow text column as one string array; None for anything else (Python values, numbers)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not isinstance(column, pa.Array):
+        return None
+    if pa.types.is_string(column.type):
+        return column
+    return column.cast(pa.string()) if pa.types.is_large_string(column.type) else None
+
+
+def _region_codes(regions: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+    """Per row the index of its region among the distinct regions, and those regions."""
+    codes: dict[str | None, int] = {}
+    places = np.fromiter((codes.setdefault(r, len(codes)) for r in regions), np.int64, len(regions))
+    return places, list(codes)
+
+
+def _codes(values: pa.Array) -> tuple[np.ndarray, list[Any]]:
+    """Per row the index of its value among the distinct values (-1 for null), and those values."""
+    encoded = pc.dictionary_encode(values)
+    indices = encoded.indices  # int32; read from its buffer (a fill value would be an Arrow scalar,
+    # whose construction imports pandas: ~0.5 s in every worker process)
+    codes = np.frombuffer(indices.buffers()[1], np.int32, len(indices), indices.offset * 4).astype(np.int64)
+    if indices.null_count:
+        codes[pc.is_null(indices).to_numpy(zero_copy_only=False)] = -1
+    return codes, encoded.dictionary.to_pylist()
+
+
+def _distinct_results(
+    rule: FieldRule, values: pa.Array, places: tuple[np.ndarray, list[str | None]]
+) -> list[Any]:
+    """:func:`_cached_results` of an Arrow text column: the distinct (text, region) pairs, each coerced,
+    normalised and hashed once, then spread back to the rows (``places``: :func:`_region_codes`)."""
+    texts, distinct_texts = _codes(values)
+    regions, distinct_regions = places
+    width = len(distinct_regions)
+    pairs, rows = np.unique(texts.astype(np.int64) * width + regions, return_inverse=True)
     apply = rule.apply
-    if rule.cached:
-        keys = list(zip(values, regions, strict=True))
-        table = {k: _attempt(apply, *k) for k in set(keys) if k[0] is not None}
-        return [table.get(k, _MISSING) for k in keys]
-    return [_MISSING if v is None else _attempt(apply, v, r) for v, r in zip(values, regions, strict=True)]
+    table: list[Any] = []
+    for pair in pairs.tolist():
+        text, place = divmod(pair, width)
+        c = coerce(distinct_texts[text]) if text >= 0 else None
+        table.append(_MISSING if c is None else _attempt(apply, c, distinct_regions[place]))
+    return [table[i] for i in rows.reshape(-1).tolist()]
 
 
-def _interleaved(
-    applies: list[Callable[[object, str | None], Any]], values: list[object], regions: list[str | None]
-) -> list[list[Any]]:
-    """Several rules over a column, row by row: each value goes through every rule before the next."""
-    out: list[list[Any]] = [[] for _ in applies]
-    for v, r in zip(values, regions, strict=True):
-        for results, apply in zip(out, applies, strict=True):
-            results.append(_MISSING if v is None else _attempt(apply, v, r))
+def _cached_results(rule: FieldRule, raw: Sequence[object], regions: list[str | None]) -> list[Any]:
+    """A low-cardinality rule over a column of Python values: coerced, normalised and hashed once per
+    distinct (text, region); other cells (numbers, dates: 1, 1.0 and True are equal keys) one by one."""
+    apply = rule.apply
+    table: dict[tuple[str, str | None], Any] = {}
+    out: list[Any] = []
+    for v, r in zip(raw, regions, strict=True):
+        if type(v) is str:
+            result = table.get((v, r), _UNSEEN)
+            if result is _UNSEEN:
+                c = coerce(v)
+                result = table[v, r] = _MISSING if c is None else _attempt(apply, c, r)
+        else:
+            c = coerce(v)
+            result = _MISSING if c is None else _attempt(apply, c, r)
+        out.append(result)
     return out
 
 
-def _coerced(values: Sequence[object] | None, n: int) -> list[object]:
-    if values is None:
-        return [None] * n
-    return [coerce(v) for v in values]
+def _direct_results(rule: FieldRule, values: list[object], regions: list[str | None]) -> list[Any]:
+    """A rule over a coerced column, row by row: ``rule.apply``'s steps inlined (normalise, then hash
+    every part unless the rule sends it unhashed)."""
+    normalize = rule.normalize
+    hashed = rule.hashed
+    sha = hashlib.sha256
+    out: list[Any] = []
+    append = out.append
+    for v, r in zip(values, regions, strict=True):
+        if v is None:
+            append(_MISSING)
+            continue
+        try:
+            result = normalize(v, r)
+        except InvalidValue:
+            append(_INVALID)
+            continue
+        if type(result) is str:
+            append((sha(result.encode("utf-8")).hexdigest(),) if hashed else (result,))
+        else:
+            parts = result if isinstance(result, tuple) else (result,)
+            append(tuple(sha(p.encode("utf-8")).hexdigest() for p in parts) if hashed else parts)
+    return out
+
+
+def _phone_results(rule: FieldRule, phone: PhoneNormalizer, parsed: list[Any]) -> list[Any]:
+    """A phone rule over a parsed column (:func:`parts_column`: parts, the reason it is invalid, or None)."""
+    sha = hashlib.sha256
+    fmt = phone.format
+    out: list[Any] = []
+    append = out.append
+    for p in parsed:
+        if p is None:
+            append(_MISSING)
+        elif type(p) is str:
+            append(_INVALID)
+        else:
+            text = fmt(*p)
+            append((sha(text.encode("utf-8")).hexdigest(),) if rule.hashed else (text,))
+    return out
+
+
+# Python's whitespace (``str.isspace``) among ASCII characters, as an RE2 class body
+_ASCII_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
+_EDGE_SPACE_RE2 = f"^[{_ASCII_SPACE}]+|[{_ASCII_SPACE}]+$"
+_INNER_SPACE_RE2 = f"[{_ASCII_SPACE}]+"
+# normalizers._EMAIL_RE on ASCII text (where Python's \s is exactly the class above), anchored
+_EMAIL_RE2 = f"^[^@{_ASCII_SPACE}]+@[^@{_ASCII_SPACE}.]+(?:\\.[^@{_ASCII_SPACE}.]+)+$"
+
+
+def _vector_email(rule: FieldRule) -> bool:
+    """Whether ``rule`` is an email rule :func:`_email_results` reproduces (no local-part rewrites)."""
+    email = rule.normalize
+    return isinstance(email, EmailNormalizer) and not (email.gmail_canonical or email.drop_plus_suffix)
+
+
+def _email_results(
+    rule: FieldRule, arr: pa.Array, raw: Sequence[object], regions: list[str | None]
+) -> list[Any]:
+    """An email rule without local-part rewrites over an Arrow text column (``raw``: its values), in
+    Arrow for ASCII text: trim (``coerce``), lowercase, drop inner whitespace if the rule does, check
+    the length and the pattern. On ASCII text each step is exactly the Python one (the tests hold the
+    two equal); other cells go through the rule row by row."""
+    email = rule.normalize
+    assert isinstance(email, EmailNormalizer)  # noqa: S101 - checked by _vector_email
+    trimmed = pc.replace_substring_regex(arr, _EDGE_SPACE_RE2, "")
+    text = pc.ascii_lower(trimmed)
+    if email.remove_inner_whitespace:
+        text = pc.replace_substring_regex(text, _INNER_SPACE_RE2, "")
+    # (no Arrow scalars here: building one imports pandas)
+    matched = pc.match_substring_regex(text, _EMAIL_RE2).to_pylist()
+    ascii_ = pc.string_is_ascii(arr).to_pylist()
+    sha = hashlib.sha256
+    hashed = rule.hashed
+    out: list[Any] = []
+    append = out.append
+    for v, r, a, good, t in zip(raw, regions, ascii_, matched, text.to_pylist(), strict=True):
+        if v is None or (a and not t):  # ASCII text is empty after trimming iff it is after both steps
+            append(_MISSING)
+        elif not a:
+            c = coerce(v)
+            append(_MISSING if c is None else _attempt(rule.apply, c, r))
+        elif not good or len(t) > EMAIL_MAX_LENGTH:
+            append(_INVALID)
+        else:
+            append((sha(t.encode("utf-8")).hexdigest(),) if hashed else (t,))
+    return out
+
+
+# zero-width characters and the BOM that ``coerce`` trims besides whitespace (all non-ASCII)
+_EDGE_JUNK = frozenset("\u200b\u200c\u200d\u2060\ufeff")
+
+
+def _coerced(values: Sequence[object]) -> list[object]:
+    """``coerce`` of every cell; text (every cell of an Arrow string column) without a call per cell."""
+    junk = _EDGE_JUNK
+    return [
+        (s if (s := v.strip()) and s[0] not in junk and s[-1] not in junk else coerce(s))
+        if type(v) is str
+        else coerce(v)
+        for v in values
+    ]
+
+
+def _as_text(value: object) -> str | None:
+    """A coerced cell as the text normalisers read (``None`` stays ``None``; a date is its ISO text)."""
+    return value if value is None or type(value) is str else str(value)
 
 
 def _finish(st: _PlatformState, n: int) -> PlatformColumns:

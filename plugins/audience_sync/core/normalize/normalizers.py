@@ -43,11 +43,14 @@ def _text(value: object) -> str:
 
 # One '@', a non-empty local part, a dotted domain with non-empty labels, no whitespace anywhere.
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+EMAIL_MAX_LENGTH = 254
 _GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 
 
-def make_email(*, remove_inner_whitespace: bool, gmail_canonical: bool, drop_plus_suffix: bool) -> Normalizer:
+class EmailNormalizer:
     """Email normaliser: trim, lowercase, validate, then the platform's optional rewrites.
+
+    A class rather than a closure so that column-wise hashing (``columns.py``) can read its options.
 
     :param remove_inner_whitespace: delete whitespace inside the address before validating (Google, TikTok);
         when false an address with inner whitespace is invalid (Meta).
@@ -56,44 +59,72 @@ def make_email(*, remove_inner_whitespace: bool, gmail_canonical: bool, drop_plu
     :param drop_plus_suffix: drop ``+suffix`` from the local part for every domain (TikTok).
     """
 
-    def normalize_email(value: object, region: str | None) -> str:
+    __slots__ = ("drop_plus_suffix", "gmail_canonical", "remove_inner_whitespace")
+
+    def __init__(
+        self, *, remove_inner_whitespace: bool, gmail_canonical: bool, drop_plus_suffix: bool
+    ) -> None:
+        self.remove_inner_whitespace = remove_inner_whitespace
+        self.gmail_canonical = gmail_canonical
+        self.drop_plus_suffix = drop_plus_suffix
+
+    def __call__(self, value: object, region: str | None) -> str:
         text = _text(value).lower()
-        if remove_inner_whitespace:
+        if self.remove_inner_whitespace:
             text = "".join(text.split())
-        if len(text) > 254 or _EMAIL_RE.fullmatch(text) is None:
+        if len(text) > EMAIL_MAX_LENGTH or _EMAIL_RE.fullmatch(text) is None:
             raise InvalidValue("not a valid email address")
         local, _, domain = text.partition("@")
-        if gmail_canonical and domain in _GMAIL_DOMAINS:
+        if self.gmail_canonical and domain in _GMAIL_DOMAINS:
             local = local.split("+", 1)[0].replace(".", "")
-        elif drop_plus_suffix:
+        elif self.drop_plus_suffix:
             local = local.split("+", 1)[0]
         if not local:
             raise InvalidValue("email local part is empty after normalisation")
         return f"{local}@{domain}"
 
-    return normalize_email
+
+def make_email(*, remove_inner_whitespace: bool, gmail_canonical: bool, drop_plus_suffix: bool) -> Normalizer:
+    """Email normaliser, see :class:`EmailNormalizer`."""
+    return EmailNormalizer(
+        remove_inner_whitespace=remove_inner_whitespace,
+        gmail_canonical=gmail_canonical,
+        drop_plus_suffix=drop_plus_suffix,
+    )
 
 
 # --------------------------------------------------------------------------------------------- phone
 
 
-def make_phone(*, plus: bool) -> Normalizer:
+class PhoneNormalizer:
     """Phone normaliser: parse with libphonenumber (row/default region, or the number's own ``+CC``).
 
     Requires ``is_valid_number``. The result is the E.164 number (country code + national significant
     number, trunk ``0`` removed, Italian leading zero kept), with or without the leading ``+``. Extensions
     are dropped. Parsing is :func:`~audience_sync.core.normalize.phones.e164_parts` (``rphonenumbers`` or
-    ``phonenumbers``, memoised).
+    ``phonenumbers``, memoised). A class rather than a closure so that column-wise hashing
+    (``columns.py``) can parse a phone once for every platform and format it with :meth:`format`.
 
     :param plus: keep the ``+`` (Google: E.164) or not (Meta, TikTok: digits only).
     """
-    prefix = "+" if plus else ""
 
-    def normalize_phone(value: object, region: str | None) -> str:
-        country_code, national = e164_parts(_text(value), region)
-        return f"{prefix}{country_code}{national}"
+    __slots__ = ("plus", "prefix")
 
-    return normalize_phone
+    def __init__(self, *, plus: bool) -> None:
+        self.plus = plus
+        self.prefix = "+" if plus else ""
+
+    def format(self, country_code: int, national: str) -> str:
+        """The normalised number from :func:`e164_parts`' result."""
+        return f"{self.prefix}{country_code}{national}"
+
+    def __call__(self, value: object, region: str | None) -> str:
+        return self.format(*e164_parts(_text(value), region))
+
+
+def make_phone(*, plus: bool) -> Normalizer:
+    """Phone normaliser, see :class:`PhoneNormalizer`."""
+    return PhoneNormalizer(plus=plus)
 
 
 # --------------------------------------------------------------------------------------------- names, places

@@ -22,7 +22,7 @@ import importlib
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
@@ -32,7 +32,15 @@ from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.normalize.values import InvalidValue
 from audience_sync.core.settings import settings
 
-__all__ = ["SELF_CHECK", "Library", "PhoneLibraryError", "e164_parts", "parts_with", "phone_library"]
+__all__ = [
+    "SELF_CHECK",
+    "Library",
+    "PhoneLibraryError",
+    "e164_parts",
+    "parts_column",
+    "parts_with",
+    "phone_library",
+]
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +242,7 @@ def phone_library() -> str:
     return _library().name
 
 
-@lru_cache(maxsize=1024)
-def _cached_parts(text: str, region: str | None) -> tuple[int, str] | str:
-    # Cached with the reason for invalid numbers too, so that a bad number repeated for several platforms
-    # of one row is also parsed once (lru_cache does not cache exceptions).
+def _parts(text: str, region: str | None) -> tuple[int, str] | str:
     lib = _library()
     try:
         return parts_with(lib, text, region)
@@ -250,6 +255,33 @@ def _cached_parts(text: str, region: str | None) -> tuple[int, str] | str:
         # reference library instead of failing the whole extract.
         log.warning("Phone numbers: %s raised on one value; parsed it with %s", lib.name, _reference.name)
         return parts_with(_reference, text, region)
+
+
+# Cached with the reason for invalid numbers too, so that a bad number repeated for several platforms of
+# one row is also parsed once (lru_cache does not cache exceptions).
+_cached_parts = lru_cache(maxsize=1024)(_parts)
+
+
+def parts_column(
+    texts: Sequence[str | None], regions: Sequence[str | None]
+) -> list[tuple[int, str] | str | None]:
+    """:func:`e164_parts` of a column, unmemoised (each value is parsed once, by the caller's design):
+    per text its (country code, national number), the reason it is invalid (a ``str``), or ``None``
+    for ``None``."""
+    lib = _library()
+    out: list[tuple[int, str] | str | None] = []
+    append = out.append
+    for t, r in zip(texts, regions, strict=True):
+        if t is None:
+            append(None)
+            continue
+        try:
+            append(parts_with(lib, t, r))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            append(_parts(t, r))  # the library failed on this value: _parts falls back, with its warning
+    return out
 
 
 def e164_parts(text: str, region: str | None) -> tuple[int, str]:
