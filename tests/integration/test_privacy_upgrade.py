@@ -226,11 +226,10 @@ class World:
         return sync_audience(self.dest(), store, req, StagedGroup(counts.staged["meta"]["path"]), retry=FAST)
 
     def member_requests(self, since: int) -> list[dict]:
-        return [e for e in self.srv.meta.requests_log(since) if e.get("op") in ("add", "remove", "replace")]
+        return self.srv.meta.member_requests(since)
 
     def mark(self) -> int:
-        log = self.srv.meta.requests_log()
-        return log[-1]["seq"] if log else 0
+        return self.srv.meta.last_seq()
 
 
 @pytest.fixture

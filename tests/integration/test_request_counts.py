@@ -69,11 +69,10 @@ class World:
         return sync_audience(self.dest(), self.store, req, rows(keys), retry=FAST)
 
     def mark(self) -> int:
-        log = self.srv.meta.requests_log()
-        return log[-1]["seq"] if log else 0
+        return self.srv.meta.last_seq()
 
     def member_requests(self, since: int, op: str) -> list[dict]:
-        return [e for e in self.srv.meta.requests_log(since) if e.get("op") == op]
+        return self.srv.meta.member_requests(since, (op,))
 
     def members(self, audience_id: str) -> int:
         return len(self.srv.meta.members(audience_id))

@@ -95,11 +95,10 @@ class World:
         return {frozenset((k, v) for k, v in m.items() if v) for m in self.srv.meta.members(audience_id)}
 
     def mark(self) -> int:
-        log = self.srv.meta.requests_log()
-        return log[-1]["seq"] if log else 0
+        return self.srv.meta.last_seq()
 
     def member_requests(self, since: int) -> list[dict]:
-        return [e for e in self.srv.meta.requests_log(since) if e.get("op") in ("add", "remove", "replace")]
+        return self.srv.meta.member_requests(since)
 
 
 @pytest.fixture

@@ -126,12 +126,7 @@ def upgrade_v2_to_v3(engine: Engine) -> bool:
         current = conn.execute(sa.select(sa.func.max(_version.c.version))).scalar()
         if current is None or current >= 3:
             return False
-        inspector = sa.inspect(conn)
-        for table, columns in _V3_COLUMNS.items():
-            have = {c["name"] for c in inspector.get_columns(table)}
-            for column in columns:
-                if column.split()[0] not in have:
-                    conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column}"))
+        _add_columns(conn, _V3_COLUMNS)
         # the status index covers the fingerprint lookup of a rerun (``fingerprints.known_prints``)
         conn.execute(sa.text("DROP INDEX IF EXISTS ix_as_ledger_status"))
         conn.execute(
@@ -155,13 +150,19 @@ _V2_COLUMNS = {
 }
 
 
-def _add_v2_columns(conn: Connection) -> None:
+def _add_columns(conn: Connection, columns_by_table: dict[str, tuple[str, ...]]) -> None:
+    """Add the columns (``"name TYPE ..."``) a table does not have yet (an interrupted upgrade resumes)."""
     inspector = sa.inspect(conn)
-    for table, columns in _V2_COLUMNS.items():
+    for table, columns in columns_by_table.items():
         have = {c["name"] for c in inspector.get_columns(table)}
         for column in columns:
             if column.split()[0] not in have:
                 conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column}"))
+
+
+def _add_v2_columns(conn: Connection) -> None:
+    _add_columns(conn, _V2_COLUMNS)
+    inspector = sa.inspect(conn)
     indexes = {i["name"] for i in inspector.get_indexes("as_member_ledger")}
     if "ix_as_ledger_upload" not in indexes:
         conn.execute(

@@ -19,6 +19,9 @@ _LOG_VALUE_CHARS = 200
 SECRET_PARAMS = frozenset({"access_token", "appsecret_proof", "client_secret", "secret"})
 FAULT_ACTIONS = ("error", "drop", "delay")
 
+#: logged operations that carry members
+MEMBER_OPS = ("add", "remove", "replace")
+
 
 # --------------------------------------------------------------------------------------------
 # Request / response values passed between the server and the apps
@@ -313,3 +316,13 @@ class PlatformApp:
 
     def requests_log(self, since: int = 0) -> list[dict[str, Any]]:
         return self.journal.log.entries(since=since, platform=self.platform)
+
+    def last_seq(self) -> int:
+        """The sequence number of this platform's latest logged request (0: none yet): a mark to pass
+        to :meth:`member_requests` as ``since``."""
+        log = self.requests_log()
+        return log[-1]["seq"] if log else 0
+
+    def member_requests(self, since: int = 0, ops: tuple[str, ...] = MEMBER_OPS) -> list[dict[str, Any]]:
+        """Logged requests after ``since`` that carried members (``ops``: which operations)."""
+        return [e for e in self.requests_log(since) if e.get("op") in ops]
