@@ -36,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from audience_sync.core.dedupe import SeenKeys
-from audience_sync.core.fingerprints import KnownPrints, RowPrinter, rules_version
+from audience_sync.core.fingerprints import KnownPrints, RowPrinter, RowTexts, row_texts, rules_version
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys
 from audience_sync.core.normalize import NO_IDENTIFIER, RULES, PlatformRules
 from audience_sync.core.normalize.columns import ChunkHasher, PlatformColumns
@@ -255,8 +255,15 @@ class _Hasher:
                 )
                 for p in spec.platforms
             }
-        listed = {name: _listed(col) for name, col in columns.items()}  # Arrow columns as Python values
-        return {p: printer.prints(listed, rows) for p, printer in self._printers.items()}
+        # the platforms' printers read the same columns: each row's text is encoded once, hashed per key
+        texts: dict[tuple[str, ...], RowTexts] = {}
+        prints: dict[str, list[bytes]] = {}
+        for p, printer in self._printers.items():
+            names = tuple(printer.columns)
+            if names not in texts:
+                texts[names] = row_texts(columns, names, rows)
+            prints[p] = printer.hashed(texts[names])
+        return prints
 
     def hash(self, chunk: Chunk) -> _Hashed:
         spec = self.spec
