@@ -183,3 +183,17 @@ def test_the_utf8_bytes_of_each_value_are_read_from_the_buffer_of_a_sliced_array
     array = _text_array(values)
     assert [bytes(v) for v in _utf8_values(array)] == [v.encode() for v in values]
     assert [bytes(v) for v in _utf8_values(array.slice(2, 2))] == [v.encode() for v in values[2:4]]
+
+
+def test_fingerprints_are_staged_as_their_hex() -> None:
+    import os
+
+    import pytest
+
+    from audience_sync.core.extract import _hex_array
+
+    prints = [os.urandom(16) for _ in range(5)]
+    assert _hex_array(prints).to_pylist() == [p.hex() for p in prints]
+    assert _hex_array([]).to_pylist() == []
+    with pytest.raises(ValueError, match="16 bytes"):
+        _hex_array([b"short"])

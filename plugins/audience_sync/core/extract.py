@@ -36,7 +36,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from audience_sync.core.dedupe import SeenKeys
-from audience_sync.core.fingerprints import KnownPrints, RowPrinter, rules_version
+from audience_sync.core.fingerprints import (
+    PRINT_BYTES,
+    KnownPrints,
+    RowPrinter,
+    RowTexts,
+    row_texts,
+    rules_version,
+)
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeys
 from audience_sync.core.normalize import NO_IDENTIFIER, RULES, PlatformRules
 from audience_sync.core.normalize.columns import ChunkHasher, PlatformColumns
@@ -255,8 +262,15 @@ class _Hasher:
                 )
                 for p in spec.platforms
             }
-        listed = {name: _listed(col) for name, col in columns.items()}  # Arrow columns as Python values
-        return {p: printer.prints(listed, rows) for p, printer in self._printers.items()}
+        # the platforms' printers read the same columns: each row's text is encoded once, hashed per key
+        texts: dict[tuple[str, ...], RowTexts] = {}
+        prints: dict[str, list[bytes]] = {}
+        for p, printer in self._printers.items():
+            names = tuple(printer.columns)
+            if names not in texts:
+                texts[names] = row_texts(columns, names, rows)
+            prints[p] = printer.hashed(texts[names])
+        return prints
 
     def hash(self, chunk: Chunk) -> _Hashed:
         spec = self.spec
@@ -362,12 +376,12 @@ class _Hasher:
         keep = [keep[k] for k in order]
         member_ids = [member_ids[k] for k in order]
         schema = self.schemas[platform]
-        values = [_text_array([col[j] for j in slots]) for col in result.values]
+        values = [_text_array(list(map(col.__getitem__, slots))) for col in result.values]
         rows_kept = np.asarray(keep, dtype=np.int32)
         data: dict[str, Any] = {
             "_row": pa.Array.from_buffers(pa.int32(), len(keep), [None, pa.py_buffer(rows_kept)]),
             "member_id": _text_array(member_ids),
-            "fingerprint": _text_array([prints[j].hex() for j in slots]),
+            "fingerprint": _hex_array(list(map(prints.__getitem__, slots))),
         }
         if schema:
             # the row hash is the keyed hash of payload_json(schema, values), built in Arrow: hashed
@@ -401,14 +415,24 @@ def _text_array(values: list[str]) -> pa.Array:
     joined = "".join(values)
     if joined.isascii():  # hashes, member ids: one encoding, lengths in characters are in bytes
         data = joined.encode("ascii")
-        lengths = [len(v) for v in values]
+        lengths = np.fromiter(map(len, values), np.int32, len(values))
     else:
         encoded = [v.encode("utf-8") for v in values]
         data = b"".join(encoded)
-        lengths = [len(b) for b in encoded]
+        lengths = np.fromiter(map(len, encoded), np.int32, len(values))
     offsets = np.zeros(len(values) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _hex_array(prints: list[bytes]) -> pa.Array:
+    """Fingerprints (``PRINT_BYTES`` each) as a string array of their hex, in one conversion."""
+    data = b"".join(prints).hex().encode("ascii")
+    width = 2 * PRINT_BYTES
+    if len(data) != width * len(prints):
+        raise ValueError(f"fingerprints must be {PRINT_BYTES} bytes each")
+    offsets = np.arange(0, len(data) + 1, width, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), len(prints), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _utf8_values(array: pa.Array) -> Iterator[memoryview]:
@@ -459,7 +483,7 @@ def _kept(rows: list[tuple[int, bytes]], mids: list[str | None], schema: Sequenc
         ),
         "member_id": _text_array([mids[i] for i, _ in rows]),  # type: ignore[misc]
         "row_hash": pa.nulls(n, pa.string()),
-        "fingerprint": _text_array([fp.hex() for _, fp in rows]),
+        "fingerprint": _hex_array([fp for _, fp in rows]),
     }
     for name in schema:
         data[name] = pa.nulls(n, pa.string())
@@ -701,7 +725,23 @@ class _Parts:
         fs.create_dir(folder, recursive=True)
         self.buffers: dict[str, list[pa.Table]] = {h: [] for h in PARTS}
         self.buffered = 0
-        self.writers = {h: pq.ParquetWriter(f"{folder}/{h}.parquet", schema, filesystem=fs) for h in PARTS}
+        # member ids, row hashes and fingerprints are unique: a dictionary of them would be built and
+        # dropped for each column chunk; hashed values may repeat (country, names), so they keep one. No
+        # column compresses much (hex text; repeats are in dictionaries), so none is compressed (about
+        # 4 % more bytes, a third of the staging process's CPU for writing and reading); and no min / max
+        # statistics, which no reader uses (readers take whole columns)
+        values = [name for name in schema.names if name not in META_COLUMNS]
+        self.writers = {
+            h: pq.ParquetWriter(
+                f"{folder}/{h}.parquet",
+                schema,
+                filesystem=fs,
+                use_dictionary=values,
+                compression="none",
+                write_statistics=False,
+            )
+            for h in PARTS
+        }
 
     def add(self, table: pa.Table) -> None:
         """Rows sorted by member id: each part's rows are one contiguous slice."""

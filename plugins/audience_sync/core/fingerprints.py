@@ -23,12 +23,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from audience_sync.core.keys import StateKeys
@@ -90,15 +92,32 @@ class RowPrinter:
         self._hash = functools.partial(
             hashlib.blake2b, key=keys.derive_key(label.encode()), digest_size=PRINT_BYTES
         )
+        self._keyed = self._hash()  # copied for each row (cheaper than keying a new one): never updated
 
-    def prints(self, columns: Mapping[str, Sequence[Any]], rows: Sequence[int]) -> list[bytes]:
-        """The fingerprint of each of ``rows`` (indexes into the chunk's ``columns``), built column by
-        column (one pass per column, then one keyed hash per row)."""
+    def prints(self, columns: Mapping[str, Any], rows: Sequence[int]) -> list[bytes]:
+        """The fingerprint of each of ``rows`` (indexes into the chunk's ``columns``: Arrow arrays or
+        sequences of Python values)."""
+        return self.hashed(row_texts(columns, self.columns, rows))
+
+    def hashed(self, texts: RowTexts) -> list[bytes]:
+        """The keyed hash of each row's encoded text (:func:`row_texts` of :attr:`columns`)."""
+        keyed = self._keyed.copy
+        prints: list[bytes] = []
+        add = prints.append
+        for text in texts:
+            h = keyed()
+            h.update(text)
+            add(h.digest())
+        return prints
+
+    def reference(self, columns: Mapping[str, Sequence[Any]], rows: Sequence[int]) -> list[bytes]:
+        """:meth:`prints` one row at a time in Python: what defines a fingerprint (Python values only)."""
         encoded = [_encoded(columns.get(c), rows) for c in self.columns]
         new = self._hash
         return [new(text.encode("utf-8", "surrogatepass")).digest() for text in map("".join, zip(*encoded))]
 
 
+# ------------------------------------------------------------------------------- encoding, reference
 def _encoded(column: Sequence[Any] | None, rows: Sequence[int]) -> list[str]:
     """One column's raw values at ``rows``, each unambiguous among a row's parts: type, length, text."""
     if column is None:
@@ -113,6 +132,178 @@ def _part(value: Any) -> str:
         return f"i{value};"  # digits and a sign only: the ';' ends it
     text = repr(value)
     return f"{type(value).__name__}{len(text)}:{text}"
+
+
+# ------------------------------------------------------------------------------- encoding, in Arrow
+# The same encoding as :func:`_encoded`, built column by column in Arrow: text and integer columns (Arrow,
+# or Python lists of str / int and None) without a Python step per value; anything else (floats, dates,
+# mixed lists...) through the reference, one value at a time. Arrays and scalars are built from their
+# buffers: ``pa.array`` and ``pa.scalar`` import pandas on first use (~0.5 s in every worker process).
+
+
+@dataclass(frozen=True)
+class RowTexts:
+    """The encoded text of each row, as UTF-8 (``surrogatepass``): one buffer and each row's bounds."""
+
+    data: bytes
+    bounds: list[int]
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Each row's bytes (slices of bytes: quicker to take and to hash than views of the buffer)."""
+        bounds = self.bounds
+        return map(self.data.__getitem__, map(slice, bounds[:-1], bounds[1:]))
+
+
+def row_texts(columns: Mapping[str, Any], names: Sequence[str], rows: Sequence[int]) -> RowTexts:
+    """The encoded text of each of ``rows`` over the columns ``names`` (a missing column encodes as such)."""
+    n = len(rows)
+    if not n:
+        return RowTexts(b"", [0])
+    index = np.asarray(rows, dtype=np.int64)
+    pieces = [piece for name in names for piece in _encoded_column(columns.get(name), index)]
+    if not any(isinstance(p, pa.Array) for p in pieces):  # no column at all: every row is the same
+        text = b"".join(p.as_py() for p in pieces)
+        return RowTexts(text * n, list(range(0, len(text) * n + 1, len(text))))
+    joined = pc.binary_join_element_wise(*pieces, _EMPTY)  # one pass over all columns' pieces
+    _validity, offsets, data = joined.buffers()
+    bounds = np.frombuffer(offsets, np.int64, n + 1, joined.offset * 8).tolist()
+    return RowTexts(data.to_pybytes() if data is not None else b"", bounds)
+
+
+def _binary(values: Sequence[bytes]) -> pa.Array:
+    data = b"".join(values)
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
+    return pa.Array.from_buffers(_BIN, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+_BIN = pa.large_binary()
+_EMPTY, _MISSING, _NULL, _S, _COLON, _I, _SEMI, _TRUE, _FALSE = _binary(
+    [b"", b"\x00-", b"n;", b"s", b":", b"i", b";", b"bool4:True", b"bool5:False"]
+)
+#: ``s{length}:`` for the usual lengths of a text, taken by length (longer ones are cast and joined)
+_HEADS = _binary([b"s%d:" % length for length in range(1024)])
+
+#: a column's encoding: pieces (arrays, or scalars for every row) whose concatenation is each row's part
+Pieces = list[pa.Array | pa.Scalar]
+
+
+def _encoded_column(column: Any, index: np.ndarray) -> Pieces:
+    """One column's encoded values at ``index`` (large binary, no nulls)."""
+    if column is None:
+        return [_MISSING]
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        return _encoded_arrow(_at(column, index))
+    whole = len(index) == len(column) and np.array_equal(index, np.arange(len(index)))
+    values = list(column) if whole else list(map(column.__getitem__, index.tolist()))
+    nones = values.count(None)
+    types = set(map(type, values))
+    types.discard(type(None))
+    if types == {str}:
+        return _encoded_text(values, nones)
+    if types == {int}:
+        ints = _int64s(values, nones)
+        if ints is not None:
+            return _encoded_arrow(ints)
+    elif not types:
+        return [_NULL]
+    return [_encoded_python(values)]
+
+
+def _at(column: pa.Array | pa.ChunkedArray, index: np.ndarray) -> pa.Array:
+    """The values of ``column`` at ``index``, as one array (not copied when ``index`` is all of it)."""
+    n = len(index)
+    if n != len(column) or not np.array_equal(index, np.arange(n)):
+        column = column.take(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(index)]))
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _encoded_arrow(values: pa.Array) -> Pieces:
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        return _encoded_arrow(values.dictionary_decode())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        # the length in code points, as Python's len (Arrow's text is valid UTF-8)
+        return _text_pieces(pc.utf8_length(values), values.cast(_BIN))
+    if pa.types.is_integer(kind):  # Python ints: f"i{v};" (decimal digits and a sign, as Arrow's cast)
+        return _joined([_I, _text(values), _SEMI], values.null_count)
+    if pa.types.is_boolean(kind):
+        return [pc.coalesce(pc.if_else(values, _TRUE, _FALSE), _NULL)]
+    if pa.types.is_null(kind):
+        return [_NULL]
+    return [_encoded_python(values.to_pylist())]
+
+
+def _text_pieces(lengths: pa.Array, text: pa.Array) -> Pieces:
+    """``s{length}:{text}`` of each value, ``n;`` where it is null (``lengths``: in code points)."""
+    longest = pc.max(lengths).as_py()
+    if longest is not None and longest >= len(_HEADS):
+        return _joined([_S, _text(lengths), _COLON, text], text.null_count)
+    if not text.null_count:
+        return [_HEADS.take(lengths), text]
+    # a Python scalar would make pyarrow import pandas: fill with the scalars built from buffers
+    return [pc.coalesce(_HEADS.take(lengths), _NULL), pc.coalesce(text, _EMPTY)]
+
+
+def _joined(pieces: Pieces, nulls: int) -> Pieces:
+    """A value's pieces, or with null values one piece where they are encoded as None is: ``n;``."""
+    if not nulls:
+        return pieces
+    return [pc.coalesce(pc.binary_join_element_wise(*pieces, _EMPTY), _NULL)]
+
+
+def _text(values: pa.Array) -> pa.Array:
+    return values.cast(pa.string()).cast(_BIN)
+
+
+def _encoded_python(values: list[Any]) -> pa.Array:
+    """The reference encoding, one value at a time (types the Arrow path does not encode)."""
+    return _binary([t.encode("utf-8", "surrogatepass") for t in _encoded(values, range(len(values)))])
+
+
+def _int64s(values: list[int | None], nones: int) -> pa.Array | None:
+    """Python ints (and ``nones`` None) as an int64 array; None when one does not fit."""
+    present = _present(values, nones)
+    try:
+        data = np.array([0 if v is None else v for v in values] if nones else values, dtype=np.int64)
+    except OverflowError:
+        return None
+    return pa.Array.from_buffers(pa.int64(), len(values), [_validity(present), pa.py_buffer(data)])
+
+
+def _present(values: list[Any], nones: int) -> np.ndarray | None:
+    """Which values are not None (None when all are)."""
+    return np.fromiter((v is not None for v in values), bool, len(values)) if nones else None
+
+
+def _validity(present: np.ndarray | None) -> pa.Buffer | None:
+    return None if present is None else pa.py_buffer(np.packbits(present, bitorder="little"))
+
+
+def _encoded_text(values: list[str | None], nones: int) -> Pieces:
+    """Python strings (and ``nones`` None): ``s{len}:{text}``, len in code points, text as UTF-8 with
+    lone surrogates passed through (3 bytes each, as ``str.encode(..., "surrogatepass")``)."""
+    n = len(values)
+    present = _present(values, nones)
+    texts: list[str] = [v for v in values if v is not None] if nones else values  # type: ignore[assignment]
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[slice(None) if present is None else present] = np.fromiter(map(len, texts), np.int64, len(texts))
+    chars = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=chars[1:])
+    joined = "".join(texts)
+    if joined.isascii():
+        data, offsets = joined.encode("ascii"), chars
+    else:  # where each code point starts in the UTF-8 bytes (not at a continuation byte 0b10xxxxxx)
+        data = joined.encode("utf-8", "surrogatepass")
+        starts = np.flatnonzero((np.frombuffer(data, np.uint8) & 0xC0) != 0x80)
+        offsets = np.append(starts, len(data))[chars]
+    validity = _validity(present)
+    text = pa.Array.from_buffers(_BIN, n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)])
+    counts = pa.Array.from_buffers(pa.int64(), n, [validity, pa.py_buffer(lengths)])
+    return _text_pieces(counts, text)
 
 
 @dataclass(frozen=True)
