@@ -148,9 +148,8 @@ ledger = sa.Table(
     sa.Column("fingerprint", sa.String(32), nullable=True),
 )
 sa.Index("ix_as_ledger_upload", ledger.c.registry_id, ledger.c.upload_id, ledger.c.batch_seq)
-# with the fingerprint, the rerun's lookup of unchanged rows (``fingerprints.known_prints``) reads the
-# index alone (v3; v2 had it without the fingerprint)
-sa.Index("ix_as_ledger_status", ledger.c.registry_id, ledger.c.status, ledger.c.op, ledger.c.fingerprint)
+# not with the fingerprint (see ``migrations.upgrade_v2_to_v3``)
+sa.Index("ix_as_ledger_status", ledger.c.registry_id, ledger.c.status, ledger.c.op)
 
 #: one row per platform upload (see core/uploads.py)
 uploads = sa.Table(
