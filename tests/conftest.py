@@ -20,8 +20,17 @@ from audience_sync.core.keys import StateKeys
 
 ROOT = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="audience-sync-airflow-"))
-# the session's Airflow home (metadata DB, logs, staged files) goes when the test process exits
-atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+_OWNER = os.getpid()
+
+
+@atexit.register
+def _remove_home() -> None:
+    """The session's Airflow home (metadata DB, logs, staged files) goes when the test process exits;
+    not when a child forked from it does (a forked process inherits this handler)."""
+    if os.getpid() == _OWNER:
+        shutil.rmtree(_HOME, ignore_errors=True)
+
+
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
