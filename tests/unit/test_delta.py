@@ -8,9 +8,10 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.core import delta
-from audience_sync.core.delta import Exclusion, StagedGroup, compare, stage_changes
+from audience_sync.core.delta import Exclusion, StagedGroup, compare
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, utcnow
+from tests.ledger_steps import stage_group
 
 KEYS = StateKeys.generate()
 SCHEMA = ("EMAIL",)
@@ -106,25 +107,10 @@ def test_an_unknown_audience_gets_the_whole_group(store: StateStore) -> None:
     assert (got.group, got.new, got.adds, got.removes) == (25, 25, 25, 0)
 
 
-def mirror_changes(store: StateStore, registry_id: int, group: list[tuple[str, str, str]], run_id: str):
-    """The stage of changes a mirror sync of ``group`` makes."""
-    return stage_changes(
-        store,
-        registry_id,
-        StagedGroup(group),
-        mode="mirror",
-        backfill=False,
-        exclude=None,
-        dag_id="d",
-        run_id=run_id,
-        lease=None,
-    )
-
-
 def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
     entry, _ = store.register("meta", "act_1", "rerun_users", "1", "created")
     first = [row(k) for k in range(500)]
-    changes = mirror_changes(store, entry.id, first, "r1")
+    changes = stage_group(store, entry.id, first, "r1")
     assert store.stage_size(changes.key) == 500  # everyone is new
     store.apply_stage(entry.id, changes.key, "r1", mode="mirror")
     store.drop_stage(changes.key)
@@ -135,7 +121,7 @@ def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
             .values(status="sent", op=None, sent_payload=ledger.c.payload)
         )
 
-    same = mirror_changes(store, entry.id, first, "r2")
+    same = stage_group(store, entry.id, first, "r2")
     assert store.stage_size(same.key) == 0 and same.comparison.unchanged == 500
     store.drop_stage(same.key)
 
@@ -143,7 +129,7 @@ def test_a_rerun_stages_only_what_changes(store: StateStore) -> None:
     churned = [row(k, version=1) if k < 15 else row(k) for k in range(10, 500)] + [
         row(k) for k in range(900, 907)
     ]
-    changes = mirror_changes(store, entry.id, churned, "r3")
+    changes = stage_group(store, entry.id, churned, "r3")
     c = changes.comparison
     assert (c.group, c.new, c.changed, c.unchanged) == (497, 7, 5, 485)
     assert store.stage_size(changes.key) == 7 + 5 + 10

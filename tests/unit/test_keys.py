@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from audience_sync.core.delta import StagedGroup, stage_changes
 from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeyError, StateKeys, load_key_file, payload_json
 from audience_sync.core.ledger import StateStore
 from audience_sync.core.normalize import RULES
 from audience_sync.core.uploads import UploadLog
+from tests.ledger_steps import apply_group
 
 
 def test_member_id_is_an_hmac_of_the_v1_id_and_depends_on_the_key() -> None:
@@ -131,18 +131,7 @@ def test_store_without_keys_serves_counts_but_not_payloads(tmp_path: Path) -> No
     store = StateStore(url, keys=keys)
     entry, _ = store.register("meta", "act_1", "k_users", "1", "created")
     group = [keys.staged_row(keys.member_id(1), ["EMAIL", "MADID"], ["a" * 64, "m-1"])]
-    key = stage_changes(
-        store,
-        entry.id,
-        StagedGroup(group),
-        mode="mirror",
-        backfill=False,
-        exclude=None,
-        dag_id="d",
-        run_id="r1",
-        lease=None,
-    ).key
-    store.apply_stage(entry.id, key, "r1", mode="mirror")
+    apply_group(store, entry.id, group, "r1")
     (batch,) = list(UploadLog(store).iter_work(entry.id, "add", 10))
     assert batch[0].payload == {"EMAIL": "a" * 64, "MADID": "m-1"}  # decrypted for sending
     reader = StateStore(url)

@@ -8,10 +8,11 @@ import threading
 import pytest
 
 from audience_sync.core.contract import ProcessingStatus
-from audience_sync.core.delta import StagedGroup, compare, stage_changes
+from audience_sync.core.delta import StagedGroup, compare
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore
 from audience_sync.core.uploads import UploadLog
+from tests.ledger_steps import apply_group, stage_group
 
 SCHEMA = ("EMAIL", "PHONE")
 KEYS = StateKeys.generate()
@@ -23,27 +24,6 @@ def member_id(k: int) -> str:
 
 def rows(keys: list[int], salt: str = "") -> list[tuple[str, str, str]]:
     return [KEYS.staged_row(member_id(k), SCHEMA, [f"{k:064x}", f"{k + 7:063x}{salt or 'a'}"]) for k in keys]
-
-
-def apply_group(
-    store: StateStore, registry_id: int, group: list[tuple[str, str, str]], run_id: str, mode: str = "mirror"
-) -> None:
-    """Apply a group to an audience's ledger as a sync does: stage what changes, apply it, drop it."""
-    changes = stage_changes(
-        store,
-        registry_id,
-        StagedGroup(group),
-        mode=mode,
-        backfill=False,
-        exclude=None,
-        dag_id="d",
-        run_id=run_id,
-        lease=None,
-    )
-    try:
-        store.apply_stage(registry_id, changes.key, run_id, mode=mode)
-    finally:
-        store.drop_stage(changes.key)
 
 
 def plan_counts(store: StateStore, registry_id: int, group: list[tuple[str, str, str]]) -> dict[str, int]:
@@ -174,17 +154,7 @@ def test_add_only_never_queues_removals(store: StateStore) -> None:
 
 def test_an_unanswered_batch_is_found_in_flight_after_a_crash(store: StateStore) -> None:
     entry, _ = store.register("meta", "act_1", "crash_users", "1", "created")
-    key = stage_changes(
-        store,
-        entry.id,
-        StagedGroup(rows(list(range(10)))),
-        mode="mirror",
-        backfill=False,
-        exclude=None,
-        dag_id="d",
-        run_id="r1",
-        lease=None,
-    ).key
+    key = stage_group(store, entry.id, rows(list(range(10))), "r1").key  # kept: the retry re-applies it
     store.apply_stage(entry.id, key, "r1", mode="mirror")
     log = UploadLog(store)
     rec = log.set_handle(log.create(entry.id, "aud", "add", "r1", 10), "session-1")
