@@ -407,7 +407,7 @@ def test_junk_whitespace_is_trimmed() -> None:
 
 
 def test_constants() -> None:
-    assert PLATFORMS == ("meta", "google_ads", "tiktok")
+    assert PLATFORMS == ("meta", "google_ads", "google_datamanager", "tiktok")
     assert IDENTIFIER_TYPES == (
         "email",
         "phone",

@@ -52,6 +52,7 @@ from audience_sync.sandbox.base import (
     json_response,
     redact_query,
 )
+from audience_sync.sandbox.grpc_host import GrpcApp, GrpcHost
 from audience_sync.sandbox.meta import MetaSandbox
 
 log = logging.getLogger("audience_sync.sandbox")
@@ -286,8 +287,9 @@ class _HTTPServer(ThreadingHTTPServer):
 class SandboxServer:
     """A running sandbox. Use :func:`start_sandbox` to create one.
 
-    Attributes: ``url`` (``http://host:port``, the Graph base URL), ``meta`` (the Meta app),
-    ``journal`` (request log + faults), ``state_file``.
+    Attributes: ``url`` (``http://host:port``, the Graph base URL), ``grpc_target`` (``host:port``
+    of the gRPC apps, None without any), ``meta`` (the Meta app), ``journal`` (request log + faults),
+    ``state_file``.
     """
 
     def __init__(
@@ -297,6 +299,7 @@ class SandboxServer:
         port: int = 0,
         state_file: str | os.PathLike[str] | None = None,
         max_url_bytes: int = DEFAULT_MAX_URL_BYTES,
+        grpc_port: int | None = None,
     ) -> None:
         self.journal = Journal()
         self.apps: list[PlatformApp] = list(apps)
@@ -320,6 +323,14 @@ class SandboxServer:
         self.url = f"http://{shown}:{bound_port}"
         self.host = str(bound_host)
         self.port = int(bound_port)
+        # the gRPC apps share one port: grpc_port, else the next one after a fixed HTTP port, else any
+        grpc_apps = [app for app in self.apps if isinstance(app, GrpcApp)]
+        self._grpc: GrpcHost | None = None
+        self.grpc_target: str | None = None
+        if grpc_apps:
+            wanted = grpc_port if grpc_port is not None else (port + 1 if port else 0)
+            self._grpc = GrpcHost(grpc_apps, self.journal, self.save_state, self.host, wanted)
+            self.grpc_target = self._grpc.target
         self._thread: threading.Thread | None = None
         self._stopped = False
 
@@ -334,6 +345,8 @@ class SandboxServer:
                 daemon=True,
             )
             self._thread.start()
+            if self._grpc is not None:
+                self._grpc.start()
         return self
 
     def stop(self) -> None:
@@ -346,6 +359,8 @@ class SandboxServer:
             self._thread.join(timeout=5)
         self._httpd.server_close()
         self._httpd.close_all_connections()
+        if self._grpc is not None:
+            self._grpc.stop()
 
     def __enter__(self) -> SandboxServer:
         return self.start()
@@ -468,7 +483,13 @@ class SandboxServer:
         try:
             if parts == ["health"] and method == "GET":
                 return json_response(
-                    200, {"status": "ok", "platforms": [a.platform for a in self.apps], "url": self.url}
+                    200,
+                    {
+                        "status": "ok",
+                        "platforms": [a.platform for a in self.apps],
+                        "url": self.url,
+                        "grpc_target": self.grpc_target,
+                    },
                 )
             if parts == ["requests"] and method == "GET":
                 since = int(request.query.get("since", "0") or 0)

@@ -158,6 +158,27 @@ GOOGLE_ADS = PlatformRules(
     all_or_nothing=(frozenset({"first_name", "last_name", "country", "zip"}),),
 )
 
+GOOGLE_DATAMANAGER = PlatformRules(
+    name="google_datamanager",
+    # Keys are the Data Manager v1 UserIdentifier / AddressInfo field names. Rules per Google's
+    # formatting guide (google_ads.md §5 "Data Manager rules"); checked against google-ads-datamanager-
+    # util's Formatter in the tests.
+    fields={
+        "email": FieldRule(
+            ("email_address",),
+            n.make_email(remove_inner_whitespace=True, gmail_canonical=True, drop_plus_suffix=True),
+        ),
+        "phone": FieldRule(("phone_number",), n.make_phone(plus=True)),
+        "first_name": FieldRule(("given_name",), n.google_first_name, cached=True),
+        "last_name": FieldRule(("family_name",), n.google_last_name, cached=True),
+        "country": FieldRule(("region_code",), n.make_country(upper=True), hashed=False, cached=True),
+        "zip": FieldRule(("postal_code",), n.google_zip, hashed=False, cached=True),
+    },
+    standalone=frozenset({"email", "phone"}),
+    combos=(frozenset({"first_name", "last_name", "country", "zip"}),),
+    all_or_nothing=(frozenset({"first_name", "last_name", "country", "zip"}),),
+)
+
 TIKTOK = PlatformRules(
     name="tiktok",
     # Keys are the customer-file / calculate_type names.
@@ -172,7 +193,7 @@ TIKTOK = PlatformRules(
     standalone=frozenset({"email", "phone", "madid"}),
 )
 
-RULES: Mapping[str, PlatformRules] = {rules.name: rules for rules in (META, GOOGLE_ADS, TIKTOK)}
+RULES: Mapping[str, PlatformRules] = {rules.name: rules for rules in (META, GOOGLE_ADS, GOOGLE_DATAMANAGER, TIKTOK)}
 PLATFORMS: tuple[str, ...] = tuple(RULES)
 
 
