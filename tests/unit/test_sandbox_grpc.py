@@ -82,7 +82,9 @@ def _stubs(target: str) -> tuple[grpc.Channel, Any, Any, Any]:
 def test_calls_are_served_logged_and_persisted(server, tmp_path):
     channel, add, listing, _fail = _stubs(server.grpc_target)
     with channel:
-        assert add(b"alpha", metadata=[("authorization", "Bearer secret"), ("login-customer-id", "123")]) == b"1"
+        assert (
+            add(b"alpha", metadata=[("authorization", "Bearer secret"), ("login-customer-id", "123")]) == b"1"
+        )
         assert add(b"beta") == b"2"
         assert list(listing(b"")) == [b"alpha", b"beta"]
     entries = server.journal.log.entries(platform="counter")

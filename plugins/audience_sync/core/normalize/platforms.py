@@ -193,7 +193,9 @@ TIKTOK = PlatformRules(
     standalone=frozenset({"email", "phone", "madid"}),
 )
 
-RULES: Mapping[str, PlatformRules] = {rules.name: rules for rules in (META, GOOGLE_ADS, GOOGLE_DATAMANAGER, TIKTOK)}
+RULES: Mapping[str, PlatformRules] = {
+    rules.name: rules for rules in (META, GOOGLE_ADS, GOOGLE_DATAMANAGER, TIKTOK)
+}
 PLATFORMS: tuple[str, ...] = tuple(RULES)
 
 
