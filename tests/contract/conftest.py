@@ -87,9 +87,14 @@ class ErrorCase:
     subcode: int | None = None
     http_status: int | None = None
     says: tuple[str, ...] = ()
+    #: the platform's own name for the error (a gRPC platform: e.g. ``database_error.CONCURRENT_MODIFICATION``),
+    #: used as the test id when set; the harness decides what code and subcode mean for its platform
+    name: str | None = None
 
     @property
     def label(self) -> str:
+        if self.name is not None:
+            return self.name
         text = str(self.code) if self.subcode is None else f"{self.code}/{self.subcode}"
         return text if self.http_status is None else f"{text}-http{self.http_status}"
 
