@@ -89,6 +89,7 @@ def build_dag(c: Campaign) -> DAG:
                 "account": d.account,
                 "conn_id": d.conn_id,
                 "segment_name": c.segment_name,
+                "options": d.options(),
             }
             sync = SyncAudienceOperator(
                 task_id=task_id,

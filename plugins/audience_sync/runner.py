@@ -252,4 +252,6 @@ def _open_state(keys: Future[StateKeys], campaign: Campaign) -> tuple[StateStore
     keys.set_result(store.keys)
     from audience_sync.destinations import build_destination
 
-    return store, [build_destination(d.platform, d.conn_id, d.account) for d in campaign.destinations]
+    return store, [
+        build_destination(d.platform, d.conn_id, d.account, d.options()) for d in campaign.destinations
+    ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
@@ -47,6 +47,7 @@ class AwaitProcessingSensor(BaseSensorOperator):
         account: str,
         segment_name: str,
         conn_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
         state_conn_id: str = DEFAULT_CONN_ID,
         timeout: dt.timedelta | float = DEFAULT_PROCESSING_TIMEOUT,
         poke_interval: dt.timedelta | float = dt.timedelta(minutes=2),
@@ -56,11 +57,13 @@ class AwaitProcessingSensor(BaseSensorOperator):
         super().__init__(timeout=timeout, poke_interval=poke_interval, **kwargs)
         self.platform, self.conn_id = resolve_target(platform, conn_id)
         self.account = account
+        #: the campaign destination's own settings, for the platform's destination factory
+        self.options = dict(options or {})
         self.segment_name = segment_name
         self.state_conn_id = state_conn_id
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        dest = build_destination(self.platform, self.conn_id, self.account)
+        dest = build_destination(self.platform, self.conn_id, self.account, self.options)
         store = AudienceSyncStateHook(self.state_conn_id).store
         entry = store.get_registry(self.platform, dest.account, self.segment_name)
         if entry is None:  # the sync task never got as far as the audience: nothing to wait for

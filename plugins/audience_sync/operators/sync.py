@@ -98,6 +98,7 @@ class SyncAudienceOperator(BaseOperator):
         account: str,
         segment_name: str,
         conn_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
         sync_mode: str = "mirror",
         exclude_segments: Sequence[str] = (),
         description: str = "",
@@ -109,6 +110,8 @@ class SyncAudienceOperator(BaseOperator):
         super().__init__(**kwargs)
         self.platform, self.conn_id = resolve_target(platform, conn_id)
         self.account = account
+        #: the campaign destination's own settings, for the platform's destination factory
+        self.options = dict(options or {})
         self.segment_name = segment_name
         self.sync_mode = sync_mode
         self.exclude_segments = tuple(exclude_segments)
@@ -121,7 +124,7 @@ class SyncAudienceOperator(BaseOperator):
         started = utcnow()
         extracted = merge_extracts(context["ti"].xcom_pull(task_ids=self.extract_task_id))
         staged = require_staged(extracted, self.platform)
-        dest = build_destination(self.platform, self.conn_id, self.account)
+        dest = build_destination(self.platform, self.conn_id, self.account, self.options)
         store = AudienceSyncStateHook(self.state_conn_id).store
         req = build_request(
             context,
@@ -236,7 +239,7 @@ class PlanAudienceOperator(BaseOperator):
         plans: dict[str, Any] = {}
         for d in self.destinations:
             staged = require_staged(extracted, d["platform"])
-            dest = build_destination(d["platform"], d["conn_id"], d["account"])
+            dest = build_destination(d["platform"], d["conn_id"], d["account"], d.get("options"))
             req = build_request(
                 context,
                 platform=d["platform"],

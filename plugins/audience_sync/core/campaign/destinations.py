@@ -90,6 +90,12 @@ class DestinationBase(StrictModel):
         # normalising is idempotent; doing it here too keeps a model that forgot ``Account`` correct
         return spec.normalise_account(getattr(self, spec.account_field))
 
+    def options(self) -> dict[str, Any]:
+        """The platform's own settings of this destination (every field but ``platform``, ``conn_id``
+        and the account), JSON-ready: what the platform's destination factory gets as keyword arguments."""
+        skip = {"platform", "conn_id", self.spec().account_field}
+        return self.model_dump(mode="json", exclude=skip)
+
     def identity(self) -> tuple[str, str]:
         """Identity used to detect duplicate destinations: the platform and its normalised account."""
         return (self.platform, self.account)
