@@ -1,0 +1,761 @@
+"""Google Ads API Customer Match, emulated over real gRPC for the ``google-ads`` client (platform ``google_ads``).
+
+Serves what the destination uses (reference §2): ``GoogleAdsService.Search``/``SearchStream`` for the
+few GAQL queries :mod:`audience_sync.destinations.google_ads_api` builds, ``UserListService.MutateUserLists``
+(create, remove), ``OfflineUserDataJobService`` Create/AddOperations/Run, and
+``google.longrunning.Operations/GetOperation`` for the job's long-running operation.
+
+What it enforces, with the real error codes in a ``GoogleAdsFailure`` trailer and a ``request-id``:
+
+* a valid ``authorization: Bearer`` token when the app has one (authentication_error.OAUTH_TOKEN_*);
+* one owned list per name (user_list_error.NAME_ALREADY_USED), an app id on mobile-id lists;
+* per AddOfflineUserDataJobOperations request at most 100,000 identifiers, per UserData at most 20
+  (TOO_MANY_USER_IDENTIFIERS); no creates and removes in one job (CONFLICTING_OPERATION); remove_all only
+  as the job's first operation (INVALID_OPERATION_ORDER); nothing added after the job ran
+  (JOB_ALREADY_STARTED); a job with creates needs consent that is not DENIED
+  (CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS, reference §2 "Consent"); one running job per list
+  (database_error.CONCURRENT_MODIFICATION on Run); an external id once per account;
+* per operation (partial failure, ``operations[i]`` in the error's field path): hex SHA-256 in the
+  hashed fields (INVALID_SHA256_FORMAT), identifiers that fit the list's upload key type
+  (INCOMPATIBLE_UPLOAD_KEY_TYPE), at least one identifier (MISSING_USER_IDENTIFIER).
+
+A job runs for :attr:`GoogleAdsSandbox.processing_seconds` after Run (RUNNING), then its operations
+apply in order and it reads SUCCESS. Members of a list are sets of identifier (field, value) pairs; a
+``remove`` drops every member sharing an identifier with it, as Google removes the matched user.
+
+Known simplifications: every 10-digit customer exists and the token may act on all of them; a job
+never expires (Google drops jobs not run within 5 days); lists have no sizes until a job completes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, empty_pb2
+from google.rpc import status_pb2
+
+from audience_sync.destinations.google_ads_api import (
+    ADDRESS_FIELDS,
+    FAILURE_TRAILER,
+    HASHED_FIELDS,
+    KEY_TYPE_FIELDS,
+    MAX_IDENTIFIERS_PER_REQUEST,
+    MAX_IDENTIFIERS_PER_USER,
+    SERVICE_PREFIX,
+    CrmBasedUserListInfo,
+    CustomerMatchUserListMetadata,
+    ErrorCode,
+    ErrorLocation,
+    GoogleAdsError,
+    GoogleAdsFailure,
+    OfflineUserDataJob,
+    OfflineUserDataJobMetadata,
+    UserList,
+    ads_service,
+    job_service,
+    user_list_service,
+)
+from audience_sync.sandbox.base import FaultRule
+from audience_sync.sandbox.grpc_host import GrpcApp, Rpc, RpcAbort, RpcCall
+
+PLATFORM = "google_ads"
+#: rows per Search page; the API fixes it at 10,000 (page_size is not settable)
+PAGE_SIZE = 10_000
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CUSTOMER = re.compile(r"\d{10}")
+_JOB_NAME = re.compile(r"customers/(\d+)/offlineUserDataJobs/(\d+)")
+_LIST_NAME = re.compile(r"customers/(\d+)/userLists/(\d+)")
+_OPERATION_NAME = re.compile(r"(customers/\d+/offlineUserDataJobs/\d+)/operations/\d+")
+_QUERY = re.compile(
+    r"SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<resource>\w+)(?:\s+WHERE\s+(?P<where>.+?))?\s*", re.S
+)
+_CONDITION = re.compile(r"([\w.]+)\s*=\s*('[^']*'|-?\d+|[A-Z][A-Z0-9_]*)")
+
+#: the gRPC status Google answers each error category with (a GoogleAdsFailure rides on every one)
+_STATUS = {
+    "authentication_error": grpc.StatusCode.UNAUTHENTICATED,
+    "authorization_error": grpc.StatusCode.PERMISSION_DENIED,
+    "not_allowlisted_error": grpc.StatusCode.PERMISSION_DENIED,
+    "quota_error": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "internal_error": grpc.StatusCode.INTERNAL,
+}
+
+Member = frozenset[tuple[str, str]]
+Problem = tuple[str, str, str, list[tuple[str, int | None]]]  # category, NAME, message, field path
+
+
+def error_code(category: str, name: str) -> ErrorCode:
+    """``ErrorCode`` for ``("database_error", "CONCURRENT_MODIFICATION")``; ValueError if unknown."""
+    field = ErrorCode.pb().DESCRIPTOR.fields_by_name.get(category)
+    value = field.enum_type.values_by_name.get(name) if field is not None and field.enum_type else None
+    if value is None:
+        raise ValueError(f"unknown Google Ads error {category}.{name}")
+    return ErrorCode(**{category: value.number})
+
+
+def failure_abort(problems: list[Problem], status: grpc.StatusCode | None = None) -> RpcAbort:
+    """An RpcAbort carrying a GoogleAdsFailure of ``problems`` in the real trailer."""
+    failure = _failure(problems)
+    request_id = secrets.token_hex(8)
+    code = status or _STATUS.get(problems[0][0], grpc.StatusCode.INVALID_ARGUMENT)
+    message = f"Request contains an invalid argument. {problems[0][0]}.{problems[0][1]}"
+    return RpcAbort(
+        code, message, [(FAILURE_TRAILER, GoogleAdsFailure.serialize(failure)), ("request-id", request_id)]
+    )
+
+
+def _failure(problems: list[Problem]) -> GoogleAdsFailure:
+    errors = []
+    for category, name, message, path in problems:
+        elements = [
+            ErrorLocation.FieldPathElement(field_name=f, index=i)
+            if i is not None
+            else ErrorLocation.FieldPathElement(field_name=f)
+            for f, i in path
+        ]
+        errors.append(
+            GoogleAdsError(
+                error_code=error_code(category, name),
+                message=message,
+                location=ErrorLocation(field_path_elements=elements),
+            )
+        )
+    return GoogleAdsFailure(errors=errors, request_id=secrets.token_hex(8))
+
+
+class GoogleAdsSandbox(GrpcApp):
+    """The Google Ads app: user lists and offline user data jobs per customer, in memory.
+
+    :param access_token: the only OAuth token calls may carry (``None``: any or none).
+    :param processing_seconds: how long a job runs after Run before it reads SUCCESS.
+    """
+
+    platform = PLATFORM
+
+    def __init__(
+        self,
+        *,
+        access_token: str | None = None,
+        processing_seconds: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.access_token = access_token
+        self.processing_seconds = processing_seconds
+        self.clock = clock
+        self._lock = threading.RLock()
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        with self._lock:
+            self.lists: dict[int, dict[str, Any]] = {}
+            self.jobs: dict[int, dict[str, Any]] = {}
+            self._ids = itertools.count(1000)
+
+    def dump_state(self) -> dict[str, Any]:
+        with self._lock:
+            lists = [{**ul, "members": [sorted(m) for m in ul["members"]]} for ul in self.lists.values()]
+            jobs = [{**j, "ops": [[k, sorted(m)] for k, m in j["ops"]]} for j in self.jobs.values()]
+            next_id = max([1000, *self.lists, *self.jobs]) + 1
+            return {"lists": lists, "jobs": jobs, "next_id": next_id}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self.reset()
+            for ul in state.get("lists", []):
+                members = {frozenset(map(tuple, m)) for m in ul["members"]}
+                self.lists[int(ul["id"])] = {**ul, "members": members}
+            for job in state.get("jobs", []):
+                ops = [(k, frozenset(map(tuple, m))) for k, m in job["ops"]]
+                self.jobs[int(job["id"])] = {**job, "ops": ops}
+            self._ids = itertools.count(int(state.get("next_id", 1000)))
+
+    # ------------------------------------------------------------ inspection (tests, demo)
+    def create_list(
+        self,
+        customer_id: str,
+        name: str,
+        *,
+        key_type: str = "CONTACT_INFO",
+        access_reason: str = "OWNED",
+        list_type: str = "CRM_BASED",
+        app_id: str = "",
+    ) -> int:
+        """A list made outside our code (the Google Ads UI, another tool, or shared with the account)."""
+        with self._lock:
+            list_id = next(self._ids)
+            self.lists[list_id] = {
+                "id": list_id,
+                "customer": customer_id,
+                "name": name,
+                "description": "",
+                "life_span": 540,
+                "key_type": key_type,
+                "app_id": app_id,
+                "access_reason": access_reason,
+                "type": list_type,
+                "members": set(),
+            }
+            self.journal.changed()
+            return list_id
+
+    def members(self, list_id: int | str) -> set[Member]:
+        with self._lock:
+            self._settle()
+            ul = self.lists.get(int(list_id))
+            return set(ul["members"]) if ul else set()
+
+    def job(self, resource_name: str) -> dict[str, Any] | None:
+        """The job with this resource name (its ``ops``, ``status``, ...), or None."""
+        with self._lock:
+            self._settle()
+            match = _JOB_NAME.fullmatch(resource_name)
+            job = self.jobs.get(int(match.group(2))) if match else None
+            return job if job is not None and job["customer"] == match.group(1) else None  # type: ignore[union-attr]
+
+    def job_received(self, resource_name: str) -> int:
+        """Distinct member operations in the job: a re-sent request repeats operations that Google
+        applies as one (the same user added twice is one member), so they count once."""
+        job = self.job(resource_name)
+        return len({op for op in job["ops"] if op[0] != "remove_all"}) if job else 0
+
+    # ------------------------------------------------------------------ gRPC
+    def rpcs(self) -> list[Rpc]:
+        ga, ul, oj = (
+            f"{SERVICE_PREFIX}.{s}"
+            for s in ("GoogleAdsService", "UserListService", "OfflineUserDataJobService")
+        )
+        return [
+            Rpc(ga, "Search", self._search, ads_service.SearchGoogleAdsRequest.deserialize,
+                ads_service.SearchGoogleAdsResponse.serialize),
+            Rpc(ga, "SearchStream", self._search_stream, ads_service.SearchGoogleAdsStreamRequest.deserialize,
+                ads_service.SearchGoogleAdsStreamResponse.serialize, streaming=True),
+            Rpc(ul, "MutateUserLists", self._mutate_user_lists, user_list_service.MutateUserListsRequest.deserialize,
+                user_list_service.MutateUserListsResponse.serialize),
+            Rpc(oj, "CreateOfflineUserDataJob", self._create_job,
+                job_service.CreateOfflineUserDataJobRequest.deserialize,
+                job_service.CreateOfflineUserDataJobResponse.serialize),
+            Rpc(oj, "AddOfflineUserDataJobOperations", self._add_operations,
+                job_service.AddOfflineUserDataJobOperationsRequest.deserialize,
+                job_service.AddOfflineUserDataJobOperationsResponse.serialize),
+            Rpc(oj, "RunOfflineUserDataJob", self._run_job, job_service.RunOfflineUserDataJobRequest.deserialize,
+                operations_pb2.Operation.SerializeToString),
+            Rpc("google.longrunning.Operations", "GetOperation", self._get_operation,
+                operations_pb2.GetOperationRequest.FromString, operations_pb2.Operation.SerializeToString),
+        ]  # fmt: skip
+
+    def fault_abort(self, rule: FaultRule, call: RpcCall) -> RpcAbort:
+        """A rule whose ``headers`` name ``error: <category>.<NAME>`` answers that GoogleAdsFailure
+        (status: the rule's ``code`` as a gRPC status number, else the category's usual one)."""
+        named = rule.headers.get("error")
+        if not named:
+            return super().fault_abort(rule, call)
+        category, _, name = named.partition(".")
+        status = None
+        if rule.code is not None:
+            status = next(c for c in grpc.StatusCode if c.value[0] == rule.code)
+        return failure_abort([(category, name, rule.message or f"sandbox fault {rule.id}", [])], status)
+
+    # ------------------------------------------------------------------ handlers
+    def _search(self, request: Any, call: RpcCall) -> Any:
+        rows = self._query(request.customer_id, request.query, call)
+        start = int(request.page_token) if request.page_token.isdigit() else 0
+        if request.page_token and not request.page_token.isdigit():
+            raise failure_abort(
+                [("request_error", "INVALID_PAGE_TOKEN", "bad page token", [("page_token", None)])]
+            )
+        page = rows[start : start + PAGE_SIZE]
+        more = start + PAGE_SIZE < len(rows)
+        return ads_service.SearchGoogleAdsResponse(
+            results=page,
+            next_page_token=str(start + PAGE_SIZE) if more else "",
+            total_results_count=len(rows) if request.search_settings.return_total_results_count else 0,
+        )
+
+    def _search_stream(self, request: Any, call: RpcCall) -> Iterator[Any]:
+        rows = self._query(request.customer_id, request.query, call)
+        request_id = secrets.token_hex(8)
+        for start in range(0, max(len(rows), 1), PAGE_SIZE):
+            yield ads_service.SearchGoogleAdsStreamResponse(
+                results=rows[start : start + PAGE_SIZE], request_id=request_id
+            )
+
+    def _query(self, customer_id: str, query: str, call: RpcCall) -> list[Any]:
+        customer = self._customer(customer_id, call)
+        parsed = _QUERY.fullmatch(query.strip())
+        if parsed is None:
+            raise failure_abort(
+                [("query_error", "UNEXPECTED_END_OF_QUERY", "cannot parse query", [("query", None)])]
+            )
+        where = parsed.group("where") or ""
+        conditions = [c.strip() for c in re.split(r"\s+AND\s+", where) if c.strip()]
+        wanted: dict[str, str] = {}
+        for cond in conditions:
+            m = _CONDITION.fullmatch(cond)
+            if m is None:
+                raise failure_abort(
+                    [("query_error", "UNEXPECTED_INPUT", f"unsupported condition {cond}", [("query", None)])]
+                )
+            wanted[m.group(1)] = m.group(2).strip("'")
+        resource = parsed.group("resource")
+        with self._lock:
+            self._settle()
+            if resource == "user_list":
+                return [
+                    ads_service.GoogleAdsRow(user_list=self._user_list(ul))
+                    for ul in sorted(self.lists.values(), key=lambda u: u["id"])
+                    if ul["customer"] == customer and _list_matches(ul, wanted)
+                ]
+            if resource == "offline_user_data_job":
+                return [
+                    ads_service.GoogleAdsRow(offline_user_data_job=self._job_resource(j))
+                    for j in sorted(self.jobs.values(), key=lambda j: j["id"])
+                    if j["customer"] == customer and _job_matches(j, wanted)
+                ]
+        raise failure_abort(
+            [("query_error", "INVALID_RESOURCE_NAME", f"resource {resource} not served", [("query", None)])]
+        )
+
+    def _mutate_user_lists(self, request: Any, call: RpcCall) -> Any:
+        customer = self._customer(request.customer_id, call)
+        results = []
+        with self._lock:
+            for i, op in enumerate(request.operations):
+                which = type(op).pb(op).WhichOneof("operation")
+                if which == "create":
+                    results.append(self._create_list(customer, op.create, i))
+                elif which == "remove":
+                    m = _LIST_NAME.fullmatch(op.remove)
+                    ul = self.lists.get(int(m.group(2))) if m and m.group(1) == customer else None
+                    if ul is None:
+                        raise failure_abort(
+                            [
+                                (
+                                    "mutate_error",
+                                    "RESOURCE_NOT_FOUND",
+                                    "no such list",
+                                    [("operations", i), ("remove", None)],
+                                )
+                            ]
+                        )
+                    del self.lists[ul["id"]]
+                    results.append(user_list_service.MutateUserListResult(resource_name=op.remove))
+                else:
+                    raise failure_abort(
+                        [
+                            (
+                                "user_list_error",
+                                "USER_LIST_MUTATE_NOT_SUPPORTED",
+                                f"{which} not emulated",
+                                [("operations", i)],
+                            )
+                        ]
+                    )
+            call.mutated = True
+        return user_list_service.MutateUserListsResponse(results=results)
+
+    def _create_list(self, customer: str, ul: Any, i: int) -> Any:
+        where = [("operations", i), ("create", None)]
+        key_type = ul.crm_based_user_list.upload_key_type.name
+        if not ul.name.strip():
+            raise failure_abort(
+                [("user_list_error", "INVALID_NAME", "name required", [*where, ("name", None)])]
+            )
+        if key_type not in KEY_TYPE_FIELDS:
+            raise failure_abort([("field_error", "REQUIRED", "upload_key_type required",
+                                  [*where, ("crm_based_user_list", None), ("upload_key_type", None)])])  # fmt: skip
+        app_id = ul.crm_based_user_list.app_id
+        if key_type == "MOBILE_ADVERTISING_ID" and not app_id:
+            raise failure_abort([("user_list_error", "APP_ID_NOT_SET", "app_id required", where)])
+        if key_type != "MOBILE_ADVERTISING_ID" and app_id:
+            raise failure_abort(
+                [("user_list_error", "APP_ID_NOT_ALLOWED", "app_id only for mobile ids", where)]
+            )
+        if not 0 <= ul.membership_life_span <= 540:
+            raise failure_abort(
+                [
+                    (
+                        "range_error",
+                        "TOO_HIGH",
+                        "membership_life_span 0..540",
+                        [*where, ("membership_life_span", None)],
+                    )
+                ]
+            )
+        taken = any(
+            u["customer"] == customer and u["name"] == ul.name and u["access_reason"] == "OWNED"
+            for u in self.lists.values()
+        )
+        if taken:
+            raise failure_abort(
+                [
+                    (
+                        "user_list_error",
+                        "NAME_ALREADY_USED",
+                        "Name is already being used for another user list for the account.",
+                        [*where, ("name", None)],
+                    )
+                ]
+            )
+        list_id = self.create_list(customer, ul.name, key_type=key_type, app_id=app_id)
+        self.lists[list_id].update(description=ul.description, life_span=int(ul.membership_life_span))
+        return user_list_service.MutateUserListResult(
+            resource_name=f"customers/{customer}/userLists/{list_id}"
+        )
+
+    def _create_job(self, request: Any, call: RpcCall) -> Any:
+        customer = self._customer(request.customer_id, call)
+        job = request.job
+        if job.type_.name != "CUSTOMER_MATCH_USER_LIST":
+            raise failure_abort(
+                [
+                    (
+                        "field_error",
+                        "INVALID_VALUE",
+                        "only CUSTOMER_MATCH_USER_LIST is emulated",
+                        [("job", None), ("type", None)],
+                    )
+                ]
+            )
+        meta = job.customer_match_user_list_metadata
+        m = _LIST_NAME.fullmatch(meta.user_list)
+        with self._lock:
+            ul = self.lists.get(int(m.group(2))) if m and m.group(1) == customer else None
+            if ul is None or ul["access_reason"] != "OWNED":
+                raise failure_abort(
+                    [
+                        (
+                            "offline_user_data_job_error",
+                            "INVALID_USER_LIST_ID",
+                            "no such owned list",
+                            [("job", None)],
+                        )
+                    ]
+                )
+            if ul["type"] != "CRM_BASED":
+                raise failure_abort(
+                    [
+                        (
+                            "offline_user_data_job_error",
+                            "INVALID_USER_LIST_TYPE",
+                            "not a CRM-based list",
+                            [("job", None)],
+                        )
+                    ]
+                )
+            external = int(job.external_id)
+            if external and any(
+                j["customer"] == customer and j["external_id"] == external for j in self.jobs.values()
+            ):
+                raise failure_abort(
+                    [
+                        (
+                            "offline_user_data_job_error",
+                            "EXTERNAL_UPDATE_ID_ALREADY_EXISTS",
+                            "external id used",
+                            [("job", None), ("external_id", None)],
+                        )
+                    ]
+                )
+            if request.validate_only:
+                return job_service.CreateOfflineUserDataJobResponse()
+            job_id = next(self._ids)
+            self.jobs[job_id] = {
+                "id": job_id,
+                "customer": customer,
+                "list_id": ul["id"],
+                "external_id": external,
+                "status": "PENDING",
+                "consent": [meta.consent.ad_user_data.name, meta.consent.ad_personalization.name],
+                "ops": [],
+                "done_at": None,
+                "created": self.clock(),
+            }
+            call.mutated = True
+        return job_service.CreateOfflineUserDataJobResponse(
+            resource_name=f"customers/{customer}/offlineUserDataJobs/{job_id}"
+        )
+
+    def _add_operations(self, request: Any, call: RpcCall) -> Any:
+        self._authenticate(call)
+        pb = type(request).pb(request)  # the raw message: 100,000 identifiers through proto-plus is slow
+        with self._lock:
+            job = self._job_of(pb.resource_name)
+            ops = list(pb.operations)
+            kinds = [op.WhichOneof("operation") for op in ops]
+            call.log.update(op=_logged_op(job, kinds), rows=sum(k != "remove_all" for k in kinds))
+            if not ops:
+                raise failure_abort(
+                    [("field_error", "REQUIRED_NONEMPTY_LIST", "operations required", [("operations", None)])]
+                )
+            if job["status"] != "PENDING":
+                raise failure_abort(
+                    [
+                        (
+                            "offline_user_data_job_error",
+                            "JOB_ALREADY_STARTED",
+                            "The job has already been run.",
+                            [],
+                        )
+                    ]
+                )
+            total = sum(len(op.create.user_identifiers) + len(op.remove.user_identifiers) for op in ops)
+            if total > MAX_IDENTIFIERS_PER_REQUEST:
+                raise failure_abort([("offline_user_data_job_error", "TOO_MANY_USER_IDENTIFIERS",
+                                      f"{total} identifiers; at most {MAX_IDENTIFIERS_PER_REQUEST} per request", [("operations", None)])])  # fmt: skip
+            self._check_job_order(job, kinds)
+            ul = self.lists[job["list_id"]]
+            accepted: list[tuple[str, Member]] = []
+            problems: list[Problem] = []
+            for i, (op, kind) in enumerate(zip(ops, kinds, strict=True)):
+                if kind == "remove_all":
+                    accepted.append(("remove_all", frozenset()))
+                    continue
+                member, found = _member(getattr(op, kind), i, kind, KEY_TYPE_FIELDS[ul["key_type"]])
+                problems.extend(found)
+                if not found:
+                    accepted.append((kind, member))
+            if problems and not pb.enable_partial_failure:
+                raise failure_abort(problems)
+            if not pb.validate_only:
+                job["ops"].extend(accepted)
+                call.mutated = True
+        response = job_service.AddOfflineUserDataJobOperationsResponse()
+        if problems:
+            detail = any_pb2.Any()
+            detail.Pack(GoogleAdsFailure.pb(_failure(problems)))
+            status = status_pb2.Status(
+                code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                message="Multiple errors in operations.",
+                details=[detail],
+            )
+            type(response).pb(response).partial_failure_error.CopyFrom(status)
+        return response
+
+    def _check_job_order(self, job: dict[str, Any], kinds: list[str]) -> None:
+        before = [k for k, _ in job["ops"]]
+        for i, kind in enumerate(kinds):
+            if kind == "remove_all" and (before or i > 0):
+                raise failure_abort([("offline_user_data_job_error", "INVALID_OPERATION_ORDER",
+                                      "remove_all must be the job's first operation", [("operations", i)])])  # fmt: skip
+        seen = set(before + kinds)
+        if "create" in seen and "remove" in seen:
+            raise failure_abort([("offline_user_data_job_error", "CONFLICTING_OPERATION",
+                                  "Mixing creation and removal of offline data in the same job is not allowed.", [("operations", None)])])  # fmt: skip
+        if "create" in kinds and "DENIED" in job["consent"]:
+            raise failure_abort([("offline_user_data_job_error", "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS",
+                                  "Consent DENIED on the job: the customer data terms do not allow this upload.", [])])  # fmt: skip
+
+    def _run_job(self, request: Any, call: RpcCall) -> Any:
+        self._authenticate(call)
+        with self._lock:
+            job = self._job_of(request.resource_name)
+            if job["status"] != "PENDING":
+                raise failure_abort(
+                    [
+                        (
+                            "offline_user_data_job_error",
+                            "JOB_ALREADY_STARTED",
+                            "The job has already been run.",
+                            [],
+                        )
+                    ]
+                )
+            busy = [
+                j for j in self.jobs.values() if j["list_id"] == job["list_id"] and j["status"] == "RUNNING"
+            ]
+            if busy:
+                raise failure_abort([("database_error", "CONCURRENT_MODIFICATION",
+                                      "Another job is running on this user list; run this one once it finished.", [])],
+                                    grpc.StatusCode.ABORTED)  # fmt: skip
+            job["status"] = "RUNNING"
+            job["done_at"] = self.clock() + self.processing_seconds
+            call.mutated = True
+            self._settle()
+        return operations_pb2.Operation(name=f"{request.resource_name}/operations/{job['id']}", done=False)
+
+    def _get_operation(self, request: Any, call: RpcCall) -> Any:
+        self._authenticate(call)
+        m = _OPERATION_NAME.fullmatch(request.name)
+        if m is None:
+            raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"no operation {request.name}")
+        with self._lock:
+            job = self._job_of(m.group(1))
+            done = job["status"] in ("SUCCESS", "FAILED")
+            metadata = any_pb2.Any()
+            metadata.Pack(
+                OfflineUserDataJobMetadata.pb(OfflineUserDataJobMetadata(match_rate_range=_match_range(job)))
+            )
+        operation = operations_pb2.Operation(name=request.name, done=done, metadata=metadata)
+        if done:
+            operation.response.Pack(empty_pb2.Empty())
+        return operation
+
+    # ------------------------------------------------------------------ helpers
+    def _authenticate(self, call: RpcCall) -> None:
+        if self.access_token is None:
+            return
+        header = call.metadata.get("authorization")
+        if header is None:
+            raise failure_abort(
+                [("authentication_error", "OAUTH_TOKEN_HEADER_INVALID", "missing OAuth token", [])]
+            )
+        if header != f"Bearer {self.access_token}":
+            raise failure_abort(
+                [("authentication_error", "OAUTH_TOKEN_INVALID", "Oauth token is invalid.", [])]
+            )
+
+    def _customer(self, customer_id: str, call: RpcCall) -> str:
+        self._authenticate(call)
+        if not _CUSTOMER.fullmatch(customer_id):
+            raise failure_abort(
+                [
+                    (
+                        "request_error",
+                        "INVALID_CUSTOMER_ID",
+                        "customer id must be 10 digits",
+                        [("customer_id", None)],
+                    )
+                ]
+            )
+        return customer_id
+
+    def _job_of(self, resource_name: str) -> dict[str, Any]:
+        m = _JOB_NAME.fullmatch(resource_name)
+        job = self.jobs.get(int(m.group(2))) if m else None
+        if job is None or job["customer"] != m.group(1):  # type: ignore[union-attr]
+            raise failure_abort(
+                [("request_error", "RESOURCE_NOT_FOUND", "no such job", [("resource_name", None)])]
+            )
+        self._settle()
+        return job
+
+    def _settle(self) -> None:
+        """Finish every running job whose processing time has passed, in the order they ran."""
+        now = self.clock()
+        due = [j for j in self.jobs.values() if j["status"] == "RUNNING" and j["done_at"] <= now]
+        for job in sorted(due, key=lambda j: (j["done_at"], j["id"])):
+            ul = self.lists.get(job["list_id"])
+            if ul is not None:
+                _apply(ul["members"], job["ops"])
+            job["status"] = "SUCCESS"
+            self.journal.changed()
+
+    def _user_list(self, ul: dict[str, Any]) -> UserList:
+        size = len(ul["members"]) or None
+        return UserList(
+            resource_name=f"customers/{ul['customer']}/userLists/{ul['id']}",
+            id=ul["id"],
+            name=ul["name"],
+            description=ul["description"],
+            membership_status="OPEN",
+            membership_life_span=ul["life_span"],
+            type_=ul["type"],
+            access_reason=ul["access_reason"],
+            crm_based_user_list=CrmBasedUserListInfo(upload_key_type=ul["key_type"], app_id=ul["app_id"]),
+            size_for_search=size,
+            size_for_display=size,
+        )
+
+    def _job_resource(self, job: dict[str, Any]) -> OfflineUserDataJob:
+        meta = CustomerMatchUserListMetadata(
+            user_list=f"customers/{job['customer']}/userLists/{job['list_id']}"
+        )
+        resource = OfflineUserDataJob(
+            resource_name=f"customers/{job['customer']}/offlineUserDataJobs/{job['id']}",
+            id=job["id"],
+            external_id=job["external_id"],
+            type_="CUSTOMER_MATCH_USER_LIST",
+            status=job["status"],
+            customer_match_user_list_metadata=meta,
+        )
+        if job["status"] == "SUCCESS":
+            resource.operation_metadata = OfflineUserDataJobMetadata(match_rate_range=_match_range(job))
+        return resource
+
+
+def _list_matches(ul: dict[str, Any], wanted: dict[str, str]) -> bool:
+    have = {
+        "user_list.type": ul["type"],
+        "user_list.access_reason": ul["access_reason"],
+        "user_list.id": str(ul["id"]),
+        "user_list.resource_name": f"customers/{ul['customer']}/userLists/{ul['id']}",
+    }
+    return all(have.get(k) == v for k, v in wanted.items())
+
+
+def _job_matches(job: dict[str, Any], wanted: dict[str, str]) -> bool:
+    have = {
+        "offline_user_data_job.resource_name": f"customers/{job['customer']}/offlineUserDataJobs/{job['id']}",
+        "offline_user_data_job.id": str(job["id"]),
+        "offline_user_data_job.external_id": str(job["external_id"]),
+        "offline_user_data_job.status": job["status"],
+    }
+    return all(have.get(k) == v for k, v in wanted.items())
+
+
+def _logged_op(job: dict[str, Any], kinds: list[str]) -> str:
+    first = job["ops"][0][0] if job["ops"] else (kinds[0] if kinds else "")
+    return {"create": "add", "remove": "remove", "remove_all": "replace"}.get(first, "add")
+
+
+def _member(user_data: Any, i: int, kind: str, allowed: frozenset[str]) -> tuple[Member, list[Problem]]:
+    """The (field, value) pairs of one UserData (raw protobuf), and what is wrong with it."""
+    pairs: list[tuple[str, str]] = []
+    problems: list[Problem] = []
+    identifiers = user_data.user_identifiers
+    base = [("operations", i), (kind, None)]
+    if not identifiers:
+        return frozenset(), [
+            ("offline_user_data_job_error", "MISSING_USER_IDENTIFIER", "no identifier", base)
+        ]
+    if len(identifiers) > MAX_IDENTIFIERS_PER_USER:
+        return frozenset(), [("offline_user_data_job_error", "TOO_MANY_USER_IDENTIFIERS",
+                              f"at most {MAX_IDENTIFIERS_PER_USER} identifiers per UserData", base)]  # fmt: skip
+    for j, ident in enumerate(identifiers):
+        which = ident.WhichOneof("identifier")
+        if which == "address_info":
+            fields = [
+                (f, getattr(ident.address_info, f)) for f in ADDRESS_FIELDS if getattr(ident.address_info, f)
+            ]
+        elif which is None:
+            fields = []
+        else:
+            fields = [(which, getattr(ident, which))]
+        where = [*base, ("user_identifiers", j)]
+        if not fields:
+            problems.append(
+                ("offline_user_data_job_error", "MISSING_USER_IDENTIFIER", "empty identifier", where)
+            )
+        for field, value in fields:
+            if field not in allowed:
+                problems.append(("offline_user_data_job_error", "INCOMPATIBLE_UPLOAD_KEY_TYPE",
+                                 f"{field} does not fit this list's upload key type", [*where, (field, None)]))  # fmt: skip
+            elif field in HASHED_FIELDS and not _SHA256.fullmatch(value):
+                problems.append(("offline_user_data_job_error", "INVALID_SHA256_FORMAT",
+                                 "The SHA256 encoded value is malformed.", [*where, (field, None)]))  # fmt: skip
+            pairs.append((field, value))
+    return frozenset(pairs), problems
+
+
+def _apply(members: set[Member], ops: Iterable[tuple[str, Member]]) -> None:
+    for kind, member in ops:
+        if kind == "remove_all":
+            members.clear()
+        elif kind == "create":
+            members.add(member)
+        else:  # Google removes the user the identifiers match: every member sharing one
+            members.difference_update([m for m in members if m & member])
+
+
+def _match_range(job: dict[str, Any]) -> str:
+    return "MATCH_RANGE_91_TO_100" if job["status"] == "SUCCESS" else "UNKNOWN"
