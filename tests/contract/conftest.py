@@ -130,6 +130,9 @@ class Harness(abc.ABC):
     #: the ways the destination can be configured to send removals; the removal tests run once per mode
     #: against :meth:`removal_destination`
     remove_modes: ClassVar[tuple[str, ...]] = ("default",)
+    #: the platform says when an audience was created (``PlatformAudience.created_time``), so duplicates of
+    #: a name can be ordered oldest first; Google Ads user lists carry no creation time
+    reports_created_time: ClassVar[bool] = True
 
     destination: Destination
     account: str
@@ -379,8 +382,11 @@ class MetaHarness(Harness):
         self.srv.meta.clear_faults()
 
 
-#: registered platform -> harness class; Google Ads and TikTok add theirs here
-HARNESSES: dict[str, type[Harness]] = {"meta": MetaHarness}
+# the harness modules subclass Harness, so they are imported once it is defined
+from tests.contract.harness_google_ads import GoogleAdsHarness  # noqa: E402
+
+#: registered platform -> harness class; TikTok adds its here
+HARNESSES: dict[str, type[Harness]] = {"meta": MetaHarness, "google_ads": GoogleAdsHarness}
 
 
 #: every call of the contract, for the error-mapping tests; ``send_batch-<op>`` sends one batch of an

@@ -748,13 +748,29 @@ def _member(user_data: Any, i: int, kind: str, allowed: frozenset[str]) -> tuple
 
 
 def _apply(members: set[Member], ops: Iterable[tuple[str, Member]]) -> None:
+    """Apply a job's operations in order. Google removes the user the identifiers match: a ``remove``
+    drops every member sharing an identifier with it (found through an index, not a scan)."""
+    index: dict[tuple[str, str], set[Member]] | None = None
     for kind, member in ops:
         if kind == "remove_all":
             members.clear()
+            index = None
         elif kind == "create":
             members.add(member)
-        else:  # Google removes the user the identifiers match: every member sharing one
-            members.difference_update([m for m in members if m & member])
+            if index is not None:
+                for pair in member:
+                    index.setdefault(pair, set()).add(member)
+        else:
+            if index is None:
+                index = {}
+                for m in members:
+                    for pair in m:
+                        index.setdefault(pair, set()).add(m)
+            hits = set().union(*(index.get(pair, set()) for pair in member))
+            for m in hits:
+                members.discard(m)
+                for pair in m:
+                    index[pair].discard(m)
 
 
 def _match_range(job: dict[str, Any]) -> str:
