@@ -520,6 +520,9 @@ class GoogleAdsSandbox(GrpcApp):
                 if kind == "remove_all":
                     accepted.append(("remove_all", frozenset()))
                     continue
+                if kind is None:
+                    problems.append(("field_error", "REQUIRED", "operation required", [("operations", i)]))
+                    continue
                 member, found = _member(getattr(op, kind), i, kind, KEY_TYPE_FIELDS[ul["key_type"]])
                 problems.extend(found)
                 if not found:
