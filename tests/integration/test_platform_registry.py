@@ -20,10 +20,12 @@ import pytest
 from audience_sync.core.campaign import load_campaign
 from audience_sync.core.errors import CampaignError, CampaignErrors
 from audience_sync.core.platforms import Platform, get_platform, platforms
+from audience_sync.platforms import BUILTINS
 from tests.fixtures.metaclone import WARNING, MetaCloneCampaignDestination, registered
 
 ROOT = Path(__file__).resolve().parents[2]
 LIST_FILE = "tests/fixtures/campaigns/data/existing_list.csv"  # two customers
+BUILTIN_NAMES = [p.name for p in BUILTINS]
 
 
 def campaign_text(destinations: str, segment: str = "clone_fans") -> str:
@@ -126,8 +128,9 @@ def test_an_unknown_platform_lists_the_registered_one(metaclone: Platform, tmp_p
     (error,) = errors_of(path)
     assert error.field == "destinations[0].platform"
     assert "did you mean 'metaclone'?" in error.fix
-    assert "supported platforms: meta, metaclone" in error.fix
-    with pytest.raises(ValueError, match="did you mean 'metaclone'.*supported platforms: meta, metaclone"):
+    supported = ", ".join([*BUILTIN_NAMES, "metaclone"])  # the built-ins, then the registered one
+    assert f"supported platforms: {supported}" in error.fix
+    with pytest.raises(ValueError, match=f"did you mean 'metaclone'.*supported platforms: {supported}"):
         get_platform("metaclon")
 
 
@@ -137,7 +140,7 @@ def test_without_the_registration_the_platform_is_unknown(tmp_path: Path) -> Non
         load_campaign(path)
     (error,) = errors_of(path)
     assert error.message.startswith("unsupported platform 'metaclone'")
-    assert error.fix.endswith("supported platforms: meta")
+    assert error.fix.endswith(f"supported platforms: {', '.join(BUILTIN_NAMES)}")
 
 
 # ---------------------------------------------------------------------------------------- the DAG
