@@ -366,3 +366,21 @@ def test_processing_delay_is_observed_without_waiting_on_the_operation(
         time.sleep(0.05)
         seen.append(job_status(client, job))
     assert seen[0] == "RUNNING"
+
+
+def test_inspection_endpoints(server: SandboxServer, client: GoogleAdsClient, app: GoogleAdsSandbox) -> None:
+    import requests
+
+    rn = create_list(client, "vip")
+    job = create_job(client, rn)
+    add(client, job, [op(client, "create", sha("a"))])
+    assert requests.post(f"{server.url}/_sandbox/google_ads/processing", json={"seconds": 5}, timeout=5).ok
+    assert app.processing_seconds == 5
+    run(client, job)
+    lists = requests.get(
+        f"{server.url}/_sandbox/google_ads/lists", params={"customer": CID}, timeout=5
+    ).json()
+    assert [(x["name"], x["size"]) for x in lists["data"]] == [("vip", 0)]  # still running
+    app.processing_seconds = 0
+    held = requests.get(f"{server.url}/_sandbox/google_ads/lists/{list_id(rn)}/members", timeout=5).json()
+    assert held["count"] == 0

@@ -63,7 +63,7 @@ from audience_sync.destinations.google_ads_api import (
     job_service,
     user_list_service,
 )
-from audience_sync.sandbox.base import FaultRule
+from audience_sync.sandbox.base import FaultRule, SandboxRequest, SandboxResponse
 from audience_sync.sandbox.grpc_host import GrpcApp, Rpc, RpcAbort, RpcCall
 
 PLATFORM = "google_ads"
@@ -166,7 +166,12 @@ class GoogleAdsSandbox(GrpcApp):
             lists = [{**ul, "members": [sorted(m) for m in ul["members"]]} for ul in self.lists.values()]
             jobs = [{**j, "ops": [[k, sorted(m)] for k, m in j["ops"]]} for j in self.jobs.values()]
             next_id = max([1000, *self.lists, *self.jobs]) + 1
-            return {"lists": lists, "jobs": jobs, "next_id": next_id}
+            return {
+                "lists": lists,
+                "jobs": jobs,
+                "next_id": next_id,
+                "processing_seconds": self.processing_seconds,
+            }
 
     def load_state(self, state: dict[str, Any]) -> None:
         with self._lock:
@@ -178,6 +183,7 @@ class GoogleAdsSandbox(GrpcApp):
                 ops = [(k, frozenset(map(tuple, m))) for k, m in job["ops"]]
                 self.jobs[int(job["id"])] = {**job, "ops": ops}
             self._ids = itertools.count(int(state.get("next_id", 1000)))
+            self.processing_seconds = float(state.get("processing_seconds", self.processing_seconds))
 
     # ------------------------------------------------------------ inspection (tests, demo)
     def create_list(
@@ -227,6 +233,33 @@ class GoogleAdsSandbox(GrpcApp):
         applies as one (the same user added twice is one member), so they count once."""
         job = self.job(resource_name)
         return len({op for op in job["ops"] if op[0] != "remove_all"}) if job else 0
+
+    def inspect(self, request: SandboxRequest, subpath: list[str]) -> SandboxResponse | None:
+        """``POST /_sandbox/google_ads/processing {"seconds": s}``: how long jobs run from now on;
+        ``GET .../lists[?customer=]`` and ``GET .../lists/<id>/members``: what Google holds."""
+        if subpath == ["processing"] and request.method == "POST":
+            body = request.json_body if isinstance(request.json_body, dict) else dict(request.form)
+            self.processing_seconds = float(body.get("seconds", 0))
+            return SandboxResponse(200, {"processing_seconds": self.processing_seconds}, mutated=True)
+        if subpath == ["lists"] and request.method == "GET":
+            customer = request.query.get("customer")
+            with self._lock:
+                self._settle()
+                found = [
+                    {k: v for k, v in ul.items() if k != "members"} | {"size": len(ul["members"])}
+                    for ul in self.lists.values()
+                    if customer in (None, ul["customer"])
+                ]
+            return SandboxResponse(200, {"data": found})
+        if (
+            len(subpath) == 3
+            and subpath[0] == "lists"
+            and subpath[2] == "members"
+            and request.method == "GET"
+        ):
+            held = [dict(m) for m in self.members(subpath[1])] if subpath[1].isdigit() else []
+            return SandboxResponse(200, {"count": len(held), "members": held})
+        return None
 
     # ------------------------------------------------------------------ gRPC
     def rpcs(self) -> list[Rpc]:

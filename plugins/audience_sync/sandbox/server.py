@@ -618,6 +618,8 @@ def serve_forever(
             ready(server)
         else:
             print(f"sandbox listening on {server.url}", flush=True)
+            if server.grpc_target:  # Google's APIs: the connections' host (google_ads_default, ...)
+                print(f"sandbox gRPC on {server.grpc_target}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
