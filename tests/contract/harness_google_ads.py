@@ -21,7 +21,7 @@ from google.oauth2.credentials import Credentials
 from audience_sync.core.contract import Destination, Upload
 from audience_sync.destinations.google_ads import GoogleAdsDestination
 from audience_sync.destinations.google_ads_client import make_client
-from audience_sync.sandbox.google_ads import error_code
+from audience_sync.sandbox.google_ads_wire import error_code
 from tests.conftest import SANDBOX_TOKEN
 from tests.contract.conftest import ErrorCase, Harness, Member, _accounts, _closed_port
 
@@ -30,9 +30,8 @@ GRANTED = {"ad_user_data": "GRANTED", "ad_personalization": "GRANTED"}
 
 def _case(status: int, name: str, says: tuple[str, ...] = ()) -> ErrorCase:
     """A GoogleAdsFailure error: gRPC status number and ``category.NAME``."""
-    category, _, enum_name = name.partition(".")
-    code = error_code(category, enum_name)
-    return ErrorCase(status, int(getattr(code, category)), says=says, name=name)
+    code = error_code(name)
+    return ErrorCase(status, int(getattr(code, name.partition(".")[0])), says=says, name=name)
 
 
 def _customer(account: str) -> str:

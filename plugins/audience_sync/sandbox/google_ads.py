@@ -34,7 +34,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -43,18 +43,11 @@ from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
 
 from audience_sync.destinations.google_ads_api import (
-    ADDRESS_FIELDS,
-    FAILURE_TRAILER,
-    HASHED_FIELDS,
     KEY_TYPE_FIELDS,
     MAX_IDENTIFIERS_PER_REQUEST,
-    MAX_IDENTIFIERS_PER_USER,
     SERVICE_PREFIX,
     CrmBasedUserListInfo,
     CustomerMatchUserListMetadata,
-    ErrorCode,
-    ErrorLocation,
-    GoogleAdsError,
     GoogleAdsFailure,
     OfflineUserDataJob,
     OfflineUserDataJobMetadata,
@@ -64,71 +57,27 @@ from audience_sync.destinations.google_ads_api import (
     user_list_service,
 )
 from audience_sync.sandbox.base import FaultRule, SandboxRequest, SandboxResponse
+from audience_sync.sandbox.google_ads_wire import (
+    Member,
+    Problem,
+    abort,
+    apply_ops,
+    fail,
+    failure,
+    parse_query,
+    problem,
+    read_user_data,
+)
 from audience_sync.sandbox.grpc_host import GrpcApp, Rpc, RpcAbort, RpcCall
 
 PLATFORM = "google_ads"
 #: rows per Search page; the API fixes it at 10,000 (page_size is not settable)
 PAGE_SIZE = 10_000
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _CUSTOMER = re.compile(r"\d{10}")
 _JOB_NAME = re.compile(r"customers/(\d+)/offlineUserDataJobs/(\d+)")
 _LIST_NAME = re.compile(r"customers/(\d+)/userLists/(\d+)")
 _OPERATION_NAME = re.compile(r"(customers/\d+/offlineUserDataJobs/\d+)/operations/\d+")
-_QUERY = re.compile(
-    r"SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<resource>\w+)(?:\s+WHERE\s+(?P<where>.+?))?\s*", re.S
-)
-_CONDITION = re.compile(r"([\w.]+)\s*=\s*('[^']*'|-?\d+|[A-Z][A-Z0-9_]*)")
-
-#: the gRPC status Google answers each error category with (a GoogleAdsFailure rides on every one)
-_STATUS = {
-    "authentication_error": grpc.StatusCode.UNAUTHENTICATED,
-    "authorization_error": grpc.StatusCode.PERMISSION_DENIED,
-    "not_allowlisted_error": grpc.StatusCode.PERMISSION_DENIED,
-    "quota_error": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "internal_error": grpc.StatusCode.INTERNAL,
-}
-
-Member = frozenset[tuple[str, str]]
-Problem = tuple[str, str, str, list[tuple[str, int | None]]]  # category, NAME, message, field path
-
-
-def error_code(category: str, name: str) -> ErrorCode:
-    """``ErrorCode`` for ``("database_error", "CONCURRENT_MODIFICATION")``; ValueError if unknown."""
-    field = ErrorCode.pb().DESCRIPTOR.fields_by_name.get(category)
-    value = field.enum_type.values_by_name.get(name) if field is not None and field.enum_type else None
-    if value is None:
-        raise ValueError(f"unknown Google Ads error {category}.{name}")
-    return ErrorCode(**{category: value.number})
-
-
-def failure_abort(problems: list[Problem], status: grpc.StatusCode | None = None) -> RpcAbort:
-    """An RpcAbort carrying a GoogleAdsFailure of ``problems`` in the real trailer."""
-    failure = _failure(problems)
-    request_id = secrets.token_hex(8)
-    code = status or _STATUS.get(problems[0][0], grpc.StatusCode.INVALID_ARGUMENT)
-    message = f"Request contains an invalid argument. {problems[0][0]}.{problems[0][1]}"
-    return RpcAbort(
-        code, message, [(FAILURE_TRAILER, GoogleAdsFailure.serialize(failure)), ("request-id", request_id)]
-    )
-
-
-def _failure(problems: list[Problem]) -> GoogleAdsFailure:
-    errors = []
-    for category, name, message, path in problems:
-        elements = [
-            ErrorLocation.FieldPathElement(field_name=f, index=i)
-            if i is not None
-            else ErrorLocation.FieldPathElement(field_name=f)
-            for f, i in path
-        ]
-        errors.append(
-            GoogleAdsError(
-                error_code=error_code(category, name),
-                message=message,
-                location=ErrorLocation(field_path_elements=elements),
-            )
-        )
-    return GoogleAdsFailure(errors=errors, request_id=secrets.token_hex(8))
+_JOB_ERROR = "offline_user_data_job_error."
 
 
 class GoogleAdsSandbox(GrpcApp):
@@ -177,11 +126,15 @@ class GoogleAdsSandbox(GrpcApp):
         with self._lock:
             self.reset()
             for ul in state.get("lists", []):
-                members = {frozenset(map(tuple, m)) for m in ul["members"]}
-                self.lists[int(ul["id"])] = {**ul, "members": members}
+                self.lists[int(ul["id"])] = {
+                    **ul,
+                    "members": {frozenset(map(tuple, m)) for m in ul["members"]},
+                }
             for job in state.get("jobs", []):
-                ops = [(k, frozenset(map(tuple, m))) for k, m in job["ops"]]
-                self.jobs[int(job["id"])] = {**job, "ops": ops}
+                self.jobs[int(job["id"])] = {
+                    **job,
+                    "ops": [(k, frozenset(map(tuple, m))) for k, m in job["ops"]],
+                }
             self._ids = itertools.count(int(state.get("next_id", 1000)))
             self.processing_seconds = float(state.get("processing_seconds", self.processing_seconds))
 
@@ -224,9 +177,9 @@ class GoogleAdsSandbox(GrpcApp):
         """The job with this resource name (its ``ops``, ``status``, ...), or None."""
         with self._lock:
             self._settle()
-            match = _JOB_NAME.fullmatch(resource_name)
-            job = self.jobs.get(int(match.group(2))) if match else None
-            return job if job is not None and job["customer"] == match.group(1) else None  # type: ignore[union-attr]
+            m = _JOB_NAME.fullmatch(resource_name)
+            job = self.jobs.get(int(m.group(2))) if m else None
+            return job if job is not None and m is not None and job["customer"] == m.group(1) else None
 
     def job_received(self, resource_name: str) -> int:
         """Distinct member operations in the job: a re-sent request repeats operations that Google
@@ -241,7 +194,9 @@ class GoogleAdsSandbox(GrpcApp):
             body = request.json_body if isinstance(request.json_body, dict) else dict(request.form)
             self.processing_seconds = float(body.get("seconds", 0))
             return SandboxResponse(200, {"processing_seconds": self.processing_seconds}, mutated=True)
-        if subpath == ["lists"] and request.method == "GET":
+        if request.method != "GET" or not subpath or subpath[0] != "lists":
+            return None
+        if len(subpath) == 1:
             customer = request.query.get("customer")
             with self._lock:
                 self._settle()
@@ -251,39 +206,36 @@ class GoogleAdsSandbox(GrpcApp):
                     if customer in (None, ul["customer"])
                 ]
             return SandboxResponse(200, {"data": found})
-        if (
-            len(subpath) == 3
-            and subpath[0] == "lists"
-            and subpath[2] == "members"
-            and request.method == "GET"
-        ):
-            held = [dict(m) for m in self.members(subpath[1])] if subpath[1].isdigit() else []
+        if len(subpath) == 3 and subpath[2] == "members" and subpath[1].isdigit():
+            held = [dict(m) for m in self.members(subpath[1])]
             return SandboxResponse(200, {"count": len(held), "members": held})
         return None
 
     # ------------------------------------------------------------------ gRPC
     def rpcs(self) -> list[Rpc]:
-        ga, ul, oj = (
-            f"{SERVICE_PREFIX}.{s}"
-            for s in ("GoogleAdsService", "UserListService", "OfflineUserDataJobService")
+        ads, lists, jobs = (
+            f"{SERVICE_PREFIX}.{name}"
+            for name in ("GoogleAdsService", "UserListService", "OfflineUserDataJobService")
         )
+        ops = operations_pb2.Operation.SerializeToString
         return [
-            Rpc(ga, "Search", self._search, ads_service.SearchGoogleAdsRequest.deserialize,
+            Rpc(ads, "Search", self._search, ads_service.SearchGoogleAdsRequest.deserialize,
                 ads_service.SearchGoogleAdsResponse.serialize),
-            Rpc(ga, "SearchStream", self._search_stream, ads_service.SearchGoogleAdsStreamRequest.deserialize,
+            Rpc(ads, "SearchStream", self._search_stream, ads_service.SearchGoogleAdsStreamRequest.deserialize,
                 ads_service.SearchGoogleAdsStreamResponse.serialize, streaming=True),
-            Rpc(ul, "MutateUserLists", self._mutate_user_lists, user_list_service.MutateUserListsRequest.deserialize,
+            Rpc(lists, "MutateUserLists", self._mutate_user_lists,
+                user_list_service.MutateUserListsRequest.deserialize,
                 user_list_service.MutateUserListsResponse.serialize),
-            Rpc(oj, "CreateOfflineUserDataJob", self._create_job,
+            Rpc(jobs, "CreateOfflineUserDataJob", self._create_job,
                 job_service.CreateOfflineUserDataJobRequest.deserialize,
                 job_service.CreateOfflineUserDataJobResponse.serialize),
-            Rpc(oj, "AddOfflineUserDataJobOperations", self._add_operations,
+            Rpc(jobs, "AddOfflineUserDataJobOperations", self._add_operations,
                 job_service.AddOfflineUserDataJobOperationsRequest.deserialize,
                 job_service.AddOfflineUserDataJobOperationsResponse.serialize),
-            Rpc(oj, "RunOfflineUserDataJob", self._run_job, job_service.RunOfflineUserDataJobRequest.deserialize,
-                operations_pb2.Operation.SerializeToString),
+            Rpc(jobs, "RunOfflineUserDataJob", self._run_job, job_service.RunOfflineUserDataJobRequest.deserialize,
+                ops),
             Rpc("google.longrunning.Operations", "GetOperation", self._get_operation,
-                operations_pb2.GetOperationRequest.FromString, operations_pb2.Operation.SerializeToString),
+                operations_pb2.GetOperationRequest.FromString, ops),
         ]  # fmt: skip
 
     def fault_abort(self, rule: FaultRule, call: RpcCall) -> RpcAbort:
@@ -292,24 +244,18 @@ class GoogleAdsSandbox(GrpcApp):
         named = rule.headers.get("error")
         if not named:
             return super().fault_abort(rule, call)
-        category, _, name = named.partition(".")
-        status = None
-        if rule.code is not None:
-            status = next(c for c in grpc.StatusCode if c.value[0] == rule.code)
-        return failure_abort([(category, name, rule.message or f"sandbox fault {rule.id}", [])], status)
+        status = next((c for c in grpc.StatusCode if c.value[0] == rule.code), None)
+        return abort(problem(named, rule.message or f"sandbox fault {rule.id}"), status=status)
 
-    # ------------------------------------------------------------------ handlers
+    # ------------------------------------------------------------------ GoogleAdsService
     def _search(self, request: Any, call: RpcCall) -> Any:
         rows = self._query(request.customer_id, request.query, call)
-        start = int(request.page_token) if request.page_token.isdigit() else 0
         if request.page_token and not request.page_token.isdigit():
-            raise failure_abort(
-                [("request_error", "INVALID_PAGE_TOKEN", "bad page token", [("page_token", None)])]
-            )
-        page = rows[start : start + PAGE_SIZE]
+            raise fail("request_error.INVALID_PAGE_TOKEN", "bad page token", "page_token")
+        start = int(request.page_token or 0)
         more = start + PAGE_SIZE < len(rows)
         return ads_service.SearchGoogleAdsResponse(
-            results=page,
+            results=rows[start : start + PAGE_SIZE],
             next_page_token=str(start + PAGE_SIZE) if more else "",
             total_results_count=len(rows) if request.search_settings.return_total_results_count else 0,
         )
@@ -324,22 +270,7 @@ class GoogleAdsSandbox(GrpcApp):
 
     def _query(self, customer_id: str, query: str, call: RpcCall) -> list[Any]:
         customer = self._customer(customer_id, call)
-        parsed = _QUERY.fullmatch(query.strip())
-        if parsed is None:
-            raise failure_abort(
-                [("query_error", "UNEXPECTED_END_OF_QUERY", "cannot parse query", [("query", None)])]
-            )
-        where = parsed.group("where") or ""
-        conditions = [c.strip() for c in re.split(r"\s+AND\s+", where) if c.strip()]
-        wanted: dict[str, str] = {}
-        for cond in conditions:
-            m = _CONDITION.fullmatch(cond)
-            if m is None:
-                raise failure_abort(
-                    [("query_error", "UNEXPECTED_INPUT", f"unsupported condition {cond}", [("query", None)])]
-                )
-            wanted[m.group(1)] = m.group(2).strip("'")
-        resource = parsed.group("resource")
+        resource, wanted = parse_query(query)
         with self._lock:
             self._settle()
             if resource == "user_list":
@@ -354,10 +285,9 @@ class GoogleAdsSandbox(GrpcApp):
                     for j in sorted(self.jobs.values(), key=lambda j: j["id"])
                     if j["customer"] == customer and _job_matches(j, wanted)
                 ]
-        raise failure_abort(
-            [("query_error", "INVALID_RESOURCE_NAME", f"resource {resource} not served", [("query", None)])]
-        )
+        raise fail("query_error.INVALID_RESOURCE_NAME", f"the sandbox does not serve {resource}", "query")
 
+    # ------------------------------------------------------------------ UserListService
     def _mutate_user_lists(self, request: Any, call: RpcCall) -> Any:
         customer = self._customer(request.customer_id, call)
         results = []
@@ -370,134 +300,68 @@ class GoogleAdsSandbox(GrpcApp):
                     m = _LIST_NAME.fullmatch(op.remove)
                     ul = self.lists.get(int(m.group(2))) if m and m.group(1) == customer else None
                     if ul is None:
-                        raise failure_abort(
-                            [
-                                (
-                                    "mutate_error",
-                                    "RESOURCE_NOT_FOUND",
-                                    "no such list",
-                                    [("operations", i), ("remove", None)],
-                                )
-                            ]
+                        raise fail(
+                            "mutate_error.RESOURCE_NOT_FOUND", "no such list", ("operations", i), "remove"
                         )
                     del self.lists[ul["id"]]
                     results.append(user_list_service.MutateUserListResult(resource_name=op.remove))
                 else:
-                    raise failure_abort(
-                        [
-                            (
-                                "user_list_error",
-                                "USER_LIST_MUTATE_NOT_SUPPORTED",
-                                f"{which} not emulated",
-                                [("operations", i)],
-                            )
-                        ]
-                    )
+                    message = f"{which} is not emulated"
+                    raise fail("user_list_error.USER_LIST_MUTATE_NOT_SUPPORTED", message, ("operations", i))
             call.mutated = True
         return user_list_service.MutateUserListsResponse(results=results)
 
     def _create_list(self, customer: str, ul: Any, i: int) -> Any:
-        where = [("operations", i), ("create", None)]
+        at = (("operations", i), "create")
         key_type = ul.crm_based_user_list.upload_key_type.name
-        if not ul.name.strip():
-            raise failure_abort(
-                [("user_list_error", "INVALID_NAME", "name required", [*where, ("name", None)])]
-            )
-        if key_type not in KEY_TYPE_FIELDS:
-            raise failure_abort([("field_error", "REQUIRED", "upload_key_type required",
-                                  [*where, ("crm_based_user_list", None), ("upload_key_type", None)])])  # fmt: skip
         app_id = ul.crm_based_user_list.app_id
+        if not ul.name.strip():
+            raise fail("user_list_error.INVALID_NAME", "name required", *at, "name")
+        if key_type not in KEY_TYPE_FIELDS:
+            raise fail("field_error.REQUIRED", "upload_key_type required", *at, "crm_based_user_list")
         if key_type == "MOBILE_ADVERTISING_ID" and not app_id:
-            raise failure_abort([("user_list_error", "APP_ID_NOT_SET", "app_id required", where)])
+            raise fail("user_list_error.APP_ID_NOT_SET", "app_id required", *at)
         if key_type != "MOBILE_ADVERTISING_ID" and app_id:
-            raise failure_abort(
-                [("user_list_error", "APP_ID_NOT_ALLOWED", "app_id only for mobile ids", where)]
-            )
+            raise fail("user_list_error.APP_ID_NOT_ALLOWED", "app_id only for mobile ids", *at)
         if not 0 <= ul.membership_life_span <= 540:
-            raise failure_abort(
-                [
-                    (
-                        "range_error",
-                        "TOO_HIGH",
-                        "membership_life_span 0..540",
-                        [*where, ("membership_life_span", None)],
-                    )
-                ]
-            )
-        taken = any(
+            raise fail("range_error.TOO_HIGH", "membership_life_span is 0..540", *at, "membership_life_span")
+        if any(
             u["customer"] == customer and u["name"] == ul.name and u["access_reason"] == "OWNED"
             for u in self.lists.values()
-        )
-        if taken:
-            raise failure_abort(
-                [
-                    (
-                        "user_list_error",
-                        "NAME_ALREADY_USED",
-                        "Name is already being used for another user list for the account.",
-                        [*where, ("name", None)],
-                    )
-                ]
-            )
+        ):
+            message = "Name is already being used for another user list for the account."
+            raise fail("user_list_error.NAME_ALREADY_USED", message, *at, "name")
         list_id = self.create_list(customer, ul.name, key_type=key_type, app_id=app_id)
         self.lists[list_id].update(description=ul.description, life_span=int(ul.membership_life_span))
         return user_list_service.MutateUserListResult(
             resource_name=f"customers/{customer}/userLists/{list_id}"
         )
 
+    # ------------------------------------------------------------------ OfflineUserDataJobService
     def _create_job(self, request: Any, call: RpcCall) -> Any:
         customer = self._customer(request.customer_id, call)
         job = request.job
         if job.type_.name != "CUSTOMER_MATCH_USER_LIST":
-            raise failure_abort(
-                [
-                    (
-                        "field_error",
-                        "INVALID_VALUE",
-                        "only CUSTOMER_MATCH_USER_LIST is emulated",
-                        [("job", None), ("type", None)],
-                    )
-                ]
+            raise fail(
+                "field_error.INVALID_VALUE", "only CUSTOMER_MATCH_USER_LIST is emulated", "job", "type"
             )
         meta = job.customer_match_user_list_metadata
         m = _LIST_NAME.fullmatch(meta.user_list)
+        external = int(job.external_id)
         with self._lock:
             ul = self.lists.get(int(m.group(2))) if m and m.group(1) == customer else None
             if ul is None or ul["access_reason"] != "OWNED":
-                raise failure_abort(
-                    [
-                        (
-                            "offline_user_data_job_error",
-                            "INVALID_USER_LIST_ID",
-                            "no such owned list",
-                            [("job", None)],
-                        )
-                    ]
-                )
+                raise fail(_JOB_ERROR + "INVALID_USER_LIST_ID", "no such list owned by the customer", "job")
             if ul["type"] != "CRM_BASED":
-                raise failure_abort(
-                    [
-                        (
-                            "offline_user_data_job_error",
-                            "INVALID_USER_LIST_TYPE",
-                            "not a CRM-based list",
-                            [("job", None)],
-                        )
-                    ]
-                )
-            external = int(job.external_id)
+                raise fail(_JOB_ERROR + "INVALID_USER_LIST_TYPE", "not a CRM-based list", "job")
             if external and any(
                 j["customer"] == customer and j["external_id"] == external for j in self.jobs.values()
             ):
-                raise failure_abort(
-                    [
-                        (
-                            "offline_user_data_job_error",
-                            "EXTERNAL_UPDATE_ID_ALREADY_EXISTS",
-                            "external id used",
-                            [("job", None), ("external_id", None)],
-                        )
-                    ]
+                raise fail(
+                    _JOB_ERROR + "EXTERNAL_UPDATE_ID_ALREADY_EXISTS",
+                    "external id in use",
+                    "job",
+                    "external_id",
                 )
             if request.validate_only:
                 return job_service.CreateOfflineUserDataJobResponse()
@@ -511,7 +375,6 @@ class GoogleAdsSandbox(GrpcApp):
                 "consent": [meta.consent.ad_user_data.name, meta.consent.ad_personalization.name],
                 "ops": [],
                 "done_at": None,
-                "created": self.clock(),
             }
             call.mutated = True
         return job_service.CreateOfflineUserDataJobResponse(
@@ -521,98 +384,71 @@ class GoogleAdsSandbox(GrpcApp):
     def _add_operations(self, request: Any, call: RpcCall) -> Any:
         self._authenticate(call)
         pb = type(request).pb(request)  # the raw message: 100,000 identifiers through proto-plus is slow
+        problems: list[Problem] = []
         with self._lock:
             job = self._job_of(pb.resource_name)
             ops = list(pb.operations)
             kinds = [op.WhichOneof("operation") for op in ops]
-            call.log.update(op=_logged_op(job, kinds), rows=sum(k != "remove_all" for k in kinds))
+            call.log.update(op=_logged_op(job, kinds), rows=sum(k not in ("remove_all", None) for k in kinds))
             if not ops:
-                raise failure_abort(
-                    [("field_error", "REQUIRED_NONEMPTY_LIST", "operations required", [("operations", None)])]
-                )
+                raise fail("field_error.REQUIRED_NONEMPTY_LIST", "operations required", "operations")
             if job["status"] != "PENDING":
-                raise failure_abort(
-                    [
-                        (
-                            "offline_user_data_job_error",
-                            "JOB_ALREADY_STARTED",
-                            "The job has already been run.",
-                            [],
-                        )
-                    ]
-                )
+                raise fail(_JOB_ERROR + "JOB_ALREADY_STARTED", "The job has already been run.")
             total = sum(len(op.create.user_identifiers) + len(op.remove.user_identifiers) for op in ops)
             if total > MAX_IDENTIFIERS_PER_REQUEST:
-                raise failure_abort([("offline_user_data_job_error", "TOO_MANY_USER_IDENTIFIERS",
-                                      f"{total} identifiers; at most {MAX_IDENTIFIERS_PER_REQUEST} per request", [("operations", None)])])  # fmt: skip
-            self._check_job_order(job, kinds)
-            ul = self.lists[job["list_id"]]
+                message = f"{total} identifiers; at most {MAX_IDENTIFIERS_PER_REQUEST} per request"
+                raise fail(_JOB_ERROR + "TOO_MANY_USER_IDENTIFIERS", message, "operations")
+            self._check_job(job, kinds)
+            allowed = KEY_TYPE_FIELDS[self.lists[job["list_id"]]["key_type"]]
             accepted: list[tuple[str, Member]] = []
-            problems: list[Problem] = []
             for i, (op, kind) in enumerate(zip(ops, kinds, strict=True)):
                 if kind == "remove_all":
                     accepted.append(("remove_all", frozenset()))
                     continue
                 if kind is None:
-                    problems.append(("field_error", "REQUIRED", "operation required", [("operations", i)]))
+                    problems.append(problem("field_error.REQUIRED", "operation required", ("operations", i)))
                     continue
-                member, found = _member(getattr(op, kind), i, kind, KEY_TYPE_FIELDS[ul["key_type"]])
+                member, found = read_user_data(getattr(op, kind), i, kind, allowed)
                 problems.extend(found)
                 if not found:
                     accepted.append((kind, member))
             if problems and not pb.enable_partial_failure:
-                raise failure_abort(problems)
+                raise abort(*problems)
             if not pb.validate_only:
                 job["ops"].extend(accepted)
                 call.mutated = True
         response = job_service.AddOfflineUserDataJobOperationsResponse()
         if problems:
             detail = any_pb2.Any()
-            detail.Pack(GoogleAdsFailure.pb(_failure(problems)))
-            status = status_pb2.Status(
-                code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                message="Multiple errors in operations.",
-                details=[detail],
-            )
+            detail.Pack(GoogleAdsFailure.pb(failure(problems)))
+            status = status_pb2.Status(code=3, message="Multiple errors in operations.", details=[detail])
             type(response).pb(response).partial_failure_error.CopyFrom(status)
         return response
 
-    def _check_job_order(self, job: dict[str, Any], kinds: list[str]) -> None:
+    def _check_job(self, job: dict[str, Any], kinds: list[str | None]) -> None:
+        """What makes a whole request fail: remove_all not first, creates and removes mixed, consent."""
         before = [k for k, _ in job["ops"]]
         for i, kind in enumerate(kinds):
             if kind == "remove_all" and (before or i > 0):
-                raise failure_abort([("offline_user_data_job_error", "INVALID_OPERATION_ORDER",
-                                      "remove_all must be the job's first operation", [("operations", i)])])  # fmt: skip
+                message = "remove_all must be the job's first operation"
+                raise fail(_JOB_ERROR + "INVALID_OPERATION_ORDER", message, ("operations", i))
         seen = set(before + kinds)
         if "create" in seen and "remove" in seen:
-            raise failure_abort([("offline_user_data_job_error", "CONFLICTING_OPERATION",
-                                  "Mixing creation and removal of offline data in the same job is not allowed.", [("operations", None)])])  # fmt: skip
+            message = "Mixing creation and removal of offline data in the same job is not allowed."
+            raise fail(_JOB_ERROR + "CONFLICTING_OPERATION", message, "operations")
         if "create" in kinds and "DENIED" in job["consent"]:
-            raise failure_abort([("offline_user_data_job_error", "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS",
-                                  "Consent DENIED on the job: the customer data terms do not allow this upload.", [])])  # fmt: skip
+            message = "Consent DENIED on the job: the customer data terms do not allow this upload."
+            raise fail(_JOB_ERROR + "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS", message)
 
     def _run_job(self, request: Any, call: RpcCall) -> Any:
         self._authenticate(call)
         with self._lock:
             job = self._job_of(request.resource_name)
             if job["status"] != "PENDING":
-                raise failure_abort(
-                    [
-                        (
-                            "offline_user_data_job_error",
-                            "JOB_ALREADY_STARTED",
-                            "The job has already been run.",
-                            [],
-                        )
-                    ]
-                )
-            busy = [
-                j for j in self.jobs.values() if j["list_id"] == job["list_id"] and j["status"] == "RUNNING"
-            ]
-            if busy:
-                raise failure_abort([("database_error", "CONCURRENT_MODIFICATION",
-                                      "Another job is running on this user list; run this one once it finished.", [])],
-                                    grpc.StatusCode.ABORTED)  # fmt: skip
+                raise fail(_JOB_ERROR + "JOB_ALREADY_STARTED", "The job has already been run.")
+            if any(j["list_id"] == job["list_id"] and j["status"] == "RUNNING" for j in self.jobs.values()):
+                message = "Another job is running on this user list; run this one once it finished."
+                raise fail("database_error.CONCURRENT_MODIFICATION", message)
             job["status"] = "RUNNING"
             job["done_at"] = self.clock() + self.processing_seconds
             call.mutated = True
@@ -642,36 +478,21 @@ class GoogleAdsSandbox(GrpcApp):
             return
         header = call.metadata.get("authorization")
         if header is None:
-            raise failure_abort(
-                [("authentication_error", "OAUTH_TOKEN_HEADER_INVALID", "missing OAuth token", [])]
-            )
+            raise fail("authentication_error.OAUTH_TOKEN_HEADER_INVALID", "missing OAuth token")
         if header != f"Bearer {self.access_token}":
-            raise failure_abort(
-                [("authentication_error", "OAUTH_TOKEN_INVALID", "Oauth token is invalid.", [])]
-            )
+            raise fail("authentication_error.OAUTH_TOKEN_INVALID", "Oauth token is invalid.")
 
     def _customer(self, customer_id: str, call: RpcCall) -> str:
         self._authenticate(call)
         if not _CUSTOMER.fullmatch(customer_id):
-            raise failure_abort(
-                [
-                    (
-                        "request_error",
-                        "INVALID_CUSTOMER_ID",
-                        "customer id must be 10 digits",
-                        [("customer_id", None)],
-                    )
-                ]
-            )
+            raise fail("request_error.INVALID_CUSTOMER_ID", "customer id must be 10 digits", "customer_id")
         return customer_id
 
     def _job_of(self, resource_name: str) -> dict[str, Any]:
         m = _JOB_NAME.fullmatch(resource_name)
         job = self.jobs.get(int(m.group(2))) if m else None
-        if job is None or job["customer"] != m.group(1):  # type: ignore[union-attr]
-            raise failure_abort(
-                [("request_error", "RESOURCE_NOT_FOUND", "no such job", [("resource_name", None)])]
-            )
+        if job is None or m is None or job["customer"] != m.group(1):
+            raise fail("request_error.RESOURCE_NOT_FOUND", "no such job", "resource_name")
         self._settle()
         return job
 
@@ -682,12 +503,12 @@ class GoogleAdsSandbox(GrpcApp):
         for job in sorted(due, key=lambda j: (j["done_at"], j["id"])):
             ul = self.lists.get(job["list_id"])
             if ul is not None:
-                _apply(ul["members"], job["ops"])
+                apply_ops(ul["members"], job["ops"])
             job["status"] = "SUCCESS"
             self.journal.changed()
 
     def _user_list(self, ul: dict[str, Any]) -> UserList:
-        size = len(ul["members"]) or None
+        size = len(ul["members"]) or None  # Google leaves sizes unset until it has counted
         return UserList(
             resource_name=f"customers/{ul['customer']}/userLists/{ul['id']}",
             id=ul["id"],
@@ -703,16 +524,14 @@ class GoogleAdsSandbox(GrpcApp):
         )
 
     def _job_resource(self, job: dict[str, Any]) -> OfflineUserDataJob:
-        meta = CustomerMatchUserListMetadata(
-            user_list=f"customers/{job['customer']}/userLists/{job['list_id']}"
-        )
+        user_list = f"customers/{job['customer']}/userLists/{job['list_id']}"
         resource = OfflineUserDataJob(
             resource_name=f"customers/{job['customer']}/offlineUserDataJobs/{job['id']}",
             id=job["id"],
             external_id=job["external_id"],
             type_="CUSTOMER_MATCH_USER_LIST",
             status=job["status"],
-            customer_match_user_list_metadata=meta,
+            customer_match_user_list_metadata=CustomerMatchUserListMetadata(user_list=user_list),
         )
         if job["status"] == "SUCCESS":
             resource.operation_metadata = OfflineUserDataJobMetadata(match_rate_range=_match_range(job))
@@ -739,75 +558,12 @@ def _job_matches(job: dict[str, Any], wanted: dict[str, str]) -> bool:
     return all(have.get(k) == v for k, v in wanted.items())
 
 
-def _logged_op(job: dict[str, Any], kinds: list[str]) -> str:
-    first = job["ops"][0][0] if job["ops"] else (kinds[0] if kinds else "")
-    return {"create": "add", "remove": "remove", "remove_all": "replace"}.get(first, "add")
-
-
-def _member(user_data: Any, i: int, kind: str, allowed: frozenset[str]) -> tuple[Member, list[Problem]]:
-    """The (field, value) pairs of one UserData (raw protobuf), and what is wrong with it."""
-    pairs: list[tuple[str, str]] = []
-    problems: list[Problem] = []
-    identifiers = user_data.user_identifiers
-    base = [("operations", i), (kind, None)]
-    if not identifiers:
-        return frozenset(), [
-            ("offline_user_data_job_error", "MISSING_USER_IDENTIFIER", "no identifier", base)
-        ]
-    if len(identifiers) > MAX_IDENTIFIERS_PER_USER:
-        return frozenset(), [("offline_user_data_job_error", "TOO_MANY_USER_IDENTIFIERS",
-                              f"at most {MAX_IDENTIFIERS_PER_USER} identifiers per UserData", base)]  # fmt: skip
-    for j, ident in enumerate(identifiers):
-        which = ident.WhichOneof("identifier")
-        if which == "address_info":
-            fields = [
-                (f, getattr(ident.address_info, f)) for f in ADDRESS_FIELDS if getattr(ident.address_info, f)
-            ]
-        elif which is None:
-            fields = []
-        else:
-            fields = [(which, getattr(ident, which))]
-        where = [*base, ("user_identifiers", j)]
-        if not fields:
-            problems.append(
-                ("offline_user_data_job_error", "MISSING_USER_IDENTIFIER", "empty identifier", where)
-            )
-        for field, value in fields:
-            if field not in allowed:
-                problems.append(("offline_user_data_job_error", "INCOMPATIBLE_UPLOAD_KEY_TYPE",
-                                 f"{field} does not fit this list's upload key type", [*where, (field, None)]))  # fmt: skip
-            elif field in HASHED_FIELDS and not _SHA256.fullmatch(value):
-                problems.append(("offline_user_data_job_error", "INVALID_SHA256_FORMAT",
-                                 "The SHA256 encoded value is malformed.", [*where, (field, None)]))  # fmt: skip
-            pairs.append((field, value))
-    return frozenset(pairs), problems
-
-
-def _apply(members: set[Member], ops: Iterable[tuple[str, Member]]) -> None:
-    """Apply a job's operations in order. Google removes the user the identifiers match: a ``remove``
-    drops every member sharing an identifier with it (found through an index, not a scan)."""
-    index: dict[tuple[str, str], set[Member]] | None = None
-    for kind, member in ops:
-        if kind == "remove_all":
-            members.clear()
-            index = None
-        elif kind == "create":
-            members.add(member)
-            if index is not None:
-                for pair in member:
-                    index.setdefault(pair, set()).add(member)
-        else:
-            if index is None:
-                index = {}
-                for m in members:
-                    for pair in m:
-                        index.setdefault(pair, set()).add(m)
-            hits = set().union(*(index.get(pair, set()) for pair in member))
-            for m in hits:
-                members.discard(m)
-                for pair in m:
-                    index[pair].discard(m)
+def _logged_op(job: dict[str, Any], kinds: list[str | None]) -> str:
+    """The request log's ``op`` (as Meta's: add, remove, replace) of a job's request."""
+    first = job["ops"][0][0] if job["ops"] else (kinds[0] if kinds else None)
+    return {"remove": "remove", "remove_all": "replace"}.get(first or "", "add")
 
 
 def _match_range(job: dict[str, Any]) -> str:
+    """Every sandbox identifier "matches" (there are no Google accounts behind them)."""
     return "MATCH_RANGE_91_TO_100" if job["status"] == "SUCCESS" else "UNKNOWN"
