@@ -328,7 +328,8 @@ def test_identifiers_must_fit_the_list_key_type(client: GoogleAdsClient) -> None
 def test_a_fault_rule_answers_a_real_google_ads_failure(
     client: GoogleAdsClient, app: GoogleAdsSandbox
 ) -> None:
-    app.add_fault(action="error", method="RPC", path_regex="/Search$", headers={"error": "database_error.CONCURRENT_MODIFICATION"}, code=10)  # fmt: skip
+    error = {"error": "database_error.CONCURRENT_MODIFICATION"}
+    app.add_fault(action="error", method="RPC", path_regex="/Search$", headers=error, code=10)
     with pytest.raises(GoogleAdsException) as info:
         list(client.get_service("GoogleAdsService").search(customer_id=CID, query=owned_lists_query()))
     assert named(info.value) == ["database_error.CONCURRENT_MODIFICATION"]
@@ -347,10 +348,11 @@ def test_state_survives_a_restart(tmp_path: Any) -> None:
         client = make_client(Credentials(token=TOKEN), endpoint=srv.grpc_target)
         run(client, job)  # the job created before the restart, with its operations
         app = srv.app("google_ads")
-        assert app.members(list_id(rn)) == {frozenset({("hashed_email", sha("a"))})}  # type: ignore[attr-defined]
+        assert isinstance(app, GoogleAdsSandbox)
+        assert app.members(list_id(rn)) == {frozenset({("hashed_email", sha("a"))})}
         assert create_list(client, "other") != rn  # ids go on after the restored ones
         app.reset()
-        assert app.members(list_id(rn)) == set()  # type: ignore[attr-defined]
+        assert app.members(list_id(rn)) == set()
 
 
 def test_processing_delay_is_observed_without_waiting_on_the_operation(

@@ -193,7 +193,8 @@ class GoogleAdsDestination(Destination):
                 return found[0]
             raise PermanentDestinationError(
                 f"Google Ads says the user list name {name!r} is taken in customer {self.account}, but no "
-                "CRM-based list the account owns has it (a list shared with the account, or of another type). "
+                "CRM-based list the account owns has it (a list shared with the account, or of another "
+                "type). "
                 "Rename that list in Google Ads or choose another segment name.",
                 code=exc.error.code().value[0],
                 subcode=12,
@@ -244,8 +245,8 @@ class GoogleAdsDestination(Destination):
         ]
         if not mine:
             raise PermanentDestinationError(
-                f"Google Ads customer {self.account} has a job with external id {external_id} that is not for "
-                f"list {audience_id}; this upload's key collides with another upload's"
+                f"Google Ads customer {self.account} has a job with external id {external_id} that is not "
+                f"for list {audience_id}; this upload's key collides with another upload's"
             )
         return str(mine[0].resource_name)
 
@@ -302,7 +303,8 @@ class GoogleAdsDestination(Destination):
                 return None
             if named == ("offline_user_data_job_error", "INVALID_OPERATION_ORDER") and lead:
                 # an earlier attempt at batch 1 put remove_all in the job and its answer was lost
-                return [i + lead for i in (self._add(upload, ops[lead:], 0) or [])]
+                failed = self._add(upload, ops[lead:], 0)
+                return None if failed is None else [i + lead for i in failed]
             raise self._classify(exc, f"{upload.op} members") from None
         failed = set()
         for failure in failure_details(resp.partial_failure_error):

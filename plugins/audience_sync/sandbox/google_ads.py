@@ -1,4 +1,4 @@
-"""Google Ads API Customer Match, emulated over real gRPC for the ``google-ads`` client (platform ``google_ads``).
+"""Google Ads API Customer Match over real gRPC, for the ``google-ads`` client (platform ``google_ads``).
 
 Serves what the destination uses (reference §2): ``GoogleAdsService.Search``/``SearchStream`` for the
 few GAQL queries :mod:`audience_sync.destinations.google_ads_api` builds, ``UserListService.MutateUserLists``
@@ -221,7 +221,8 @@ class GoogleAdsSandbox(GrpcApp):
         return [
             Rpc(ads, "Search", self._search, ads_service.SearchGoogleAdsRequest.deserialize,
                 ads_service.SearchGoogleAdsResponse.serialize),
-            Rpc(ads, "SearchStream", self._search_stream, ads_service.SearchGoogleAdsStreamRequest.deserialize,
+            Rpc(ads, "SearchStream", self._search_stream,
+                ads_service.SearchGoogleAdsStreamRequest.deserialize,
                 ads_service.SearchGoogleAdsStreamResponse.serialize, streaming=True),
             Rpc(lists, "MutateUserLists", self._mutate_user_lists,
                 user_list_service.MutateUserListsRequest.deserialize,
@@ -232,8 +233,8 @@ class GoogleAdsSandbox(GrpcApp):
             Rpc(jobs, "AddOfflineUserDataJobOperations", self._add_operations,
                 job_service.AddOfflineUserDataJobOperationsRequest.deserialize,
                 job_service.AddOfflineUserDataJobOperationsResponse.serialize),
-            Rpc(jobs, "RunOfflineUserDataJob", self._run_job, job_service.RunOfflineUserDataJobRequest.deserialize,
-                ops),
+            Rpc(jobs, "RunOfflineUserDataJob", self._run_job,
+                job_service.RunOfflineUserDataJobRequest.deserialize, ops),
             Rpc("google.longrunning.Operations", "GetOperation", self._get_operation,
                 operations_pb2.GetOperationRequest.FromString, ops),
         ]  # fmt: skip

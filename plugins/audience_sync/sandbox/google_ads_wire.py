@@ -1,4 +1,4 @@
-"""How the Google Ads sandbox says no, reads its GAQL and reads a UserData (used by ``sandbox/google_ads.py``).
+"""How the Google Ads sandbox says no, reads GAQL and reads a UserData (for ``sandbox/google_ads.py``).
 
 Errors travel as the real API sends them (reference §1, §4): a gRPC status, a serialised
 GoogleAdsFailure in the ``google.ads.googleads.<version>.errors.googleadsfailure-bin`` trailer and a
