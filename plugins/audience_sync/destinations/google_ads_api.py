@@ -179,7 +179,7 @@ def job_query(*, resource_name: str | None = None, external_id: int | None = Non
 
 
 def error_name(error: GoogleAdsError | Any) -> tuple[str, str, int]:
-    """``(category, NAME, value)`` of an error's code, e.g. ``database_error``, ``CONCURRENT_MODIFICATION``, 2."""
+    """``(category, NAME, value)`` of an error's code (``database_error``, ``CONCURRENT_MODIFICATION``, 2)."""
     code = error.error_code
     pb = type(code).pb(code) if hasattr(type(code), "pb") else code
     category = pb.WhichOneof("error_code") or "unknown"
