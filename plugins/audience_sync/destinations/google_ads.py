@@ -154,6 +154,8 @@ class GoogleAdsDestination(Destination):
 
     # ------------------------------------------------------------ audiences
     def find_audiences(self, name: str) -> list[PlatformAudience]:
+        """The owned CRM-based lists of this name (Google allows one; a list shared with the account
+        is not ours to fill), by id: lists carry no creation time, ids grow with creation."""
         found = [a for a in self._lists() if a.name == name]
         return sorted(found, key=lambda a: int(a.id))
 
@@ -192,10 +194,9 @@ class GoogleAdsDestination(Destination):
             if found:
                 return found[0]
             raise PermanentDestinationError(
-                f"Google Ads says the user list name {name!r} is taken in customer {self.account}, but no "
-                "CRM-based list the account owns has it (a list shared with the account, or of another "
-                "type). "
-                "Rename that list in Google Ads or choose another segment name.",
+                f"Google Ads says the user list name {name!r} is taken in customer {self.account}, but "
+                "no CRM-based list the account owns has it (a list shared with the account, or of another "
+                "type). Rename that list in Google Ads or choose another segment name.",
                 code=exc.error.code().value[0],
                 subcode=12,
             ) from None
