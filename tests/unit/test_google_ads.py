@@ -342,3 +342,12 @@ def test_a_malformed_destination_names_file_field_and_fix(
     assert field in error.field
     assert says in error.message
     assert fix in error.fix
+
+
+def test_the_plan_warns_about_the_allowlist_and_small_lists() -> None:
+    from audience_sync.platforms.google_ads import GOOGLE_ADS
+
+    small, allowlist = GOOGLE_ADS.plan_warnings("loyal_customers", 999)
+    assert "1000" in small.replace(",", "")
+    assert "google_datamanager" in allowlist
+    assert len(GOOGLE_ADS.plan_warnings("loyal_customers", 5000)) == 1

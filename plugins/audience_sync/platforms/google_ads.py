@@ -56,6 +56,15 @@ class GoogleAdsConsent(StrictModel):
         return value.strip().upper() if isinstance(value, str) else value
 
 
+def allowlist_warning(segment_name: str, group_size: int) -> list[str]:
+    """The dry-run plan says once per destination that this path needs Google's allowlist."""
+    return [
+        "Customer Match through the Google Ads API works only for developers Google allowlisted (closed to "
+        "new ones since April 2026); without that, uploads fail with CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE: "
+        "use platform google_datamanager instead"
+    ]
+
+
 class GoogleAdsCampaignDestination(DestinationBase):
     """A Google Ads customer. ``customer_id`` is normalised to 10 digits without dashes.
 
@@ -106,7 +115,10 @@ GOOGLE_ADS = Platform(
     # bounded only by what one task should hold between answers
     max_batch_rows=10_000,
     max_remove_rows=10_000,
-    min_useful_size=1000,  # Customer Match lists serve only from 1,000 active matched members
+    # Google's help centre: Search, Gmail and YouTube serve a Customer Match list from 1,000 active
+    # matched members (Display from 100); not checked against a live account
+    min_useful_size=1000,
+    warnings=allowlist_warning,
     campaign_model=GoogleAdsCampaignDestination,
     destination="audience_sync.hooks.google_ads:google_ads_destination",
 )
