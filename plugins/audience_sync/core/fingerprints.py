@@ -23,7 +23,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -383,3 +385,21 @@ def known_for_targets(
         p: known_for(store, p, *dests[0]) if len(dests) == 1 and "{{" not in dests[0][1] else None
         for p, dests in by_platform.items()
     }
+
+
+def known_in_background(
+    store: StateStore, targets: Iterable[tuple[str, str, str]]
+) -> Future[dict[str, KnownPrints | None]]:
+    """:func:`known_for_targets`, read in a thread of its own: extraction starts its worker processes and
+    reads the first chunks meanwhile (at a million ledger rows the read takes seconds)."""
+    done: Future[dict[str, KnownPrints | None]] = Future()
+    targets = list(targets)
+
+    def read() -> None:
+        try:
+            done.set_result(known_for_targets(store, targets))
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=read, name="audience-sync-known-prints", daemon=True).start()
+    return done
