@@ -330,8 +330,10 @@ class DataManagerSandbox(GrpcApp):
 
     def fault_abort(self, rule: FaultRule, call: RpcCall) -> RpcAbort:
         code = _status_code(rule.code if rule.code is not None else grpc.StatusCode.UNAVAILABLE.value[0])
-        reason = Reason(rule.subcode).name if rule.subcode is not None else code.name
-        return rpc_error(code, reason, rule.message or f"sandbox fault {rule.id}")
+        message = rule.message or f"sandbox fault {rule.id}"
+        if rule.subcode is None:  # a bare status, as a proxy or a dropped backend answers
+            return RpcAbort(code, message)
+        return rpc_error(code, Reason(rule.subcode).name, message)
 
     # ------------------------------------------------------------------ user lists
 
