@@ -618,6 +618,8 @@ def serve_forever(
             ready(server)
         else:
             print(f"sandbox listening on {server.url}", flush=True)
+            if server.grpc_target:  # the gRPC platforms' endpoint (a Data Manager connection's host)
+                print(f"sandbox gRPC platforms on {server.grpc_target}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
