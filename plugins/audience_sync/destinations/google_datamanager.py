@@ -416,15 +416,12 @@ class GoogleDataManagerDestination(Destination):
             request = dm.IngestAudienceMembersRequest.wrap(pb)
             send = self.ingestion.ingest_audience_members
         what = f"{upload.op} batch {seq}"
-        try:
-            return str(
-                self._call(lambda: send(request=request, retry=None, timeout=self.timeout), what).request_id
-            )
-        except PermanentDestinationError as exc:
-            indexes = getattr(exc, "member_indexes", None)
-            if indexes and all(i < len(members) for i in indexes):
-                raise _BadMembers(indexes) from None
-            raise
+        answer = self._call(
+            lambda: send(request=request, retry=None, timeout=self.timeout),
+            what,
+            name_bad_members=len(members),
+        )
+        return str(answer.request_id)
 
     def _remove_all(self, upload: Upload, seq: int, as_of: float) -> str:
         wait = as_of + REMOVE_ALL_SKEW_SECONDS - time.time()
@@ -502,11 +499,16 @@ class GoogleDataManagerDestination(Destination):
         times = [r.sent for r in self._all_receipts(upload).values() if r.sent] + [current.sent]
         return min(times)
 
-    def _call(self, fn: Callable[[], T], what: str) -> T:
+    def _call(self, fn: Callable[[], T], what: str, *, name_bad_members: int = 0) -> T:
+        """``fn()`` with Google's errors mapped; with ``name_bad_members`` (the request's member count), a
+        refusal naming members of the request raises :class:`_BadMembers` instead."""
         self.requests_made += 1
         try:
             return fn()
         except gexc.GoogleAPICallError as exc:
+            indexes = _bad_members(exc) if name_bad_members else []
+            if indexes and indexes[-1] < name_bad_members:
+                raise _BadMembers(indexes) from None
             raise self._classify(exc, what) from None
         except auth_exc.RefreshError:
             raise PermanentDestinationError(
@@ -531,7 +533,6 @@ class GoogleDataManagerDestination(Destination):
         if status in TRANSIENT_STATUSES:
             return TransientDestinationError(detail + "; will retry with backoff", code=code, subcode=subcode)
         acct, conn = self.account, self.conn_label
-        indexes: list[int] = []
         if status == grpc.StatusCode.UNAUTHENTICATED:
             fix = (
                 f"Google refused the credentials of Airflow connection '{conn}': check its service-account key "
@@ -556,11 +557,8 @@ class GoogleDataManagerDestination(Destination):
         ):
             fix = f"The user list does not exist in Google Ads account {acct} or connection '{conn}' cannot see it."
         else:
-            indexes = _bad_members(exc)
             fix = "Check the request and the account settings; retrying will not help."
-        error = PermanentDestinationError(f"{detail}. {fix}", code=code, subcode=subcode)
-        error.member_indexes = indexes  # type: ignore[attr-defined]
-        return error
+        return PermanentDestinationError(f"{detail}. {fix}", code=code, subcode=subcode)
 
 
 class _BadMembers(Exception):
