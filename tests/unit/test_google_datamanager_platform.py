@@ -239,3 +239,44 @@ def test_the_registered_factory_builds_the_destination_from_the_connection(conn,
     assert dest.platform == "google_datamanager"
     created = dest.create_audience("factory check", "")
     assert dest.find_audiences("factory check") == [created]
+
+
+def test_denied_consent_is_refused_by_google_with_the_fix(sandbox) -> None:
+    from google.oauth2.credentials import Credentials
+
+    from audience_sync.core.errors import PermanentDestinationError
+    from audience_sync.destinations.google_datamanager import GoogleDataManagerDestination, make_clients
+    from tests.conftest import SANDBOX_TOKEN
+
+    clients = make_clients(Credentials(token=SANDBOX_TOKEN), sandbox.grpc_target)
+    dest = GoogleDataManagerDestination(
+        *clients, "2223334445", ad_user_data="DENIED", ad_personalization="GRANTED"
+    )
+    audience = dest.create_audience("denied consent", "")
+    upload = dest.open_upload(audience.id, "add", key="denied", estimated_total=1)
+    with pytest.raises(PermanentDestinationError) as info:
+        dest.send_batch(upload, 1, ["email_address"], [["a" * 64]], last=True)
+    assert "consent" in str(info.value) and "GRANTED" in str(info.value)
+    assert "a" * 64 not in str(info.value)
+
+
+def test_a_request_too_old_for_its_status_counts_as_processed(sandbox) -> None:
+    from google.oauth2.credentials import Credentials
+
+    from audience_sync.destinations.google_datamanager import GoogleDataManagerDestination, make_clients
+    from tests.conftest import SANDBOX_TOKEN
+
+    app = sandbox.app("google_datamanager")
+    dest = GoogleDataManagerDestination(
+        *make_clients(Credentials(token=SANDBOX_TOKEN), sandbox.grpc_target), "3334445556"
+    )
+    audience = dest.create_audience("old request", "")
+    upload = dest.open_upload(audience.id, "add", key="old", estimated_total=1)
+    dest.send_batch(upload, 1, ["email_address"], [["b" * 64]], last=True)
+    # Google keeps a request's status about 50 days, then answers REQUEST_TOO_OLD (ErrorReason 126)
+    app.add_fault(action="error", method="RPC", path_regex="/RetrieveRequestStatus$", code=3, subcode=126)
+    try:
+        status = dest.upload_status(upload)
+    finally:
+        app.clear_faults()
+    assert status.done and not status.failed

@@ -378,7 +378,13 @@ class GoogleDataManagerDestination(Destination):
         failed = rejected = 0
         for n, rid in enumerate(ids):
             if rid not in self._final:
-                status, errors = self._retrieve(rid)
+                try:
+                    status, errors = self._retrieve(rid)
+                except PermanentDestinationError as exc:
+                    if exc.subcode != Reason.REQUEST_TOO_OLD:
+                        raise
+                    # Google keeps a request's status ~50 days (REQUEST_TOO_OLD); long processed by then
+                    status, errors = Status.SUCCESS, 0
                 if status in (Status.PROCESSING, Status.REQUEST_STATUS_UNKNOWN):
                     return ProcessingStatus(
                         done=False,
@@ -527,8 +533,12 @@ class GoogleDataManagerDestination(Destination):
         reason = exc.reason or ""
         subcode = Reason[reason].value if reason in Reason.__members__ else None
         message = str(exc.message or "")[:300]
+        fields = _violations(exc)  # field paths and reasons only: never a value sent
         detail = (
-            f"Data Manager {what} failed: {status.name}" + (f" ({reason})" if reason else "") + f": {message}"
+            f"Data Manager {what} failed: {status.name}"
+            + (f" ({reason})" if reason else "")
+            + f": {message}"
+            + (f" [{fields}]" if fields else "")
         )
         if status in TRANSIENT_STATUSES:
             return TransientDestinationError(detail + "; will retry with backoff", code=code, subcode=subcode)
@@ -542,6 +552,11 @@ class GoogleDataManagerDestination(Destination):
             fix = (
                 f"Accept the Customer Match terms of service in Google Ads account {acct} "
                 "(Tools > Shared library > Audience manager) and re-run."
+            )
+        elif "consent" in fields:
+            fix = (
+                "Google refuses Customer Match data whose consent is DENIED: set the campaign destination's "
+                "consent (ad_user_data, ad_personalization) to GRANTED for members who consented."
             )
         elif subcode == Reason.NOT_ALLOWLISTED:
             fix = f"Google Ads account {acct} is not allowlisted for this feature; ask your Google representative."
@@ -567,6 +582,18 @@ class _BadMembers(Exception):
     def __init__(self, indexes: list[int]) -> None:
         super().__init__(f"{len(indexes)} bad member(s)")
         self.indexes = indexes
+
+
+def _violations(exc: gexc.GoogleAPICallError, most: int = 3) -> str:
+    """``field: REASON`` of the first BadRequest violations that name no member (those are rows)."""
+    found = [
+        f"{v.field}: {v.reason}"
+        for d in exc.details or ()
+        if isinstance(d, error_details_pb2.BadRequest)
+        for v in d.field_violations
+        if not _MEMBER_AT.search(v.field)
+    ]
+    return "; ".join(found[:most])
 
 
 def _bad_members(exc: gexc.GoogleAPICallError) -> list[int]:
