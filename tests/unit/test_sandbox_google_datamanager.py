@@ -249,3 +249,22 @@ def test_state_survives_a_restart_and_reset_clears_it(clients, server, tmp_path)
         assert app.user_lists() == []
     finally:
         again.stop()
+
+
+def test_the_inspection_endpoints_show_lists_members_and_set_the_delay(clients, server) -> None:
+    import requests
+
+    ing, lists = clients
+    ul = new_list(lists)
+    ingest(ing, ul.id, [member(sha("a"))])
+    base = f"{server.url}/_sandbox/google_datamanager"
+    assert requests.get(f"{base}/user_lists", params={"account": ACCOUNT}, timeout=5).json()["data"] == [
+        {"id": str(ul.id), "name": "vip", "account": ACCOUNT, "size": 1}
+    ]
+    got = requests.get(f"{base}/user_lists/{ul.id}/members", timeout=5).json()
+    assert got["count"] == 1 and got["members"] == [{"email_address": sha("a")}]
+    assert requests.get(f"{base}/user_lists/1/members", timeout=5).status_code == 404
+    assert requests.post(f"{base}/processing", json={"seconds": 5}, timeout=5).json() == {
+        "processing_seconds": 5.0
+    }
+    assert server.app("google_datamanager").processing_seconds == 5.0

@@ -58,7 +58,7 @@ from google.ads.datamanager_v1.types import (
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from audience_sync.sandbox.base import FaultRule, Journal
+from audience_sync.sandbox.base import FaultRule, Journal, SandboxRequest, SandboxResponse
 from audience_sync.sandbox.grpc_host import GrpcApp, Rpc, RpcAbort, RpcCall
 
 PACKAGE = "google.ads.datamanager.v1"
@@ -262,6 +262,26 @@ class DataManagerSandbox(GrpcApp):
         self.journal.faults.clear(self.platform)
         self.journal.log.clear(self.platform)
         self.journal.changed()
+
+    def inspect(self, request: SandboxRequest, subpath: list[str]) -> SandboxResponse | None:
+        """``GET /_sandbox/google_datamanager/user_lists[?account=]``, ``.../user_lists/<id>/members``,
+        ``GET .../requests``, ``POST .../processing {"seconds": n}`` (how long requests stay PROCESSING)."""
+        method = request.method
+        if subpath == ["user_lists"] and method == "GET":
+            return SandboxResponse(200, {"data": self.user_lists(request.query.get("account") or None)})
+        if subpath == ["requests"] and method == "GET":
+            return SandboxResponse(200, {"data": self.request_records(request.query.get("list_id") or None)})
+        if subpath == ["processing"] and method == "POST":
+            body = request.json_body if isinstance(request.json_body, dict) else dict(request.form)
+            self.processing_seconds = float(body.get("seconds", 0))
+            return SandboxResponse(200, {"processing_seconds": self.processing_seconds}, mutated=True)
+        if len(subpath) == 3 and subpath[0] == "user_lists" and subpath[2] == "members" and method == "GET":
+            try:
+                members = [dict(m) for m in self.members(subpath[1])]
+            except (KeyError, ValueError):
+                return SandboxResponse(404, {"error": {"message": f"no user list {subpath[1]}"}})
+            return SandboxResponse(200, {"list_id": subpath[1], "count": len(members), "members": members})
+        return None
 
     # ------------------------------------------------------------------ persistence
 
