@@ -1,7 +1,7 @@
 """The engine over google_datamanager: a sync whose requests Google is still processing leaves members in
 progress, and the wait task's poll, with a destination that never saw the batches (another process),
 settles them from the stored receipts; replace ends exact; a sync that dies mid-upload is finished by the
-next one with exact membership. Drives :func:`sync_audience` directly against the sandbox (no Airflow)."""
+next one with exact membership; on SQLite and PostgreSQL. Drives :func:`sync_audience` directly against the sandbox (no Airflow)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -44,11 +43,11 @@ def expected(keys: Iterable[int]) -> set[frozenset[tuple[str, str]]]:
 
 
 class World:
-    def __init__(self, srv, tmp_path: Path) -> None:
+    def __init__(self, srv, url: str) -> None:
         self.srv = srv
         self.app = srv.app("google_datamanager")
         self.account = str(next(_accounts))
-        self.store = StateStore(f"sqlite:///{tmp_path / 'state.db'}", keys=KEYS)
+        self.store = StateStore(url, keys=KEYS)
 
     def dest(self) -> GoogleDataManagerDestination:
         """A new destination each time: nothing in memory from an earlier one (as in a new task process)."""
@@ -79,8 +78,8 @@ class World:
 
 
 @pytest.fixture
-def world(fresh_sandbox, tmp_path: Path) -> Iterator[World]:
-    w = World(fresh_sandbox, tmp_path)
+def world(fresh_sandbox, state_url: str) -> Iterator[World]:
+    w = World(fresh_sandbox, state_url)
     yield w
     w.app.clear_faults()
     w.app.processing_seconds = 0
