@@ -22,6 +22,9 @@ documentation, cited where it is used:
 - ``RemoveAllAudienceMembers`` removes the members last added before ``remove_as_of_time`` (all of them
   when unset); a time in the future fails with ``INVALID_REMOVE_AS_OF_TIME``.
 
+A member is kept as the set of identifiers it was ingested with; a removal takes off the member with
+exactly those identifiers (Google matches on its side, which the sandbox does not model).
+
 Errors carry the real shape: the gRPC status, and a ``grpc-status-details-bin`` trailer holding a
 ``google.rpc.Status`` with ``ErrorInfo`` (reason = the Data Manager ``ErrorReason`` name) and, for bad
 members, ``BadRequest``; the client library turns them into ``google.api_core`` exceptions with
