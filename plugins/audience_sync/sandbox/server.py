@@ -597,8 +597,8 @@ def serve_forever(
     replace_timeout_seconds: float = 5400.0,
     ready: Callable[[SandboxServer], None] | None = None,
 ) -> None:
-    """Run the sandbox until SIGINT/SIGTERM (blocking). Prints ``sandbox listening on <url>`` once
-    the port is bound (or calls ``ready(server)`` instead when given)."""
+    """Run the sandbox until SIGINT/SIGTERM (blocking). Prints ``sandbox listening on <url>`` (and
+    ``sandbox gRPC on <host:port>`` when it serves gRPC platforms) once the ports are bound (or calls ``ready(server)`` instead when given)."""
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -618,8 +618,8 @@ def serve_forever(
             ready(server)
         else:
             print(f"sandbox listening on {server.url}", flush=True)
-            if server.grpc_target:  # the gRPC platforms' endpoint (a Data Manager connection's host)
-                print(f"sandbox gRPC platforms on {server.grpc_target}", flush=True)
+            if server.grpc_target:  # the gRPC platforms (Google): a connection's host points here
+                print(f"sandbox gRPC on {server.grpc_target}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
