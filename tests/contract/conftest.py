@@ -130,6 +130,12 @@ class Harness(abc.ABC):
     #: the ways the destination can be configured to send removals; the removal tests run once per mode
     #: against :meth:`removal_destination`
     remove_modes: ClassVar[tuple[str, ...]] = ("default",)
+    #: the platform lets an account hold several audiences of one name (Meta); when it refuses a taken
+    #: name instead (``unique_names``), creating a taken name must give the audience that holds it
+    duplicate_names: ClassVar[bool] = True
+    unique_names: ClassVar[bool] = False
+    #: the platform reports when an audience was created (``PlatformAudience.created_time``)
+    reports_created_time: ClassVar[bool] = True
 
     destination: Destination
     account: str
@@ -379,8 +385,10 @@ class MetaHarness(Harness):
         self.srv.meta.clear_faults()
 
 
+from tests.contract.harness_google_datamanager import GoogleDataManagerHarness  # noqa: E402
+
 #: registered platform -> harness class; Google Ads and TikTok add theirs here
-HARNESSES: dict[str, type[Harness]] = {"meta": MetaHarness}
+HARNESSES: dict[str, type[Harness]] = {"meta": MetaHarness, "google_datamanager": GoogleDataManagerHarness}
 
 
 #: every call of the contract, for the error-mapping tests; ``send_batch-<op>`` sends one batch of an

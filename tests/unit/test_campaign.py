@@ -27,6 +27,7 @@ from audience_sync.core.campaign import (
     supported_platforms,
 )
 from audience_sync.core.errors import CampaignError, CampaignErrors
+from audience_sync.platforms import BUILTINS
 from audience_sync.platforms.meta import MetaCampaignDestination
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "campaigns"
@@ -184,7 +185,7 @@ def test_campaign_is_immutable() -> None:
 
 
 def test_constants() -> None:
-    assert supported_platforms() == ("meta",)
+    assert supported_platforms() == tuple(p.name for p in BUILTINS)
     assert SYNC_MODES == ("mirror", "add_only", "replace")
     assert set(IDENTIFIER_TYPES) == {
         "email", "phone", "first_name", "last_name", "city", "state", "zip", "country", "gender",

@@ -9,12 +9,12 @@ that registered on import would then register a second, different copy of the pl
 from __future__ import annotations
 
 from audience_sync.core.platforms import register
-from audience_sync.platforms import meta
+from audience_sync.platforms import google_datamanager, meta
 
 #: the platforms this package registers, in order (``core.platforms.is_builtin`` reads it)
-BUILTINS = (meta.META,)
+BUILTINS = (meta.META, google_datamanager.GOOGLE_DATAMANAGER)
 
 for _platform in BUILTINS:
     register(_platform)
 
-__all__ = ["meta"]
+__all__ = ["google_datamanager", "meta"]

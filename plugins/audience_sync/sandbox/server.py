@@ -52,6 +52,7 @@ from audience_sync.sandbox.base import (
     json_response,
     redact_query,
 )
+from audience_sync.sandbox.google_datamanager import DataManagerSandbox
 from audience_sync.sandbox.grpc_host import GrpcApp, GrpcHost
 from audience_sync.sandbox.meta import MetaSandbox
 
@@ -556,7 +557,8 @@ def _default_apps(
     return [
         MetaSandbox(
             access_token=access_token, app_secret=app_secret, replace_timeout_seconds=replace_timeout_seconds
-        )
+        ),
+        DataManagerSandbox(access_token=access_token),
     ]
 
 
