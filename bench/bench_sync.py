@@ -61,7 +61,7 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from audience_sync.core.contract import ProcessingStatus, Upload, UploadResult
 from audience_sync.core.delta import StagedGroup
 from audience_sync.core.extract import ExtractCounts, extract_and_stage, read_staged, staged_parts
-from audience_sync.core.fingerprints import known_for
+from audience_sync.core.fingerprints import known_in_background
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, registry
 from audience_sync.core.sync import (
@@ -725,7 +725,8 @@ def extract(
 ) -> ExtractCounts:
     """The product's extraction of a list file (what the extract task does); given the store, a rerun
     skips the rows whose fingerprint the audience's ledger holds (``core/fingerprints.py``)."""
-    known = known_for(store, "meta", ACCOUNT, segment) if store is not None else None
+    # as the extract task: the ledger's fingerprints are read while the worker processes start
+    known = known_in_background(store, [("meta", ACCOUNT, segment)]) if store is not None else None
     return extract_and_stage(
         read_file(path, chunk_rows),
         key=KEY,
@@ -734,7 +735,7 @@ def extract(
         staging_dir=staging,
         keys=KEYS,
         default_country="US",
-        known={"meta": known},
+        known=known,
     )
 
 

@@ -130,8 +130,11 @@ class Harness(abc.ABC):
     #: the ways the destination can be configured to send removals; the removal tests run once per mode
     #: against :meth:`removal_destination`
     remove_modes: ClassVar[tuple[str, ...]] = ("default",)
-    #: the platform says when an audience was created (``PlatformAudience.created_time``), so duplicates of
-    #: a name can be ordered oldest first; Google Ads user lists carry no creation time
+    #: the platform lets an account hold several audiences of one name (Meta); when it refuses a taken
+    #: name instead (``unique_names``), creating a taken name must give the audience that holds it
+    duplicate_names: ClassVar[bool] = True
+    unique_names: ClassVar[bool] = False
+    #: the platform reports when an audience was created (``PlatformAudience.created_time``)
     reports_created_time: ClassVar[bool] = True
 
     destination: Destination
@@ -382,11 +385,15 @@ class MetaHarness(Harness):
         self.srv.meta.clear_faults()
 
 
-# the harness modules subclass Harness, so they are imported once it is defined
 from tests.contract.harness_google_ads import GoogleAdsHarness  # noqa: E402
+from tests.contract.harness_google_datamanager import GoogleDataManagerHarness  # noqa: E402
 
 #: registered platform -> harness class; TikTok adds its here
-HARNESSES: dict[str, type[Harness]] = {"meta": MetaHarness, "google_ads": GoogleAdsHarness}
+HARNESSES: dict[str, type[Harness]] = {
+    "meta": MetaHarness,
+    "google_datamanager": GoogleDataManagerHarness,
+    "google_ads": GoogleAdsHarness,
+}
 
 
 #: every call of the contract, for the error-mapping tests; ``send_batch-<op>`` sends one batch of an

@@ -7,7 +7,8 @@ Platform facts that differ from Meta's, and how the harness states them:
   ``code``, the error's enum value as ``subcode`` and ``category.NAME`` as ``name`` (injected as a fault
   rule whose ``headers`` name the error); a bare status (UNAVAILABLE) has no subcode;
 * the request log's statuses are gRPC names: ``requests_since`` shows OK as 200, like an HTTP answer;
-* a list carries no creation time (``reports_created_time`` is False);
+* an account owns one list per name (``unique_names``) and a list carries no creation time
+  (``reports_created_time`` is False);
 * a re-sent request repeats operations in the job; Google applies them as one, and the sandbox counts
   distinct operations for ``upload_received``.
 """
@@ -79,7 +80,9 @@ class GoogleAdsHarness(Harness):
     unhashed_id_key = None  # a contact-info list takes hashed identifiers only (ids go on CRM_ID lists)
     processes_synchronously = False  # a job runs after finish_upload and takes a while
     offline_calls = ()  # every call is a request (the job is created, run and read on the platform)
-    reports_created_time = False
+    duplicate_names = False  # a second owned list of a name is refused (NAME_ALREADY_USED) ...
+    unique_names = True  # ... and creating a taken name gives the list that holds it
+    reports_created_time = False  # user lists carry no creation time
 
     def __init__(self, srv: Any, account: str) -> None:
         self.srv = srv

@@ -152,7 +152,7 @@ def test_find_after_create_returns_exactly_it(harness: Harness) -> None:
     assert [(a.id, a.name) for a in found] == [(created.id, NAME)]
 
 
-@pytest.mark.harness_has("reports_created_time")
+@pytest.mark.harness_has("duplicate_names")
 def test_find_returns_all_duplicates_oldest_first(harness: Harness) -> None:
     dest = harness.destination
     ours = create(dest)
@@ -166,6 +166,16 @@ def test_find_returns_all_duplicates_oldest_first(harness: Harness) -> None:
     times = [a.created_time for a in found]
     assert times == sorted(times)
     assert times[0] == 1_500_000_000
+
+
+@pytest.mark.harness_has("unique_names")
+def test_creating_a_taken_name_gives_the_audience_that_holds_it(harness: Harness) -> None:
+    """A platform that refuses a second audience of one name: a run that lost the race to create it (or
+    found nothing a moment before someone else created it) must end up with that audience, not fail."""
+    winner = harness.create_by_hand(NAME)
+    got = create(harness.destination)
+    assert got.id == winner
+    assert [a.id for a in harness.destination.find_audiences(NAME)] == [winner]
 
 
 def test_find_matches_the_exact_name_only(harness: Harness) -> None:

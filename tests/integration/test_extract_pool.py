@@ -165,3 +165,31 @@ def test_keys_that_fail_to_load_fail_the_extraction_with_their_own_error(
             _extract(csv, tmp_path / "failed", failing, workers=workers)
     finally:
         timer.cancel()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fingerprints_that_fail_to_load_fail_the_extraction_with_their_own_error(
+    tmp_path: Path, workers: int
+) -> None:
+    from audience_sync.core.keys import StateKeys
+
+    csv = tmp_path / "group.csv"
+    write_group(csv, 1200)
+    failing: Future[object] = Future()
+    timer = threading.Timer(0.5, failing.set_exception, (OSError("state database unreachable"),))
+    timer.start()
+    try:
+        with pytest.raises(OSError, match="state database unreachable"):
+            extract_and_stage(
+                read_file(csv, 100),
+                key="customer_id",
+                identifiers=IDENTIFIERS,
+                platforms=["meta"],
+                staging_dir=tmp_path / "failed",
+                keys=StateKeys.generate(),
+                known=failing,  # type: ignore[arg-type]
+                workers=workers,
+            )
+    finally:
+        timer.cancel()

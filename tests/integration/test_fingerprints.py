@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from audience_sync.core import migrations
 from audience_sync.core.delta import StagedGroup, StaleExtraction
 from audience_sync.core.extract import ExtractCounts, extract_and_stage, staged_parts
-from audience_sync.core.fingerprints import known_for, rules_version
+from audience_sync.core.fingerprints import known_in_background, rules_version
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, metadata, schema_version
 from audience_sync.core.normalize import RowHasher, get_rules
@@ -62,7 +62,8 @@ class World:
         return MetaDestination(make_meta_api(SANDBOX_TOKEN, graph_url=self.srv.url), self.account)
 
     def extract(self, rows: list[dict[str, str]], **kw) -> ExtractCounts:
-        known = known_for(self.store, "meta", self.account, self.segment)
+        # as the extract task: the fingerprints are read in a thread while the worker processes start
+        known = known_in_background(self.store, [("meta", self.account, self.segment)])
         return extract_and_stage(
             [rows[i : i + 16] for i in range(0, len(rows), 16)],  # several chunks: the worker pool runs
             key="customer_id",
@@ -70,7 +71,7 @@ class World:
             platforms=["meta"],
             staging_dir=self.tmp / f"run{next(_runs)}",
             keys=self.keys,
-            known={"meta": known},
+            known=known,
             workers=2,
             **kw,
         )

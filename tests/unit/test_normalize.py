@@ -259,17 +259,20 @@ def test_meta_date_of_birth(raw: object, expected: tuple[str, str, str]) -> None
         ("email", " Cloudy.SanFrancisco+Shopping@GMAIL.com ", None, "cloudysanfrancisco@gmail.com", True),
         ("email", "a.b+c@googlemail.com", None, "ab@googlemail.com", True),
         ("email", "User.Name+NYC@Example.com", None, "user.name+nyc@example.com", True),
-        ("email", "jane @ doe.com", None, "jane@doe.com", True),  # intermediate whitespace removed
         ("phone", "(800) 555-0100", "US", "+18005550100", True),
         ("phone", "+44 (0)20 7946 0958", None, "+442079460958", True),
         ("phone", 447911123456, None, "+447911123456", True),
-        ("first_name", "  Mary   Ann ", None, "mary ann", True),
+        # names: trimmed and lowercased only, as Google's Formatter (test_google_formatting.py), plus NFC
+        ("first_name", "  Mary   Ann ", None, "mary   ann", True),
         ("first_name", "José", None, "josé", True),
-        ("last_name", "O'Neil-Smith", None, "oneilsmith", True),
-        ("last_name", "van  der Berg", None, "van der berg", True),
+        ("first_name", "Jose\u0301", None, "jos\u00e9", True),
+        ("last_name", "O'Neil-Smith", None, "o'neil-smith", True),
+        ("last_name", "van  der Berg", None, "van  der berg", True),
         ("country", "gbr", None, "GB", False),
-        ("zip", "94025-1234", "US", "94025", False),
-        ("zip", "sw1a1aa", "GB", "SW1A 1AA", False),
+        # postal codes: as given (trimmed); a US ZIP+4 keeps its extension, lost leading zeros come back
+        ("zip", "94025-1234", "US", "94025-1234", False),
+        ("zip", "2134", "US", "02134", False),
+        ("zip", "sw1a1aa", "GB", "sw1a1aa", False),
         ("zip", " 10115 ", "DE", "10115", False),
         (
             "madid",
@@ -315,6 +318,8 @@ INVALID_CASES = [
     ("meta", "email", "jane@example..com", None),
     ("meta", "email", "jane doe@example.com", None),  # Meta: inner whitespace is an error
     ("google_ads", "email", "+tag@gmail.com", None),  # empty local part after canonicalisation
+    ("google_ads", "email", "jane @ doe.com", None),  # Google: inner whitespace is an error, as for Meta
+    ("google_datamanager", "email", "jane\u00a0doe@gmail.com", None),
     ("tiktok", "email", "+tag@example.com", None),
     ("meta", "phone", "2079460958", None),  # national number, no region
     ("meta", "phone", "020 7946 0958", "US"),
@@ -330,7 +335,8 @@ INVALID_CASES = [
     ("meta", "zip", "9402", "GB"),
     ("meta", "zip", "ABCDE", "US"),
     ("meta", "zip", "123456", "US"),
-    ("google_ads", "zip", "SW1A", "GB"),
+    ("google_ads", "zip", "SW1A 1AA", "US"),
+    ("google_datamanager", "zip", "94025-12345", "US"),
     ("meta", "country", "Atlantis", None),
     ("google_ads", "country", "XX", None),
     ("meta", "gender", "unknown", None),
@@ -698,7 +704,7 @@ def test_google_partial_address_is_blanked() -> None:
     full = hasher.hash_row(
         {"email": None, "first_name": "John", "last_name": "Doe", "country": "us", "zip": "94025-1234"}
     )
-    assert full.values == ("", sha("john"), sha("doe"), "US", "94025")
+    assert full.values == ("", sha("john"), sha("doe"), "US", "94025-1234")
     assert full.valid
 
 
@@ -713,3 +719,31 @@ def test_nan_and_int_cells() -> None:
     result = hasher.hash_row({"e": math.nan, "p": 6502530000, "z": 94025.0})
     assert result.values == ("", sha("16502530000"), sha("94025"))
     assert result.valid
+
+
+# ------------------------------------------------------------------------------------------ rules version
+
+
+def test_a_reconfigured_normaliser_changes_the_rules_version() -> None:
+    # Fingerprints are keyed with the rules version: a rule that sends other values must change it, even
+    # when only a normaliser's options change (make_email(...), make_country(upper=...)), not its name.
+    import dataclasses
+
+    from audience_sync.core.fingerprints import rules_version
+    from audience_sync.core.normalize import RULES, FieldRule
+    from audience_sync.core.normalize import normalizers as n
+
+    rules = RULES["google_datamanager"]
+    assert rules_version(rules) == rules_version(RULES["google_datamanager"])
+    changed = [
+        ("email", n.make_email(remove_inner_whitespace=True, gmail_canonical=True, drop_plus_suffix=False)),
+        ("phone", n.make_phone(plus=False)),
+        ("country", n.make_country(upper=False)),
+    ]
+    for identifier, normalizer in changed:
+        rule = rules.fields[identifier]
+        other = dataclasses.replace(
+            rules,
+            fields={**rules.fields, identifier: FieldRule(rule.keys, normalizer, rule.hashed, rule.cached)},
+        )
+        assert rules_version(other) != rules_version(rules), identifier

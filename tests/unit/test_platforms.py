@@ -25,6 +25,8 @@ from audience_sync.platforms import BUILTINS
 from audience_sync.platforms.meta import META, MetaCampaignDestination, normalise_ad_account_id
 from tests.fixtures.metaclone import registered
 
+BUILTIN_NAMES = tuple(p.name for p in BUILTINS)
+
 
 class ZedDestination(DestinationBase):
     platform: Literal["zed"]
@@ -84,7 +86,7 @@ def test_register_and_unregister() -> None:
     try:
         register(spec)  # type: ignore[arg-type]
         register(spec)  # type: ignore[arg-type]  # the same spec again: harmless
-        assert platform_names() == (*(p.name for p in BUILTINS), "zed")
+        assert platform_names() == (*BUILTIN_NAMES, "zed")  # built-ins first, in their order
         with pytest.raises(ValueError, match="already registered"):
             register(zed(title="Other"))  # type: ignore[arg-type]
         register(zed(title="Other"), replace=True)  # type: ignore[arg-type]

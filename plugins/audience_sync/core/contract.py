@@ -52,6 +52,10 @@ class Upload:
     op: str
     handle: str
     estimated_total: int = 0
+    #: ``(batch number, receipt)`` of the batches the engine recorded, in batch order (see
+    #: :attr:`UploadResult.receipt`): how a platform that needs every request of an upload to report its
+    #: status (Data Manager) finds them in a process that did not send them
+    receipts: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass
@@ -61,6 +65,9 @@ class UploadResult:
     received: int
     invalid: int = 0
     invalid_rows: list[int] = field(default_factory=list)  # row indexes in the batch the platform named
+    #: what the platform needs later about this batch (Data Manager: its request ids), kept by the engine
+    #: with the upload and handed back in :attr:`Upload.receipts`; empty when there is nothing to keep
+    receipt: str = ""
 
 
 @dataclass(frozen=True)

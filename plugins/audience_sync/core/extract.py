@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -122,7 +123,7 @@ def extract_and_stage(
     consent_column: str | None = None,
     workers: int | None = None,
     filesystem: pafs.FileSystem | None = None,
-    known: Mapping[str, KnownPrints | None] | None = None,
+    known: Mapping[str, KnownPrints | None] | Future[Mapping[str, KnownPrints | None]] | None = None,
     rules_versions: Mapping[str, str] | None = None,
 ) -> ExtractCounts:
     """Hash every row for each platform and stage it in ``<staging_dir>/<platform>/<h>.parquet``
@@ -147,21 +148,25 @@ def extract_and_stage(
         in the counts are paths on it.
     :param known: per platform, the fingerprints of the audience's ledger rows that need nothing
         (``fingerprints.known_for``); a row is normalised and hashed only when some platform lacks its
-        fingerprint (no skipping unless every platform has its set).
+        fingerprint (no skipping unless every platform has its set). It may be a future (read from the
+        state database while the worker processes start): the chunks then wait for it, not the workers.
     :param rules_versions: per platform, the rules version fingerprints are keyed with (default:
         ``fingerprints.rules_version`` of its rules).
     """
     versions = {p: (rules_versions or {}).get(p) or rules_version(get_platform(p).rules) for p in platforms}
     spec = _Spec(key, dict(identifiers), tuple(platforms), default_country, consent_column, versions)
-    known_all = dict(known or {})
-    if not platforms or not all(known_all.get(p) for p in platforms):
-        known_all = {}
-    local = _Hasher(spec, keys.result if isinstance(keys, Future) else keys, known_all)
+
+    def known_all() -> dict[str, KnownPrints | None]:
+        every = dict((known.result() if isinstance(known, Future) else known) or {})
+        return every if platforms and all(every.get(p) for p in platforms) else {}
+
+    reused = known_all if isinstance(known, Future) else known_all()
+    local = _Hasher(spec, keys.result if isinstance(keys, Future) else keys, reused)
     fs, out_dir = _location(staging_dir, filesystem)
     fs.create_dir(out_dir, recursive=True)
     stager = _Stager(out_dir, local.schemas, fs)
     try:
-        for part in _hashed(chunks, spec, keys, local, workers, stager.counts, known_all):
+        for part in _hashed(chunks, spec, keys, local, workers, stager.counts, reused):
             stager.add(part)
     finally:
         stager.close()
@@ -226,7 +231,8 @@ class _Hasher:
 
     :param keys: the keys, or what returns them when first needed (after a chunk's values are
         normalised and hashed, which needs no key, unless ``known`` fingerprints decide what to hash).
-    :param known: per platform, the fingerprints of rows that need no hashing (see ``extract_and_stage``).
+    :param known: per platform, the fingerprints of rows that need no hashing (see ``extract_and_stage``),
+        or what returns them when the first chunk is hashed (a worker receives them after it started).
     :param rules: each platform's rules table (default: the registered platform's).
     """
 
@@ -234,12 +240,14 @@ class _Hasher:
         self,
         spec: _Spec,
         keys: StateKeys | Callable[[], StateKeys],
-        known: Mapping[str, KnownPrints | None] | None = None,
+        known: Mapping[str, KnownPrints | None]
+        | Callable[[], Mapping[str, KnownPrints | None]]
+        | None = None,
         rules: Mapping[str, PlatformRules] | None = None,
     ) -> None:
         self.spec = spec
         self._keys = keys
-        self.known = known or {}
+        self._known = known or {}
         self._printers: dict[str, RowPrinter] | None = None
         rules = rules or {p: get_platform(p).rules for p in spec.platforms}
         self._versions = {p: spec.versions.get(p) or rules_version(rules[p]) for p in spec.platforms}
@@ -251,6 +259,12 @@ class _Hasher:
         if not isinstance(self._keys, StateKeys):
             self._keys = self._keys()
         return self._keys
+
+    @property
+    def known(self) -> Mapping[str, KnownPrints | None]:
+        if callable(self._known):
+            self._known = self._known() or {}
+        return self._known
 
     def _prints(self, columns: Mapping[str, Any], rows: list[int]) -> dict[str, list[bytes]]:
         """Each platform's fingerprints of ``rows`` (keyed: the keys are needed from here on)."""
@@ -512,29 +526,35 @@ _worker: _Hasher | None = None
 
 
 def _init_worker(
-    spec: _Spec,
-    key_text: dict[str, str] | Any,
-    known: Mapping[str, KnownPrints | None],
-    packaged_rules: bool = False,
+    spec: _Spec, source: dict[str, str] | Any, with_known: bool, packaged_rules: bool = False
 ) -> None:
-    """``key_text``: the keys as text, or a queue they come through once known (see :func:`_feed_keys`).
-    ``known``: fingerprints of rows that need no hashing. ``packaged_rules``: the platforms' rules are the
-    normalisation package's own tables (``RULES``), so the worker need not import the platform registry
-    (campaign models: ~0.2 s per process)."""
+    """``source``: the keys as text, or a queue the worker's message comes through (see :func:`_feed`):
+    the keys' text, with the fingerprints of rows that need no hashing when ``with_known``.
+    ``packaged_rules``: the platforms' rules are the normalisation package's own tables (``RULES``), so
+    the worker need not import the platform registry (campaign models: ~0.2 s per process)."""
     global _worker
     rules = {p: RULES[p] for p in spec.platforms} if packaged_rules else None
     # the keys come through the pool's pipe or queue, never through a file or an environment variable
-    if isinstance(key_text, dict):
-        _worker = _Hasher(spec, StateKeys.from_text(key_text, "extraction worker"), known, rules)
+    if isinstance(source, dict):
+        _worker = _Hasher(spec, StateKeys.from_text(source, "extraction worker"), None, rules)
         return
+    received: list[Any] = []
+
+    def message() -> Any:
+        if not received:
+            received.append(source.get())
+        return received[0]
 
     def receive() -> StateKeys:
-        text = key_text.get()
+        text = message()[0] if with_known else message()
         if text is None:
             raise RuntimeError("extraction worker: the state keys could not be loaded")
         return StateKeys.from_text(text, "extraction worker")
 
-    _worker = _Hasher(spec, _once(receive), known, rules)
+    def known() -> Mapping[str, KnownPrints | None]:
+        return message()[1] or {}
+
+    _worker = _Hasher(spec, _once(receive), known if with_known else None, rules)
 
 
 def _once(load: Callable[[], StateKeys]) -> Callable[[], StateKeys]:
@@ -553,15 +573,33 @@ def _once(load: Callable[[], StateKeys]) -> Callable[[], StateKeys]:
     return keys
 
 
-def _feed_keys(keys: Future[StateKeys], queue: Any, count: int) -> None:
-    """When ``keys`` is done, put its text on ``queue`` once per worker (or None per worker if it failed)."""
+def _feed(
+    queue: Any,
+    count: int,
+    keys: StateKeys | Future[StateKeys],
+    known: Mapping[str, KnownPrints | None] | Callable[[], Mapping[str, KnownPrints | None]],
+) -> None:
+    """Put one message per worker on ``queue`` from a thread of its own, once ``keys`` are known: their
+    text (None if they failed), with the fingerprints when ``known`` is (or returns) any.
 
-    def put(done: Future[StateKeys]) -> None:
-        text = None if done.cancelled() or done.exception() is not None else done.result().as_text()
-        for _ in range(count):
-            queue.put(text)
+    The fingerprints (16 bytes a ledger row) travel here rather than in the pool's start arguments: a
+    spawned worker reads those only after its imports, and a large write to it would hold up the start
+    of the next worker and of extraction. Here each ``put`` waits for its worker alone."""
 
-    keys.add_done_callback(put)
+    def run() -> None:
+        try:
+            text: dict[str, str] | None = (keys.result() if isinstance(keys, Future) else keys).as_text()
+            prints = dict(known() if callable(known) else known)
+        except BaseException:  # the failure is raised by the extraction itself (see _hashed)
+            text, prints = None, {}
+        message = (text, prints) if (callable(known) or known) else text
+        try:
+            for _ in range(count):
+                queue.put(message)
+        except OSError:  # closed after the pool stopped: fewer workers started than messages were due
+            pass
+
+    threading.Thread(target=run, name="audience-sync-extract-feed", daemon=True).start()
 
 
 def _hash_in_worker(chunk: Chunk) -> _Hashed:
@@ -576,7 +614,7 @@ def _hashed(
     local: _Hasher,
     workers: int | None,
     counts: ExtractCounts,
-    known: Mapping[str, KnownPrints | None],
+    known: Mapping[str, KnownPrints | None] | Callable[[], Mapping[str, KnownPrints | None]],
 ) -> Iterator[_Hashed]:
     """The chunks, hashed and in order: here for a one-chunk group, else by a pool of processes
     (``counts.workers`` says which)."""
@@ -595,11 +633,12 @@ def _hashed(
     pending: deque[tuple[Future[_Hashed], Chunk]] = deque()
     log.info("hashing the group in %d worker processes", count)
     counts.workers = count
-    if isinstance(keys, Future):
-        key_source: Any = context.SimpleQueue()
-        _feed_keys(keys, key_source, count)
+    with_known = callable(known) or bool(known)
+    if isinstance(keys, Future) or with_known:
+        source: Any = context.SimpleQueue()
+        _feed(source, count, keys, known)
     else:
-        key_source = keys.as_text()
+        source = keys.as_text()
 
     def result(future: Future[_Hashed]) -> _Hashed:
         try:
@@ -607,11 +646,13 @@ def _hashed(
         except Exception:
             if isinstance(keys, Future) and keys.done():
                 keys.result()  # the keys' own failure, rather than the workers' report of it
+            if callable(known):
+                known()  # the same for the fingerprints
             raise
 
     try:
         packaged = all(get_platform(p).rules is RULES.get(p) for p in spec.platforms)
-        with ProcessPoolExecutor(count, context, _init_worker, (spec, key_source, known, packaged)) as pool:
+        with ProcessPoolExecutor(count, context, _init_worker, (spec, source, with_known, packaged)) as pool:
             for chunk in rest:
                 slim = _slim(chunk, spec)
                 pending.append((pool.submit(_hash_in_worker, slim), slim))
@@ -629,6 +670,9 @@ def _hashed(
         for _future, chunk in pending:
             yield local.hash(chunk)
         yield from map(local.hash, rest)
+    finally:
+        if not isinstance(source, dict):  # the workers are gone: a message nobody took fails its put
+            source.close()
 
 
 def _slim(chunk: Chunk, spec: _Spec) -> Chunk:

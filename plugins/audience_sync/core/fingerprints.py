@@ -23,7 +23,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +39,9 @@ from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, fetch_columns, ledger
 from audience_sync.core.normalize.platforms import PlatformRules
 
-#: bump when a normaliser's output changes without its name, keys or match rules changing
-RULES_VERSION = 1
+#: bump when a normaliser's output changes without its name, its options (see :func:`_name`), keys or
+#: match rules changing. 2: Google e-mail, name and postal-code rules follow Google's Formatter.
+RULES_VERSION = 2
 
 #: bytes of a fingerprint (stored as hex: twice as many characters)
 PRINT_BYTES = 16
@@ -66,7 +69,15 @@ def rules_version(rules: PlatformRules) -> str:
 
 
 def _name(fn: object) -> str:
-    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    """The normaliser's qualified name and its options, so that re-configuring one (``make_email(...)``,
+    ``make_phone(plus=...)``, ``make_country(upper=...)``) changes the version as renaming it does: the
+    options of a normaliser object (its ``__slots__``) and the plain values a normaliser closure captured."""
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    options = {slot: getattr(fn, slot, None) for slot in getattr(type(fn), "__slots__", ())}
+    for i, cell in enumerate(getattr(fn, "__closure__", None) or ()):
+        options[f"closure{i}"] = cell.cell_contents
+    plain = {k: v for k, v in options.items() if v is None or isinstance(v, (bool, int, float, str))}
+    return f"{name}{json.dumps(plain, sort_keys=True)}" if plain else name
 
 
 class RowPrinter:
@@ -374,3 +385,21 @@ def known_for_targets(
         p: known_for(store, p, *dests[0]) if len(dests) == 1 and "{{" not in dests[0][1] else None
         for p, dests in by_platform.items()
     }
+
+
+def known_in_background(
+    store: StateStore, targets: Iterable[tuple[str, str, str]]
+) -> Future[dict[str, KnownPrints | None]]:
+    """:func:`known_for_targets`, read in a thread of its own: extraction starts its worker processes and
+    reads the first chunks meanwhile (at a million ledger rows the read takes seconds)."""
+    done: Future[dict[str, KnownPrints | None]] = Future()
+    targets = list(targets)
+
+    def read() -> None:
+        try:
+            done.set_result(known_for_targets(store, targets))
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=read, name="audience-sync-known-prints", daemon=True).start()
+    return done

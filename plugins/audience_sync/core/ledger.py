@@ -17,6 +17,7 @@ Tables (created on first use, versioned in ``as_schema_version``):
   waiting for (``add`` or ``remove``).
 - ``as_uploads``: one row per platform upload (one operation on one audience) with the platform's
   handle, so a retried task resumes the same upload (see :mod:`audience_sync.core.uploads`).
+- ``as_upload_receipts``: per upload and batch, what the platform needs later about it (request ids).
 - ``as_run_metrics``: one row per (dag, run, destination) with the counts of that run.
 - ``as_stage`` / ``as_stage_owner``: the group of a sync being reconciled, keyed by a random stage key;
   the owner row says which campaign run (and lease) staged it, so the next run of that campaign can drop
@@ -174,6 +175,16 @@ uploads = sa.Table(
     sa.Column("processed_at", UTCDateTime(), nullable=True),
 )
 sa.Index("ix_as_uploads_state", uploads.c.registry_id, uploads.c.state)
+
+#: what the platform said per batch that a later call needs (``UploadResult.receipt``: Data Manager's
+#: request ids); a table of its own, so a state database of an earlier version only gains it
+upload_receipts = sa.Table(
+    "as_upload_receipts",
+    metadata,
+    sa.Column("upload_id", sa.Integer, sa.ForeignKey("as_uploads.id"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("receipt", sa.Text, nullable=False),
+)
 
 stage = sa.Table(
     "as_stage",

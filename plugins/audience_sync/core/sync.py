@@ -558,6 +558,7 @@ class _Uploader:
             received=result.received,
             invalid=result.invalid,
             last=last,
+            receipt=result.receipt,
         )
         self.accepted[rec.op] += len(accepted) - len(restated)
         self.accepted["restated"] += len(restated)

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from audience_sync.core.contract import ProcessingStatus, Upload
-from audience_sync.core.ledger import PendingRow, StateStore, ledger, uploads, utcnow
+from audience_sync.core.ledger import PendingRow, StateStore, ledger, upload_receipts, uploads, utcnow
 
 #: ledger statuses a member is picked up from as work; a run starts by turning earlier failures back into
 #: ``pending`` (``StateStore.apply_stage``), so members that fail during a run are not retried in it
@@ -48,16 +48,33 @@ class UploadRecord:
     closed: bool
     received: int
     invalid: int
+    #: ``(batch number, receipt)`` the platform gave for its batches (``UploadResult.receipt``)
+    receipts: tuple[tuple[int, str], ...] = ()
 
     def upload(self) -> Upload:
         if self.handle is None:
             raise RuntimeError(f"upload {self.id} has no platform handle yet")
-        return Upload(self.audience_id, self.op, self.handle, self.estimated_total)
+        return Upload(self.audience_id, self.op, self.handle, self.estimated_total, self.receipts)
 
 
-def _record(row: Any) -> UploadRecord:
+def _record(row: Any, receipts: tuple[tuple[int, str], ...] = ()) -> UploadRecord:
     m = row._mapping
-    return UploadRecord(**{k: m[k] for k in UploadRecord.__dataclass_fields__})
+    fields = {k: m[k] for k in UploadRecord.__dataclass_fields__ if k != "receipts"}
+    return UploadRecord(**fields, receipts=receipts)
+
+
+def _receipts(conn: Any, upload_ids: Sequence[int]) -> dict[int, tuple[tuple[int, str], ...]]:
+    """Upload id -> its batches' receipts in batch order (only uploads that have any)."""
+    out: dict[int, list[tuple[int, str]]] = {}
+    for i in range(0, len(upload_ids), 900):
+        rows = conn.execute(
+            sa.select(upload_receipts.c.upload_id, upload_receipts.c.seq, upload_receipts.c.receipt)
+            .where(upload_receipts.c.upload_id.in_(upload_ids[i : i + 900]))
+            .order_by(upload_receipts.c.upload_id, upload_receipts.c.seq)
+        ).all()
+        for r in rows:
+            out.setdefault(int(r.upload_id), []).append((int(r.seq), str(r.receipt)))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,8 @@ class UploadLog:
     # ------------------------------------------------------------------ records
     def get(self, upload_id: int) -> UploadRecord:
         with self.engine.connect() as conn:
-            return _record(conn.execute(sa.select(uploads).where(uploads.c.id == upload_id)).one())
+            row = conn.execute(sa.select(uploads).where(uploads.c.id == upload_id)).one()
+            return _record(row, _receipts(conn, [upload_id]).get(upload_id, ()))
 
     def in_state(self, registry_id: int, *states: str) -> list[UploadRecord]:
         with self.engine.connect() as conn:
@@ -91,7 +109,8 @@ class UploadLog:
                 .where(uploads.c.registry_id == registry_id, uploads.c.state.in_(states))
                 .order_by(uploads.c.id)
             ).all()
-        return [_record(r) for r in rows]
+            receipts = _receipts(conn, [int(r.id) for r in rows])
+        return [_record(r, receipts.get(int(r.id), ())) for r in rows]
 
     def for_run(self, registry_id: int, run_id: str) -> list[UploadRecord]:
         with self.engine.connect() as conn:
@@ -226,10 +245,16 @@ class UploadLog:
         received: int,
         invalid: int,
         last: bool = False,
+        receipt: str = "",
     ) -> None:
-        """The platform answered batch ``seq``: record what it took, and what it rejected."""
+        """The platform answered batch ``seq``: record what it took, what it rejected, and the batch's
+        receipt (what the platform needs later about it, e.g. request ids; kept when non-empty)."""
         rid = rec.registry_id
         with self.engine.begin() as conn:
+            if receipt:
+                mine = sa.and_(upload_receipts.c.upload_id == rec.id, upload_receipts.c.seq == seq)
+                conn.execute(upload_receipts.delete().where(mine))
+                conn.execute(upload_receipts.insert().values(upload_id=rec.id, seq=seq, receipt=receipt))
             if rec.op == "remove":
                 # old hashes of changed members are off: they are plain add work again
                 self._mark(

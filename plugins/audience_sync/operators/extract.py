@@ -11,7 +11,7 @@ from airflow.sdk import BaseHook, BaseOperator
 
 from audience_sync import sources
 from audience_sync.core.extract import extract_and_stage
-from audience_sync.core.fingerprints import known_for_targets
+from audience_sync.core.fingerprints import known_in_background
 from audience_sync.core.partitions import choose_count, partition_chunks
 from audience_sync.core.settings import settings
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
@@ -128,8 +128,9 @@ class ExtractAudienceOperator(BaseOperator):
         chunks = self._chunks()
         if count > 1:
             chunks = partition_chunks(chunks, self.key, index, count)
-        # rows whose raw values are unchanged since their audience's last sync are not hashed again
-        known = known_for_targets(store, self._targets(context))
+        # rows whose raw values are unchanged since their audience's last sync are not hashed again; their
+        # fingerprints are read while the worker processes start
+        known = known_in_background(store, self._targets(context))
         counts = extract_and_stage(
             chunks,
             key=self.key,

@@ -1,4 +1,5 @@
-"""Local loopback emulation of the ad-platform APIs (Meta Graph today), for tests and the demo.
+"""Local loopback emulation of the ad-platform APIs (Meta Graph over HTTP, Google Data Manager and the
+Google Ads API over gRPC), for tests and the demo.
 
 >>> from audience_sync.sandbox import start_sandbox
 >>> with start_sandbox() as srv:          # doctest: +SKIP

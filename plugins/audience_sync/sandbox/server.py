@@ -53,6 +53,7 @@ from audience_sync.sandbox.base import (
     redact_query,
 )
 from audience_sync.sandbox.google_ads import GoogleAdsSandbox
+from audience_sync.sandbox.google_datamanager import DataManagerSandbox
 from audience_sync.sandbox.grpc_host import GrpcApp, GrpcHost
 from audience_sync.sandbox.meta import MetaSandbox
 
@@ -558,6 +559,7 @@ def _default_apps(
         MetaSandbox(
             access_token=access_token, app_secret=app_secret, replace_timeout_seconds=replace_timeout_seconds
         ),
+        DataManagerSandbox(access_token=access_token),
         GoogleAdsSandbox(access_token=access_token),
     ]
 
@@ -597,8 +599,8 @@ def serve_forever(
     replace_timeout_seconds: float = 5400.0,
     ready: Callable[[SandboxServer], None] | None = None,
 ) -> None:
-    """Run the sandbox until SIGINT/SIGTERM (blocking). Prints ``sandbox listening on <url>`` once
-    the port is bound (or calls ``ready(server)`` instead when given)."""
+    """Run the sandbox until SIGINT/SIGTERM (blocking). Prints ``sandbox listening on <url>`` (and
+    ``sandbox gRPC on <host:port>`` when it serves gRPC platforms) once the ports are bound (or calls ``ready(server)`` instead when given)."""
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -618,7 +620,7 @@ def serve_forever(
             ready(server)
         else:
             print(f"sandbox listening on {server.url}", flush=True)
-            if server.grpc_target:  # Google's APIs: the connections' host (google_ads_default, ...)
+            if server.grpc_target:  # the gRPC platforms (Google): a connection's host points here
                 print(f"sandbox gRPC on {server.grpc_target}", flush=True)
         while not stop.wait(0.5):
             pass

@@ -21,11 +21,9 @@ from datetime import date
 from audience_sync.core.normalize.phones import e164_parts
 from audience_sync.core.normalize.values import (
     InvalidValue,
-    collapse_spaces,
     letters_only,
     nfc_lower,
     normalize_country,
-    strip_punctuation,
     us_state_code,
 )
 
@@ -52,10 +50,11 @@ class EmailNormalizer:
 
     A class rather than a closure so that column-wise hashing (``columns.py``) can read its options.
 
-    :param remove_inner_whitespace: delete whitespace inside the address before validating (Google, TikTok);
-        when false an address with inner whitespace is invalid (Meta).
+    :param remove_inner_whitespace: delete whitespace inside the address before validating (TikTok);
+        when false an address with inner whitespace is invalid (Meta; Google, whose reference ``Formatter``
+        rejects it: deleting the space would guess at an address the person never gave).
     :param gmail_canonical: for ``gmail.com``/``googlemail.com`` only, drop every ``.`` and any ``+suffix`` in
-        the local part (Google Data Manager rule, accepted by the Ads API).
+        the local part (Google's formatting guide and ``Formatter``; the Ads API accepts it too).
     :param drop_plus_suffix: drop ``+suffix`` from the local part for every domain (TikTok).
     """
 
@@ -138,19 +137,18 @@ def letters_name(value: object, region: str | None) -> str:
     return result
 
 
-def google_first_name(value: object, region: str | None) -> str:
-    """Google ``hashed_first_name``: lowercase; remove extra spaces before, after and in between."""
-    result = collapse_spaces(nfc_lower(_text(value)))
-    if not result:
-        raise InvalidValue("contains no letters")
-    return result
+def google_name(value: object, region: str | None) -> str:
+    """Google given/family name (``given_name``/``family_name``, ``hashed_first_name``/``hashed_last_name``).
 
-
-def google_last_name(value: object, region: str | None) -> str:
-    """Google ``hashed_last_name``: lowercase, no punctuation, extra spaces removed."""
-    result = collapse_spaces(strip_punctuation(nfc_lower(_text(value))))
+    Trimmed (by ``coerce``) and lowercased, nothing else: punctuation, accents and inner spacing are kept,
+    as Google's reference ``Formatter`` (google-ads-datamanager-util) does for both names. We add NFC, so
+    that a decomposed ``José`` (as some exports write it) hashes like the composed one users type.
+    Prefixes and suffixes (``Mrs.``, ``Jr.``) are not removed: the formatting guide asks not to *include*
+    them, and a heuristic that drops words from a name would also change real names.
+    """
+    result = nfc_lower(_text(value))
     if not result:
-        raise InvalidValue("contains no letters")
+        raise InvalidValue("empty name")
     return result
 
 
@@ -224,25 +222,23 @@ def meta_zip(value: object, region: str | None) -> str:
     return result
 
 
-def google_zip(value: object, region: str | None) -> str:
-    """Google ``postal_code`` (sent unhashed): US 5 digits; UK ``SW1A 1AA``; else uppercase, single spaces."""
+_US_ZIP_OR_ZIP4_RE = re.compile(r"\d{5}(?:[- ]?\d{4})?", re.ASCII)
+
+
+def google_postal_code(value: object, region: str | None) -> str:
+    """Google ``postal_code`` (sent unhashed): the trimmed value as given, as Google's ``Formatter`` sends it.
+
+    For the US (row or default country) it must be 5 digits, or 5 digits and the 4-digit extension (kept:
+    Google's formatting guide says the extension "may improve your match rate"); 3 or 4 digits are a ZIP
+    code that lost its leading zeros in a spreadsheet or an integer column and get them back.
+    """
     text = _text(value)
     if region == "US":
-        return _us_zip5(text)
-    upper = collapse_spaces(text.upper())
-    if region in _UK_REGIONS:
-        match = _UK_FULL_POSTCODE_RE.fullmatch(upper)
-        if match is None:
-            raise InvalidValue("not a full UK postcode")
-        return f"{match.group(1)} {match.group(2)}{match.group(3)}"
-    if region is None:
-        match = _US_ZIP4_RE.fullmatch(text)
-        if match is not None:
-            return match.group(1)
-        match = _UK_FULL_POSTCODE_RE.fullmatch(upper)
-        if match is not None:
-            return f"{match.group(1)} {match.group(2)}{match.group(3)}"
-    return upper
+        if text.isascii() and text.isdigit() and 3 <= len(text) < 5:
+            return text.zfill(5)
+        if _US_ZIP_OR_ZIP4_RE.fullmatch(text) is None:
+            raise InvalidValue("not a US ZIP code")
+    return text
 
 
 # --------------------------------------------------------------------------------------------- gender, dob

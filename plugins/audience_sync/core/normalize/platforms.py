@@ -13,6 +13,9 @@ Choices where the platforms' documents are ambiguous (see ``docs`` in each table
 - Google ``third_party_user_id`` and ``mobile_id``: sent unhashed (the proto names every hashed field
   ``hashed_*``); external ID trimmed only.
 - Google address (first name, last name, country, ZIP) is all-or-nothing: a partial address is blanked.
+- Google names: Google's ``Formatter`` (trim, lowercase) over the field docstrings that differ from it
+  (v26 ``hashed_last_name`` and the Data Manager ``AddressInfo`` say "no punctuation", v26
+  ``hashed_first_name`` says extra inner spaces are removed); the package docstring says why.
 - TikTok email: ``+suffix`` removed for every domain, dots kept.
 """
 
@@ -137,19 +140,25 @@ META = PlatformRules(
     ),
 )
 
+# Google: one rule per identifier for both APIs. They feed the same Customer Match lists (Google's upgrade
+# guide maps an Ads API UserList onto its Data Manager equivalent), so a member must hash alike through
+# either. The rules are Google's reference Formatter's (google-ads-datamanager-util, checked value for value
+# in tests/unit/test_google_formatting.py), which also fits the Ads API's Customer Match page ("trim leading
+# and trailing whitespace and lowercase"); see the package docstring for the sources and where we go further.
+_GOOGLE_EMAIL = n.make_email(remove_inner_whitespace=False, gmail_canonical=True, drop_plus_suffix=False)
+_GOOGLE_PHONE = n.make_phone(plus=True)
+_GOOGLE_COUNTRY = n.make_country(upper=True)
+
 GOOGLE_ADS = PlatformRules(
     name="google_ads",
     # Keys are the v26 UserIdentifier / OfflineUserAddressInfo field names.
     fields={
-        "email": FieldRule(
-            ("hashed_email",),
-            n.make_email(remove_inner_whitespace=True, gmail_canonical=True, drop_plus_suffix=False),
-        ),
-        "phone": FieldRule(("hashed_phone_number",), n.make_phone(plus=True)),
-        "first_name": FieldRule(("hashed_first_name",), n.google_first_name, cached=True),
-        "last_name": FieldRule(("hashed_last_name",), n.google_last_name, cached=True),
-        "country": FieldRule(("country_code",), n.make_country(upper=True), hashed=False, cached=True),
-        "zip": FieldRule(("postal_code",), n.google_zip, hashed=False, cached=True),
+        "email": FieldRule(("hashed_email",), _GOOGLE_EMAIL),
+        "phone": FieldRule(("hashed_phone_number",), _GOOGLE_PHONE),
+        "first_name": FieldRule(("hashed_first_name",), n.google_name, cached=True),
+        "last_name": FieldRule(("hashed_last_name",), n.google_name, cached=True),
+        "country": FieldRule(("country_code",), _GOOGLE_COUNTRY, hashed=False, cached=True),
+        "zip": FieldRule(("postal_code",), n.google_postal_code, hashed=False, cached=True),
         "madid": FieldRule(("mobile_id",), n.make_madid(lower=False), hashed=False),
         "external_id": FieldRule(("third_party_user_id",), n.external_id, hashed=False),
     },
@@ -160,19 +169,14 @@ GOOGLE_ADS = PlatformRules(
 
 GOOGLE_DATAMANAGER = PlatformRules(
     name="google_datamanager",
-    # Keys are the Data Manager v1 UserIdentifier / AddressInfo field names. Rules per Google's
-    # formatting guide (google_ads.md §5 "Data Manager rules"); checked against google-ads-datamanager-
-    # util's Formatter in the tests.
+    # Keys are the Data Manager v1 UserIdentifier / AddressInfo field names. The same rules as google_ads.
     fields={
-        "email": FieldRule(
-            ("email_address",),
-            n.make_email(remove_inner_whitespace=True, gmail_canonical=True, drop_plus_suffix=True),
-        ),
-        "phone": FieldRule(("phone_number",), n.make_phone(plus=True)),
-        "first_name": FieldRule(("given_name",), n.google_first_name, cached=True),
-        "last_name": FieldRule(("family_name",), n.google_last_name, cached=True),
-        "country": FieldRule(("region_code",), n.make_country(upper=True), hashed=False, cached=True),
-        "zip": FieldRule(("postal_code",), n.google_zip, hashed=False, cached=True),
+        "email": FieldRule(("email_address",), _GOOGLE_EMAIL),
+        "phone": FieldRule(("phone_number",), _GOOGLE_PHONE),
+        "first_name": FieldRule(("given_name",), n.google_name, cached=True),
+        "last_name": FieldRule(("family_name",), n.google_name, cached=True),
+        "country": FieldRule(("region_code",), _GOOGLE_COUNTRY, hashed=False, cached=True),
+        "zip": FieldRule(("postal_code",), n.google_postal_code, hashed=False, cached=True),
     },
     standalone=frozenset({"email", "phone"}),
     combos=(frozenset({"first_name", "last_name", "country", "zip"}),),

@@ -19,12 +19,10 @@ from functools import lru_cache
 __all__ = [
     "InvalidValue",
     "coerce",
-    "collapse_spaces",
     "letters_only",
     "nfc_lower",
     "normalize_country",
     "sha256_hex",
-    "strip_punctuation",
     "us_state_code",
 ]
 
@@ -106,19 +104,6 @@ def letters_only(text: str) -> str:
 def nfc_lower(text: str) -> str:
     """Lowercase and NFC-normalise (so a decomposed ``José`` hashes like a composed one)."""
     return unicodedata.normalize("NFC", text.lower())
-
-
-def collapse_spaces(text: str) -> str:
-    """Trim and reduce every run of whitespace to one space."""
-    return " ".join(text.split())
-
-
-@lru_cache(maxsize=65536)
-def strip_punctuation(text: str) -> str:
-    """Remove Unicode punctuation (categories ``P*``)."""
-    if text.isascii() and text.isalnum():
-        return text
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "P")
 
 
 # --------------------------------------------------------------------------------------------- countries
