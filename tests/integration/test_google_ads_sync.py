@@ -149,3 +149,18 @@ def test_an_add_job_waits_for_the_running_remove_job_of_its_list(world: World) -
     entry = world.store.get_registry("google_ads", world.customer, "loyal_users")
     assert poll_processing(world.dest(), world.store, entry, FAST) == 0
     assert world.app.members(out.audience_id) == expected(range(50, 150))
+
+
+def test_replace_is_one_job_that_starts_with_remove_all(world: World) -> None:
+    world.sync(rows(range(500)))
+    mark = world.app.last_seq()
+    out = world.sync(rows(range(400, 12_000)), mode="replace")  # two batches of the replace upload
+    assert world.app.members(out.audience_id) == expected(range(400, 12_000))
+    assert {e["op"] for e in world.app.member_requests(since=mark)} == {"replace"}
+    replaced = [
+        j
+        for j in world.app.jobs.values()
+        if j["customer"] == world.customer and j["ops"][0][0] == "remove_all"
+    ]
+    (job,) = replaced
+    assert [k for k, _ in job["ops"]].count("remove_all") == 1 and len(job["ops"]) == 11_601
