@@ -386,3 +386,32 @@ def test_inspection_endpoints(server: SandboxServer, client: GoogleAdsClient, ap
     app.processing_seconds = 0
     held = requests.get(f"{server.url}/_sandbox/google_ads/lists/{list_id(rn)}/members", timeout=5).json()
     assert held["count"] == 0
+
+
+def test_concurrent_calls_with_a_state_file_never_deadlock(tmp_path: Any) -> None:
+    """A job settles inside calls while other calls persist the state: the locks are taken in one order."""
+    import threading
+
+    with SandboxServer([GoogleAdsSandbox(access_token=TOKEN)], state_file=tmp_path / "s.json") as srv:
+        client = make_client(Credentials(token=TOKEN), endpoint=srv.grpc_target)
+        app = srv.app("google_ads")
+        assert isinstance(app, GoogleAdsSandbox)
+        app.processing_seconds = 0.05
+        lists = [create_list(client, f"l{i}") for i in range(4)]
+
+        def work(rn: str) -> None:
+            for _ in range(5):
+                job = create_job(client, rn)
+                add(client, job, [op(client, "create", sha(rn))])
+                run(client, job)
+                while job_status(client, job) != "SUCCESS":
+                    app.members(list_id(rn))  # an inspection settling jobs too
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=work, args=(rn,), daemon=True) for rn in lists]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
+        assert all(app.members(list_id(rn)) for rn in lists)

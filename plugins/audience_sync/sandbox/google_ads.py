@@ -151,32 +151,38 @@ class GoogleAdsSandbox(GrpcApp):
     ) -> int:
         """A list made outside our code (the Google Ads UI, another tool, or shared with the account)."""
         with self._lock:
-            list_id = next(self._ids)
-            self.lists[list_id] = {
-                "id": list_id,
-                "customer": customer_id,
-                "name": name,
-                "description": "",
-                "life_span": 540,
-                "key_type": key_type,
-                "app_id": app_id,
-                "access_reason": access_reason,
-                "type": list_type,
-                "members": set(),
-            }
-            self.journal.changed()
-            return list_id
+            list_id = self._new_list(customer_id, name, key_type, access_reason, list_type, app_id)
+        self.journal.changed()
+        return list_id
+
+    def _new_list(
+        self, customer_id: str, name: str, key_type: str, access_reason: str, list_type: str, app_id: str
+    ) -> int:
+        list_id = next(self._ids)
+        self.lists[list_id] = {
+            "id": list_id,
+            "customer": customer_id,
+            "name": name,
+            "description": "",
+            "life_span": 540,
+            "key_type": key_type,
+            "app_id": app_id,
+            "access_reason": access_reason,
+            "type": list_type,
+            "members": set(),
+        }
+        return list_id
 
     def members(self, list_id: int | str) -> set[Member]:
+        self._settled()
         with self._lock:
-            self._settle()
             ul = self.lists.get(int(list_id))
             return set(ul["members"]) if ul else set()
 
     def job(self, resource_name: str) -> dict[str, Any] | None:
         """The job with this resource name (its ``ops``, ``status``, ...), or None."""
+        self._settled()
         with self._lock:
-            self._settle()
             m = _JOB_NAME.fullmatch(resource_name)
             job = self.jobs.get(int(m.group(2))) if m else None
             return job if job is not None and m is not None and job["customer"] == m.group(1) else None
@@ -198,8 +204,8 @@ class GoogleAdsSandbox(GrpcApp):
             return None
         if len(subpath) == 1:
             customer = request.query.get("customer")
+            self._settled()
             with self._lock:
-                self._settle()
                 found = [
                     {k: v for k, v in ul.items() if k != "members"} | {"size": len(ul["members"])}
                     for ul in self.lists.values()
@@ -273,7 +279,8 @@ class GoogleAdsSandbox(GrpcApp):
         customer = self._customer(customer_id, call)
         resource, wanted = parse_query(query)
         with self._lock:
-            self._settle()
+            if self._settle():
+                call.mutated = True
             if resource == "user_list":
                 return [
                     ads_service.GoogleAdsRow(user_list=self._user_list(ul))
@@ -332,7 +339,7 @@ class GoogleAdsSandbox(GrpcApp):
         ):
             message = "Name is already being used for another user list for the account."
             raise fail("user_list_error.NAME_ALREADY_USED", message, *at, "name")
-        list_id = self.create_list(customer, ul.name, key_type=key_type, app_id=app_id)
+        list_id = self._new_list(customer, ul.name, key_type, "OWNED", "CRM_BASED", app_id)
         self.lists[list_id].update(description=ul.description, life_span=int(ul.membership_life_span))
         return user_list_service.MutateUserListResult(
             resource_name=f"customers/{customer}/userLists/{list_id}"
@@ -387,7 +394,7 @@ class GoogleAdsSandbox(GrpcApp):
         pb = type(request).pb(request)  # the raw message: 100,000 identifiers through proto-plus is slow
         problems: list[Problem] = []
         with self._lock:
-            job = self._job_of(pb.resource_name)
+            job = self._job_of(pb.resource_name, call)
             ops = list(pb.operations)
             kinds = [op.WhichOneof("operation") for op in ops]
             call.log.update(op=_logged_op(job, kinds), rows=sum(k not in ("remove_all", None) for k in kinds))
@@ -444,7 +451,7 @@ class GoogleAdsSandbox(GrpcApp):
     def _run_job(self, request: Any, call: RpcCall) -> Any:
         self._authenticate(call)
         with self._lock:
-            job = self._job_of(request.resource_name)
+            job = self._job_of(request.resource_name, call)
             if job["status"] != "PENDING":
                 raise fail(_JOB_ERROR + "JOB_ALREADY_STARTED", "The job has already been run.")
             if any(j["list_id"] == job["list_id"] and j["status"] == "RUNNING" for j in self.jobs.values()):
@@ -462,7 +469,7 @@ class GoogleAdsSandbox(GrpcApp):
         if m is None:
             raise RpcAbort(grpc.StatusCode.NOT_FOUND, f"no operation {request.name}")
         with self._lock:
-            job = self._job_of(m.group(1))
+            job = self._job_of(m.group(1), call)
             done = job["status"] in ("SUCCESS", "FAILED")
             metadata = any_pb2.Any()
             metadata.Pack(
@@ -489,16 +496,18 @@ class GoogleAdsSandbox(GrpcApp):
             raise fail("request_error.INVALID_CUSTOMER_ID", "customer id must be 10 digits", "customer_id")
         return customer_id
 
-    def _job_of(self, resource_name: str) -> dict[str, Any]:
+    def _job_of(self, resource_name: str, call: RpcCall) -> dict[str, Any]:
         m = _JOB_NAME.fullmatch(resource_name)
         job = self.jobs.get(int(m.group(2))) if m else None
         if job is None or m is None or job["customer"] != m.group(1):
             raise fail("request_error.RESOURCE_NOT_FOUND", "no such job", "resource_name")
-        self._settle()
+        if self._settle():
+            call.mutated = True
         return job
 
-    def _settle(self) -> None:
-        """Finish every running job whose processing time has passed, in the order they ran."""
+    def _settle(self) -> bool:
+        """Finish every running job whose processing time has passed, in the order they ran; whether
+        any did. Called with the lock held: the caller persists (a handler marks its call mutated)."""
         now = self.clock()
         due = [j for j in self.jobs.values() if j["status"] == "RUNNING" and j["done_at"] <= now]
         for job in sorted(due, key=lambda j: (j["done_at"], j["id"])):
@@ -506,6 +515,14 @@ class GoogleAdsSandbox(GrpcApp):
             if ul is not None:
                 apply_ops(ul["members"], job["ops"])
             job["status"] = "SUCCESS"
+        return bool(due)
+
+    def _settled(self) -> None:
+        """:meth:`_settle` outside a call (inspection), persisted with this app's lock released: the
+        server's save takes its own lock and then this app's, so never the other way round."""
+        with self._lock:
+            changed = self._settle()
+        if changed:
             self.journal.changed()
 
     def _user_list(self, ul: dict[str, Any]) -> UserList:
