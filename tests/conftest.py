@@ -56,19 +56,23 @@ def airflow_db() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[object]:
-    """The local Meta sandbox on loopback, and ``meta_default`` pointing at it."""
+    """The local platform sandbox on loopback, and the platforms' default connections pointing at it."""
     from audience_sync.sandbox import start_sandbox
 
     with start_sandbox(port=0, access_token=SANDBOX_TOKEN) as srv:
         os.environ["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
             {"conn_type": "generic", "host": srv.url, "password": SANDBOX_TOKEN}
         )
+        os.environ["AIRFLOW_CONN_GOOGLE_DATAMANAGER_DEFAULT"] = json.dumps(
+            {"conn_type": "generic", "host": srv.grpc_target, "password": SANDBOX_TOKEN}
+        )
         yield srv
 
 
 @pytest.fixture
 def fresh_sandbox(sandbox: object) -> object:
-    sandbox.meta.reset()  # type: ignore[attr-defined]
+    for app in sandbox.apps:  # type: ignore[attr-defined]
+        app.reset()
     return sandbox
 
 

@@ -1,4 +1,5 @@
-"""The end-to-end demo: synthetic CRM -> Airflow DAG -> local Meta sandbox, then a truthful summary."""
+"""The end-to-end demo: synthetic CRM -> Airflow DAG -> local Meta and Google sandboxes, then a truthful
+summary."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import secrets
 import shutil
 import sys
+from typing import Any
 
 from audience_sync.core.campaign import project_root
 from audience_sync.runner import format_run, run_campaign
@@ -31,12 +33,16 @@ def run_demo(rows: int = 3000) -> int:
 
     token = secrets.token_urlsafe(24)  # a throwaway token shared by the sandbox and the connection only
     with start_sandbox(port=0, state_file=str(work / "sandbox_state.json"), access_token=token) as srv:
-        print(f"sandbox: Meta Graph API on {srv.url}")
+        print(f"sandbox: Meta Graph API on {srv.url}, Google Data Manager API (gRPC) on {srv.grpc_target}")
         os.environ["AIRFLOW_HOME"] = str(work / "airflow")
         os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(DEMO_CAMPAIGNS_DIR)
         os.environ["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
         os.environ["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
             {"conn_type": "generic", "host": srv.url, "password": token}
+        )
+        # a loopback host: the hook talks plaintext gRPC to the sandbox, with the token as the bearer
+        os.environ["AIRFLOW_CONN_GOOGLE_DATAMANAGER_DEFAULT"] = json.dumps(
+            {"conn_type": "generic", "host": srv.grpc_target, "password": token}
         )
         result = run_campaign(DEMO_CAMPAIGN)
         print()
@@ -47,29 +53,32 @@ def run_demo(rows: int = 3000) -> int:
     return 0 if result["state"] == "success" else 1
 
 
-def summary(result: dict, srv: object) -> str:
-    """Per-platform table from the sync results (ledger counts) and the sandbox's own audience size."""
+def summary(result: dict, srv: Any) -> str:
+    """Per-destination table from the sync and wait results (ledger counts) and the sandbox's own
+    audience size."""
     ext = result["xcom"].get("extract") or {}
     lines = [
-        "platform  account          audience id        group   sent  pending  failed  invalid  excluded  size"
+        "platform            account          audience id          group   sent  pending  failed  invalid  "
+        "excluded  size"
     ]
     for task, x in sorted(result["xcom"].items()):
         if not task.startswith("sync_") or not isinstance(x, dict):
             continue
         platform = str(x.get("platform") or task.removeprefix("sync_"))
-        size = "?"
-        app = getattr(srv, platform, None)  # the sandbox's app of that platform, when it serves one
-        for a in app.audiences() if app is not None else ():
-            if str(a.get("id")) == str(x["audience_id"]):
-                size = str(a.get("count", a.get("member_count", "?")))
+        # the wait task's counts are the final ones (members stay in progress until processed)
+        x = {**x, **(result["xcom"].get("wait_" + task.removeprefix("sync_")) or {})}
+        try:
+            size = str(len(srv.app(platform).members(x["audience_id"])))
+        except KeyError:  # no sandbox app for the platform, or no such audience there
+            size = "?"
         lines.append(
-            f"{platform:<9} {x['account']:<16} {x['audience_id']:<18} {x['total']:>5} "
+            f"{platform:<19} {x['account']:<16} {x['audience_id']:<20} {x['total']:>5} "
             f"{x['sent']:>6} {x['pending']:>8} {x['failed']:>7} {ext.get('invalid', 0):>8} "
             f"{x.get('excluded', 0):>9} {size:>5}"
         )
     lines.append(
         "group = valid, consenting members of the audience group; excluded = no consent or in an excluded "
-        "segment; size = members the sandbox audience holds (real Meta reports a bucketed, delayed estimate)."
+        "segment; size = members the sandbox audience holds (real platforms report bucketed, delayed sizes)."
     )
     return "\n".join(lines)
 

@@ -112,11 +112,15 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
         env.pop(k, None)
     r = cli("demo", "--rows", "500", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    table = r.stdout.split("platform  account", 1)[1].splitlines()[1].split()
-    platform, account, audience_id, group, sent, pending, failed, invalid, excluded, size = table
-    assert platform == "meta" and account == "act_1234567890"
-    assert int(group) == int(sent) == int(size) > 0 and int(pending) == int(failed) == 0
-    assert int(invalid) > 0 and int(excluded) > 0
+    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:3]
+    rows = {line.split()[0]: line.split() for line in lines}
+    assert set(rows) == {"meta", "google_datamanager"}  # the demo campaign sends to both
+    for platform, account in (("meta", "act_1234567890"), ("google_datamanager", "1234567890")):
+        _, shown, _audience, group, sent, pending, failed, invalid, excluded, size = rows[platform]
+        assert shown == account
+        # every member sent (Google's processing finished within the run's wait), as the sandbox holds
+        assert int(group) == int(sent) == int(size) > 0 and int(pending) == int(failed) == 0
+        assert int(invalid) > 0 and int(excluded) > 0
     assert "sandbox stopped" in r.stdout
 
 
@@ -128,7 +132,9 @@ def test_plan_prints_without_sending_and_matches_the_next_run(fresh_sandbox, tmp
     r = cli("plan", "demo_abandoned_cart", "--logical-date", "2026-12-01", "--json", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     plan = json.loads(r.stdout)
-    (dest,) = plan["destinations"]
+    dest, google = plan["destinations"]
+    assert (dest["platform"], google["platform"]) == ("meta", "google_datamanager")
+    assert google["audience"] == {"id": None, "action": "would create"}
     assert dest["audience"] == {"id": None, "action": "would create"}
     assert dest["adds"] == dest["group"] == plan["group"]["valid"] > 0
     assert plan["group"]["excluded_no_consent"] > 0 and "invalid_by_reason" in plan["group"]

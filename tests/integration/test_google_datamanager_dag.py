@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from audience_sync.demo_data import write_demo_db
-from tests.conftest import SANDBOX_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"
@@ -27,14 +26,9 @@ def campaign_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox) -> Pa
     folder.mkdir()
     data = yaml.safe_load(DEMO.read_text())
     data.update(processing_poke_seconds=1, processing_timeout_minutes=2, segment_name="two_platform_users")
-    data["destinations"].append(
-        {
-            "platform": "google_datamanager",
-            "operating_account_id": "123-456-7890",
-            "membership_duration_days": 30,
-            "consent": {"ad_user_data": "GRANTED", "ad_personalization": "GRANTED"},
-        }
-    )
+    (google,) = [d for d in data["destinations"] if d["platform"] == "google_datamanager"]  # the demo's
+    assert google["operating_account_id"] == "123-456-7890"
+    google["membership_duration_days"] = 30
     (folder / "two_platforms.yaml").write_text(yaml.safe_dump(data))
     monkeypatch.setenv("AUDIENCE_SYNC_CAMPAIGNS_DIR", str(folder))
     crm = tmp_path / "crm.db"
@@ -43,10 +37,6 @@ def campaign_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox) -> Pa
     state = tmp_path / "state.db"
     monkeypatch.setenv(
         "AIRFLOW_CONN_AUDIENCE_SYNC_DB", json.dumps({"conn_type": "sqlite", "host": str(state)})
-    )
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_GOOGLE_DATAMANAGER_DEFAULT",
-        json.dumps({"conn_type": "generic", "host": sandbox.grpc_target, "password": SANDBOX_TOKEN}),
     )
     return folder
 
