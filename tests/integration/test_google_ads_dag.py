@@ -1,6 +1,6 @@
-"""One campaign to Meta and Google Ads through Airflow's ``dag.test()``: the google_ads_default connection
-(endpoint override, token in extras), the campaign's options reaching the destination, both sandboxes
-holding exactly the group afterwards."""
+"""One campaign to Meta and Google Ads through Airflow's ``dag.test()``: the session's google_ads_default
+connection (endpoint override, token as password), the campaign's options reaching the destination, both
+sandboxes holding exactly the group afterwards."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pendulum
 import pytest
-
-from tests.conftest import SANDBOX_TOKEN
 
 STEM = "meta_and_google"
 DAG_ID = f"ads_audience__{STEM}"
@@ -65,8 +63,6 @@ def test_one_campaign_syncs_meta_and_google_ads(
     monkeypatch.setenv("AUDIENCE_SYNC_CAMPAIGNS_DIR", str(folder))
     state = json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "state.db")})
     monkeypatch.setenv("AIRFLOW_CONN_AUDIENCE_SYNC_DB", state)
-    google = {"conn_type": "generic", "host": sandbox.grpc_target, "extra": {"access_token": SANDBOX_TOKEN}}
-    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_ADS_DEFAULT", json.dumps(google))
     app = sandbox.app("google_ads")
     app.processing_seconds = 0.0
 

@@ -210,10 +210,9 @@ CONN = "google_ads_unit"
 
 @pytest.fixture
 def conn(monkeypatch: pytest.MonkeyPatch):
-    def set_conn(extra: dict, host: str | None = None) -> None:
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "generic", "host": host, "extra": extra})
-        )
+    def set_conn(extra: dict, host: str | None = None, password: str | None = None) -> None:
+        value = {"conn_type": "generic", "host": host, "password": password, "extra": extra}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps(value))
 
     return set_conn
 
@@ -223,7 +222,7 @@ def test_the_hook_reaches_the_sandbox_with_the_campaign_options(
 ) -> None:
     from audience_sync.hooks.google_ads import google_ads_destination
 
-    conn({"access_token": TOKEN, "login_customer_id": "111-222-3333"}, host=server.grpc_target)
+    conn({"login_customer_id": "111-222-3333"}, host=server.grpc_target, password=TOKEN)
     options = {"upload_key_type": "CRM_ID", "consent": GRANTED, "login_customer_id": "4445556666"}
     dest = google_ads_destination(CONN, "123-456-7890", **options)
     assert dest.upload_key_type == "CRM_ID"
@@ -246,29 +245,29 @@ def test_oauth_extras_make_credentials_without_a_network_call(conn) -> None:
 
 
 @pytest.mark.parametrize(
-    ("extra", "says"),
+    ("extra", "password", "says"),
     [
-        ({}, "exactly one way to authenticate"),
-        ({"client_id": "cid", "client_secret": "s3cret"}, "not refresh_token"),
-        (
-            {"access_token": "t", "refresh_token": "r", "client_id": "c", "client_secret": "s3cret"},
-            "exactly one",
-        ),
-        ({"access_token": "t", "devtoken": "x"}, "unknown extras ['devtoken']"),
+        ({}, None, "exactly one way to authenticate"),
+        ({"client_id": "cid", "client_secret": "s3cret"}, None, "not refresh_token"),
+        ({"refresh_token": "r", "client_id": "c", "client_secret": "s3cret"}, "tok", "exactly one"),
+        ({"devtoken": "x"}, "tok", "unknown extras ['devtoken']"),
         (
             {"service_account_key": '{"type": "service_account", "private_key": "s3cret"}'},
-            "not a service account",
+            None,
+            "not a service",
         ),
-        ({"access_token": "t", "login_customer_id": "12"}, "login_customer_id"),
+        ({"login_customer_id": "12"}, "tok", "login_customer_id"),
     ],
     ids=["none", "partial-oauth", "two-ways", "unknown", "bad-key", "bad-login"],
 )
-def test_a_broken_connection_fails_fast_with_the_fix(conn, extra: dict, says: str) -> None:
+def test_a_broken_connection_fails_fast_with_the_fix(
+    conn, extra: dict, password: str | None, says: str
+) -> None:
     from airflow.sdk.exceptions import AirflowException
 
     from audience_sync.hooks.google_ads import google_ads_destination
 
-    conn(extra)
+    conn(extra, password=password)
     with pytest.raises(AirflowException) as info:
         google_ads_destination(CONN, CID)
     message = str(info.value)

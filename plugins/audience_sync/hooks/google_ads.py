@@ -22,14 +22,13 @@ EXTRAS = (
     *OAUTH_EXTRAS,
     "service_account_key",
     "impersonated_email",
-    "access_token",
     "login_customer_id",
     "developer_token",
     "timeout",
 )
 _CREDENTIALS_FIX = (
     "put either client_id, client_secret and refresh_token (OAuth), or service_account_key (a service "
-    "account's JSON key) in its extras"
+    "account's JSON key) in its extras, or an access token in its password (the sandbox)"
 )
 
 
@@ -57,7 +56,8 @@ class GoogleAdsAudienceHook(BaseHook):
       - or ``service_account_key``: a service account's JSON key (object or string) from IAM & Admin >
         Service accounts; the service account must be a user of the Google Ads account, or set
         ``impersonated_email`` to a user it may impersonate (domain-wide delegation).
-      - or ``access_token``: a ready bearer token, never refreshed (the sandbox; tokens minted elsewhere).
+      - or, instead of extras, ``password``: a ready access token, never refreshed (it expires within an
+        hour: the local sandbox, or a token minted elsewhere for one run).
 
       ``login_customer_id``: the manager account (10 digits, dashes allowed) through which the customer
       is reached; a campaign destination's own ``login_customer_id`` overrides it.
@@ -109,10 +109,11 @@ class GoogleAdsAudienceHook(BaseHook):
         }
 
     def credentials(self) -> Any:
-        """The google.auth credentials the extras describe (no network call)."""
-        extras = self.get_connection(self.google_ads_conn_id).extra_dejson or {}
+        """The google.auth credentials the connection describes (no network call)."""
+        conn = self.get_connection(self.google_ads_conn_id)
+        extras = conn.extra_dejson or {}
         oauth = [k for k in OAUTH_EXTRAS if extras.get(k)]
-        ways = bool(oauth) + bool(extras.get("service_account_key")) + bool(extras.get("access_token"))
+        ways = bool(oauth) + bool(extras.get("service_account_key")) + bool(conn.password)
         if ways != 1:
             raise self._fail("needs exactly one way to authenticate", _CREDENTIALS_FIX)
         if oauth:
@@ -129,10 +130,10 @@ class GoogleAdsAudienceHook(BaseHook):
                 token_uri=TOKEN_URI,
                 scopes=[ADWORDS_SCOPE],
             )
-        if extras.get("access_token"):
+        if conn.password:
             from google.oauth2.credentials import Credentials
 
-            return Credentials(token=extras["access_token"])
+            return Credentials(token=conn.password)
         from google.oauth2 import service_account
 
         key = extras["service_account_key"]
