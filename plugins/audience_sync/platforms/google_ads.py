@@ -40,10 +40,11 @@ ConsentValue = Literal["GRANTED", "UNSPECIFIED"]
 class GoogleAdsConsent(StrictModel):
     """Consent sent on every add job. DENIED is refused: Google rejects such a job
     (CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS); rows without consent are left out by the group's
-    consent column instead."""
+    consent column instead. The default is UNSPECIFIED, as for ``google_datamanager``: granting consent is
+    the advertiser's statement to make, so a campaign says GRANTED itself (EEA users need it for both)."""
 
-    ad_user_data: ConsentValue = "GRANTED"
-    ad_personalization: ConsentValue = "GRANTED"
+    ad_user_data: ConsentValue = "UNSPECIFIED"
+    ad_personalization: ConsentValue = "UNSPECIFIED"
 
     @field_validator("ad_user_data", "ad_personalization", mode="before")
     @classmethod
