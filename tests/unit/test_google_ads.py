@@ -310,7 +310,8 @@ def test_the_campaign_destination_and_its_options(tmp_path: Path) -> None:
         "upload_key_type": "CONTACT_INFO",
         "app_id": None,
         "membership_life_span_days": 30,
-        "consent": GRANTED,
+        # what the campaign says; the other stays UNSPECIFIED (granting is the advertiser's statement)
+        "consent": {"ad_user_data": "GRANTED", "ad_personalization": "UNSPECIFIED"},
         "login_customer_id": "9998887777",
     }
 
