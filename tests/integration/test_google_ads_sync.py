@@ -131,23 +131,43 @@ def test_members_stay_in_progress_until_the_job_is_processed(world: World) -> No
 
 
 def test_an_add_job_waits_for_the_running_remove_job_of_its_list(world: World) -> None:
-    """Google runs one job per list at a time: a mirror's add job cannot start while its remove job runs.
-    The task fails as transient (Airflow retries it later) and the retry runs the same add job."""
+    """Google runs one job per list at a time: a mirror's add job is sent but not run while its remove
+    job runs (the sync succeeds, the add job waits its turn); the wait step runs it once the remove job
+    is processed, without a second job."""
     world.sync(rows(range(100)))
     world.app.processing_seconds = 1.0
-    with pytest.raises(TransientDestinationError, match="CONCURRENT_MODIFICATION"):
-        world.sync(rows(range(50, 150)))
-    time.sleep(1.2)  # the remove job is processed
     mark = world.app.last_seq()
     out = world.sync(rows(range(50, 150)))
-    creates = [
-        e for e in world.app.requests_log(since=mark) if e["path"].endswith("CreateOfflineUserDataJob")
-    ]
-    assert creates == []  # the add job of the failed try is run, not a new one
-    assert out.waiting == 1
-    time.sleep(1.2)
+    assert out.waiting == 2  # the remove job being processed, the add job waiting for its turn
+    runs = [e for e in world.app.requests_log(since=mark) if e["path"].endswith("RunOfflineUserDataJob")]
+    assert len(runs) == 1  # only the remove job was started: no CONCURRENT_MODIFICATION
     entry = world.store.get_registry("google_ads", world.customer, "loyal_users")
+    assert poll_processing(world.dest(), world.store, entry, FAST) == 2  # still processing: no handover
+    counts = world.store.ledger_counts(entry.id)
+    # joining members and leaving ones, both handed to Google, neither settled yet
+    assert (counts["in_progress"], counts["removing"], counts["sent"]) == (50, 50, 50)
+    time.sleep(1.2)  # the remove job is processed
+    mark = world.app.last_seq()
+    assert poll_processing(world.dest(), world.store, entry, FAST) == 1  # the add job, now running
+    log = world.app.requests_log(since=mark)
+    assert not [e for e in log if e["path"].endswith("CreateOfflineUserDataJob")]  # the same add job
+    assert len([e for e in log if e["path"].endswith("RunOfflineUserDataJob")]) == 1
+    time.sleep(1.2)
     assert poll_processing(world.dest(), world.store, entry, FAST) == 0
+    assert world.app.members(out.audience_id) == expected(range(50, 150))
+    counts = world.store.ledger_counts(entry.id)
+    assert (counts["sent"], counts["in_progress"], counts["removed"]) == (100, 0, 50)
+
+
+def test_a_waiting_add_job_is_run_by_the_next_sync_when_its_turn_came(world: World) -> None:
+    world.sync(rows(range(100)))
+    world.app.processing_seconds = 1.0
+    out = world.sync(rows(range(50, 150)))
+    assert out.waiting == 2
+    time.sleep(1.2)
+    world.app.processing_seconds = 0.0
+    again = world.sync(rows(range(50, 150)))  # resumes the waiting add job: no new job, nothing re-sent
+    assert again.waiting == 0 and again.counts["sent"] == 100 and again.counts["in_progress"] == 0
     assert world.app.members(out.audience_id) == expected(range(50, 150))
 
 

@@ -96,6 +96,11 @@ class Destination(abc.ABC):
     max_remove_rows: int
     #: True when the platform has applied a batch once it accepted it (no processing to wait for)
     processes_synchronously: ClassVar[bool] = False
+    #: True when the platform processes one upload of an audience at a time (Google Ads: one running
+    #: OfflineUserDataJob per list, for 10 minutes to 24 hours). The engine then hands an upload over
+    #: (:meth:`finish_upload`) only once the audience's earlier uploads are processed; until then the
+    #: upload stays open with every batch sent, and the wait task hands it over when its turn comes.
+    serial_uploads: ClassVar[bool] = False
     #: at most this many rejected rows are named per batch answer; batches this small name every reject
     max_named_rejects: ClassVar[int] = 10
 

@@ -307,12 +307,30 @@ def _sync_locked(
 def poll_processing(
     dest: Destination, store: StateStore, entry: RegistryEntry, retry: RetryPolicy | None = None
 ) -> int:
-    """Ask the platform about every finished upload of the audience; settle the processed ones.
+    """Ask the platform about every finished upload of the audience; settle the processed ones. On a
+    platform with :attr:`~Destination.serial_uploads`, then hand over the next upload waiting for its turn.
 
-    :return: how many uploads the platform is still processing.
+    :return: how many uploads are not processed yet (being processed, or waiting for their turn).
     """
     retry = retry or RetryPolicy.from_env()
     log_ = UploadLog(store)
+    processing = _settle(dest, log_, entry, retry)
+    if not dest.serial_uploads:
+        return processing
+    queued = _queued(log_, entry)
+    if queued and not processing:
+        rec = queued.pop(0)
+        log.info(
+            "handing over %s upload %s: the audience's earlier uploads are processed", rec.op, rec.handle
+        )
+        retry.run(lambda: dest.finish_upload(rec.upload(), rec.batches), f"finish {rec.op} upload")
+        log_.finish(rec, rec.run_id)
+        processing = 1
+    return processing + len(queued)
+
+
+def _settle(dest: Destination, log_: UploadLog, entry: RegistryEntry, retry: RetryPolicy) -> int:
+    """Settle the audience's finished uploads the platform has processed; how many it is still processing."""
     waiting = 0
     for rec in log_.in_state(entry.id, "finished"):
         status = retry.run(lambda r=rec: dest.upload_status(r.upload()), "read upload status")
@@ -324,6 +342,12 @@ def poll_processing(
             waiting += 1
             log.info("%s upload %s: %s", rec.op, rec.handle, status.detail or "processing")
     return waiting
+
+
+def _queued(log_: UploadLog, entry: RegistryEntry) -> list[UploadRecord]:
+    """Open uploads whose every batch went out (their last batch was sent), oldest first: on a platform
+    with serial uploads, those waiting for their turn to be handed over."""
+    return [r for r in log_.in_state(entry.id, "open") if r.closed and r.handle is not None]
 
 
 # ------------------------------------------------------------------------------ plan
@@ -571,10 +595,24 @@ class _Uploader:
             self._send(rec, rec.batches + 1, [], last=True)
             rec = self.log.get(rec.id)
         self.heartbeat()
+        if self.dest.serial_uploads and rec.confirmed_seq and self._turn_taken(rec):
+            log.info(
+                "%s upload %s waits for the audience's earlier uploads to be processed; the wait task "
+                "hands it over",
+                rec.op,
+                rec.handle,
+            )
+            return
         self.retry.run(lambda: self.dest.finish_upload(rec.upload(), rec.batches), f"finish {rec.op} upload")
         rec = self.log.finish(rec, self.req.run_id)
         if self.dest.processes_synchronously or rec.confirmed_seq == 0:  # nothing reached the platform
             self.log.processed(rec, ProcessingStatus(done=True, detail="applied as accepted"))
+
+    def _turn_taken(self, rec: UploadRecord) -> bool:
+        """Whether an earlier upload of the audience is still processed or waiting (serial platforms)."""
+        if _settle(self.dest, self.log, self.entry, self.retry):
+            return True
+        return any(r.id < rec.id for r in _queued(self.log, self.entry))
 
     # ------------------------------------------------------------------ reporting
     def run_counts(self, unchanged: int) -> dict[str, int]:

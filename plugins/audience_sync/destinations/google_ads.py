@@ -94,6 +94,9 @@ class GoogleAdsDestination(Destination):
     max_batch_rows = GOOGLE_ADS.max_batch_rows
     max_remove_rows = GOOGLE_ADS.max_remove_rows
     processes_synchronously = False  # a job runs for minutes to hours after it was started
+    # one running job per list (CONCURRENT_MODIFICATION otherwise; reference §2 "Concurrency"): the engine
+    # runs a mirror's add job once its remove job is processed
+    serial_uploads = True
     max_named_rejects = GOOGLE_ADS.max_batch_rows  # partial failure names every failed operation
 
     def __init__(
