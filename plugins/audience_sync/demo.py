@@ -1,5 +1,5 @@
-"""The end-to-end demo: synthetic CRM -> Airflow DAG -> local Meta and Google sandboxes, then a truthful
-summary."""
+"""The end-to-end demo: synthetic CRM -> Airflow DAG -> local Meta and Google (Data Manager, Ads API)
+sandboxes, then a truthful summary."""
 
 from __future__ import annotations
 
@@ -33,17 +33,20 @@ def run_demo(rows: int = 3000) -> int:
 
     token = secrets.token_urlsafe(24)  # a throwaway token shared by the sandbox and the connection only
     with start_sandbox(port=0, state_file=str(work / "sandbox_state.json"), access_token=token) as srv:
-        print(f"sandbox: Meta Graph API on {srv.url}, Google Data Manager API (gRPC) on {srv.grpc_target}")
+        print(
+            f"sandbox: Meta Graph API on {srv.url}, Google Data Manager and Google Ads APIs on {srv.grpc_target}"
+        )
         os.environ["AIRFLOW_HOME"] = str(work / "airflow")
         os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(DEMO_CAMPAIGNS_DIR)
         os.environ["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
         os.environ["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
             {"conn_type": "generic", "host": srv.url, "password": token}
         )
-        # a loopback host: the hook talks plaintext gRPC to the sandbox, with the token as the bearer
-        os.environ["AIRFLOW_CONN_GOOGLE_DATAMANAGER_DEFAULT"] = json.dumps(
-            {"conn_type": "generic", "host": srv.grpc_target, "password": token}
-        )
+        # a loopback host: the hooks talk plaintext gRPC to the sandbox, with the token as the bearer
+        for conn in ("GOOGLE_DATAMANAGER_DEFAULT", "GOOGLE_ADS_DEFAULT"):
+            os.environ[f"AIRFLOW_CONN_{conn}"] = json.dumps(
+                {"conn_type": "generic", "host": srv.grpc_target, "password": token}
+            )
         result = run_campaign(DEMO_CAMPAIGN)
         print()
         print(format_run(result))

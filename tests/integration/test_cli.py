@@ -112,10 +112,11 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
         env.pop(k, None)
     r = cli("demo", "--rows", "500", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:3]
+    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:4]
     rows = {line.split()[0]: line.split() for line in lines}
-    assert set(rows) == {"meta", "google_datamanager"}  # the demo campaign sends to both
-    for platform, account in (("meta", "act_1234567890"), ("google_datamanager", "1234567890")):
+    assert set(rows) == {"meta", "google_datamanager", "google_ads"}  # the demo campaign sends to all three
+    accounts = {"meta": "act_1234567890", "google_datamanager": "1234567890", "google_ads": "1234567890"}
+    for platform, account in accounts.items():
         _, shown, _audience, group, sent, pending, failed, invalid, excluded, size = rows[platform]
         assert shown == account
         # every member sent (Google's processing finished within the run's wait), as the sandbox holds
@@ -132,10 +133,9 @@ def test_plan_prints_without_sending_and_matches_the_next_run(fresh_sandbox, tmp
     r = cli("plan", "demo_abandoned_cart", "--logical-date", "2026-12-01", "--json", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     plan = json.loads(r.stdout)
-    dest, google = plan["destinations"]
-    assert (dest["platform"], google["platform"]) == ("meta", "google_datamanager")
-    assert google["audience"] == {"id": None, "action": "would create"}
-    assert dest["audience"] == {"id": None, "action": "would create"}
+    dest = plan["destinations"][0]
+    assert [d["platform"] for d in plan["destinations"]] == ["meta", "google_datamanager", "google_ads"]
+    assert all(d["audience"] == {"id": None, "action": "would create"} for d in plan["destinations"])
     assert dest["adds"] == dest["group"] == plan["group"]["valid"] > 0
     assert plan["group"]["excluded_no_consent"] > 0 and "invalid_by_reason" in plan["group"]
     assert any("100" in w for w in dest["warnings"])  # a demo-sized group is below Meta's useful minimum
