@@ -10,7 +10,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +79,22 @@ def fresh_sandbox(sandbox: object) -> object:
     for app in sandbox.apps:  # type: ignore[attr-defined]
         app.reset()
     return sandbox
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}: the test session stops and its fixtures tear down")
+
+
+@pytest.fixture(autouse=True)
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends the session as Ctrl-C does, so the session's fixtures (PostgreSQL, the sandbox) are
+    torn down. Airflow's in-process task runs (``dag.test()``) install a SIGTERM handler of their own and
+    leave it in place, so ours is set again around every test."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    yield
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")
