@@ -87,3 +87,11 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    @classmethod
+    def stop_dir(cls, directory: Path) -> None:
+        """Stop the server another process started in ``directory`` and remove it."""
+        server = cls.__new__(cls)
+        server.bin, server.dir, server.data = find_pg_bin(), directory, directory / "data"
+        server.as_postgres = os.geteuid() == 0
+        server.stop()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import PostgresServer
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,6 +34,7 @@ def test_sigterm_stops_the_session_and_its_postgres(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    pg_dir = ""
     try:
         deadline = time.monotonic() + 120
         while not probe.exists():
@@ -45,6 +48,8 @@ def test_sigterm_stops_the_session_and_its_postgres(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+        if pg_dir and _postgres_running(pg_dir):  # the session failed to stop it: do not leave it behind
+            PostgresServer.stop_dir(Path(pg_dir))
     assert proc.returncode != 0, out[-3000:]  # interrupted, not passed
     assert not Path(pg_dir).exists()  # the fixture's teardown ran
     assert not _postgres_running(pg_dir)
