@@ -248,7 +248,7 @@ def test_oauth_extras_make_credentials_without_a_network_call(conn) -> None:
     ("extra", "password", "says"),
     [
         ({}, None, "exactly one way to authenticate"),
-        ({"client_id": "cid", "client_secret": "s3cret"}, None, "not refresh_token"),
+        ({"client_id": "cid", "client_secret": "s3cret"}, None, "without refresh_token"),
         ({"refresh_token": "r", "client_id": "c", "client_secret": "s3cret"}, "tok", "exactly one"),
         ({"devtoken": "x"}, "tok", "unknown extras ['devtoken']"),
         (

@@ -220,10 +220,11 @@ def test_a_bad_connection_fails_fast_with_the_fix_and_no_secret(
     ],
 )
 def test_endpoint_override(host: str | None, port: int | None, endpoint: str | None) -> None:
-    from audience_sync.destinations.google_datamanager import is_loopback
-    from audience_sync.hooks.google_datamanager import endpoint as endpoint_of
+    from audience_sync.destinations.google_datamanager import DEFAULT_ENDPOINT
+    from audience_sync.destinations.grpc_common import is_loopback
+    from audience_sync.hooks.google_auth import endpoint as endpoint_of
 
-    assert endpoint_of(host, port) == endpoint
+    assert endpoint_of(host, port, DEFAULT_ENDPOINT) == endpoint
     if endpoint:
         assert is_loopback(endpoint) == endpoint.startswith(("127.", "localhost"))
 

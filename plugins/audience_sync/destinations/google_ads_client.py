@@ -13,7 +13,6 @@ logging and exception interceptors. Nothing is patched; every other endpoint tak
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from importlib import import_module
 from typing import Any
@@ -28,24 +27,11 @@ from google.auth.transport.grpc import AuthMetadataPlugin
 from google.auth.transport.requests import Request
 
 from audience_sync.destinations.google_ads_api import API_VERSION, SERVICES_PACKAGE
+from audience_sync.destinations.grpc_common import is_loopback
 
 #: the logger of google-ads' LoggingInterceptor
 LIBRARY_LOGGER = "google.ads.googleads.client"
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-
-
-def is_loopback(endpoint: str | None) -> bool:
-    """Whether ``host[:port]`` names this machine (``localhost``, ``127.0.0.1``, ``[::1]``)."""
-    if not endpoint:
-        return False
-    host = endpoint.rsplit(":", 1)[0] if endpoint.count(":") == 1 or endpoint.startswith("[") else endpoint
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def make_client(

@@ -18,6 +18,7 @@ from google.api_core import exceptions as api_exceptions
 
 from audience_sync.core.errors import DestinationError, PermanentDestinationError, TransientDestinationError
 from audience_sync.destinations.google_ads_api import error_name, failure_from_trailers
+from audience_sync.destinations.grpc_common import TRANSIENT_STATUSES
 
 #: errors a later attempt can get past (reference §3 "Retry policy")
 TRANSIENT_ERRORS = frozenset(
@@ -28,16 +29,6 @@ TRANSIENT_ERRORS = frozenset(
         ("internal_error", "TRANSIENT_ERROR"),
         ("internal_error", "INTERNAL_ERROR"),
         ("internal_error", "DEADLINE_EXCEEDED"),
-    }
-)
-#: statuses worth a retry when no GoogleAdsFailure says more
-TRANSIENT_STATUSES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.ABORTED,
     }
 )
 _DATA_MANAGER = (

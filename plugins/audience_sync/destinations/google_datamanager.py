@@ -41,7 +41,6 @@ How the upload lifecycle maps onto an API that has no upload sessions:
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -73,6 +72,7 @@ from audience_sync.core.contract import (
     UploadResult,
 )
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
+from audience_sync.destinations.grpc_common import TRANSIENT_STATUSES, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,6 @@ MAX_MEMBERSHIP_DAYS = 540
 #: how old the replace's ``remove_as_of_time`` must be before RemoveAllAudienceMembers is sent
 REMOVE_ALL_SKEW_SECONDS = 1.0
 
-#: gRPC statuses a retry can fix
-TRANSIENT_STATUSES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.ABORTED,
-    }
-)
 HASHED_KEYS = ("email_address", "phone_number")
 ADDRESS_KEYS = ("given_name", "family_name", "region_code", "postal_code")
 CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
@@ -109,18 +99,6 @@ Reason = dm.ErrorReason
 Status = request_status_per_destination.RequestStatusPerDestination.RequestStatus
 _MEMBER_AT = re.compile(r"audience_members\[(\d+)\]")
 _AccountType = dm.ProductAccount.AccountType
-
-
-def is_loopback(endpoint: str) -> bool:
-    """Whether ``host[:port]`` names this machine (the local sandbox)."""
-    host = endpoint.rsplit(":", 1)[0] if endpoint.count(":") == 1 or endpoint.startswith("[") else endpoint
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Bearer(grpc.UnaryUnaryClientInterceptor):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from typing import Any
 
@@ -11,15 +10,16 @@ from airflow.sdk.exceptions import AirflowException
 
 from audience_sync.destinations.google_ads import DEFAULT_TIMEOUT, GoogleAdsDestination
 from audience_sync.destinations.google_ads_client import make_client
+from audience_sync.hooks import google_auth
 from audience_sync.platforms.google_ads import normalise_customer_id
 
 #: the OAuth scope of the Google Ads API
 ADWORDS_SCOPE = "https://www.googleapis.com/auth/adwords"
-TOKEN_URI = "https://oauth2.googleapis.com/token"
-OAUTH_EXTRAS = ("client_id", "client_secret", "refresh_token")
+#: the Google Ads API's own endpoint (the client's default when the connection names no host)
+DEFAULT_ENDPOINT = "googleads.googleapis.com"
 #: extras a Google Ads connection may carry (documented on :class:`GoogleAdsAudienceHook`)
 EXTRAS = (
-    *OAUTH_EXTRAS,
+    *google_auth.OAUTH_EXTRAS,
     "service_account_key",
     "impersonated_email",
     "login_customer_id",
@@ -96,13 +96,13 @@ class GoogleAdsAudienceHook(BaseHook):
                 raise self._fail(
                     "has an invalid login_customer_id", "write 10 digits, e.g. 123-456-7890"
                 ) from None
-        endpoint = None
-        if conn.host:
-            endpoint = conn.host.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
-            if conn.port and not endpoint.rsplit("]", 1)[-1].count(":"):
-                endpoint = f"{endpoint}:{conn.port}"
         return {
-            "endpoint": endpoint,
+            "way": google_auth.auth_way(
+                self.google_ads_conn_id, conn, extras, fix=_CREDENTIALS_FIX, allow_default=False
+            ),
+            "password": conn.password,
+            "extras": extras,
+            "endpoint": google_auth.endpoint(conn.host, conn.port, DEFAULT_ENDPOINT),
             "login_customer_id": login or None,
             "developer_token": extras.get("developer_token") or None,
             "timeout": float(extras.get("timeout") or DEFAULT_TIMEOUT),
@@ -110,42 +110,10 @@ class GoogleAdsAudienceHook(BaseHook):
 
     def credentials(self) -> Any:
         """The google.auth credentials the connection describes (no network call)."""
-        conn = self.get_connection(self.google_ads_conn_id)
-        extras = conn.extra_dejson or {}
-        oauth = [k for k in OAUTH_EXTRAS if extras.get(k)]
-        ways = bool(oauth) + bool(extras.get("service_account_key")) + bool(conn.password)
-        if ways != 1:
-            raise self._fail("needs exactly one way to authenticate", _CREDENTIALS_FIX)
-        if oauth:
-            missing = [k for k in OAUTH_EXTRAS if k not in oauth]
-            if missing:
-                raise self._fail(f"has OAuth extras but not {', '.join(missing)}", _CREDENTIALS_FIX)
-            from google.oauth2.credentials import Credentials
-
-            return Credentials(
-                token=None,
-                refresh_token=extras["refresh_token"],
-                client_id=extras["client_id"],
-                client_secret=extras["client_secret"],
-                token_uri=TOKEN_URI,
-                scopes=[ADWORDS_SCOPE],
-            )
-        if conn.password:
-            from google.oauth2.credentials import Credentials
-
-            return Credentials(token=conn.password)
-        from google.oauth2 import service_account
-
-        key = extras["service_account_key"]
-        try:
-            info = json.loads(key) if isinstance(key, str) else dict(key)
-            creds = service_account.Credentials.from_service_account_info(info, scopes=[ADWORDS_SCOPE])
-        except (ValueError, TypeError, KeyError):
-            # the key's own text may be in the exception: name the problem, not the content
-            raise self._fail("has a service_account_key that is not a service account's JSON key",
-                             "download a new JSON key of the service account") from None  # fmt: skip
-        subject = extras.get("impersonated_email")
-        return creds.with_subject(subject) if subject else creds
+        s = self.settings
+        return google_auth.credentials(
+            self.google_ads_conn_id, s["way"], s["password"], s["extras"], ADWORDS_SCOPE
+        )
 
     def get_conn(self, login_customer_id: str | None = None) -> Any:
         s = self.settings

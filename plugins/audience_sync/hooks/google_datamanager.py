@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from typing import Any
 
@@ -14,22 +13,19 @@ from audience_sync.destinations.google_datamanager import (
     GoogleDataManagerDestination,
     make_clients,
 )
+from audience_sync.hooks import google_auth
 
 #: the OAuth scope of the Data Manager API
 SCOPE = "https://www.googleapis.com/auth/datamanager"
-TOKEN_URI = "https://oauth2.googleapis.com/token"
 #: extras a Data Manager connection may carry (documented on :class:`GoogleDataManagerHook`)
 EXTRAS = (
     "service_account_key",
-    "client_id",
-    "client_secret",
-    "refresh_token",
+    *google_auth.OAUTH_EXTRAS,
     "use_default_credentials",
     "login_account_id",
     "linked_account_id",
     "timeout",
 )
-_OAUTH = ("client_id", "client_secret", "refresh_token")
 
 
 class GoogleDataManagerHook(BaseHook):
@@ -81,35 +77,20 @@ class GoogleDataManagerHook(BaseHook):
             raise AirflowException(
                 f"Airflow connection '{conn_id}' has unknown extras {sorted(unknown)}; allowed: {', '.join(EXTRAS)}."
             )
-        ways = [
-            name
-            for name, present in (
-                ("service_account_key", bool(extras.get("service_account_key"))),
-                ("client_id/client_secret/refresh_token", any(extras.get(k) for k in _OAUTH)),
-                ("use_default_credentials", bool(extras.get("use_default_credentials"))),
-                ("password (access token)", bool(conn.password)),
-            )
-            if present
-        ]
-        if len(ways) != 1:
-            found = f"found {' and '.join(ways)}" if ways else "found none"
-            raise AirflowException(
-                f"Airflow connection '{conn_id}' needs exactly one way to authenticate to the Data Manager API "
-                f"({found}): put a service account's JSON key in extra service_account_key, or client_id, "
-                "client_secret and refresh_token of an OAuth client in the extras, or set extra "
-                "use_default_credentials to true (see GoogleDataManagerHook)."
-            )
-        missing = [k for k in _OAUTH if not extras.get(k)]
-        if ways[0].startswith("client_id") and missing:
-            raise AirflowException(
-                f"Airflow connection '{conn_id}' has OAuth extras without {', '.join(missing)}: give all of "
-                "client_id, client_secret and refresh_token."
-            )
+        way = google_auth.auth_way(
+            conn_id,
+            conn,
+            extras,
+            fix="put a service account's JSON key in extra service_account_key, or client_id, client_secret "
+            "and refresh_token of an OAuth client in the extras, or set extra use_default_credentials to "
+            "true (see GoogleDataManagerHook)",
+            allow_default=True,
+        )
         return {
-            "way": ways[0],
+            "way": way,
             "extras": extras,
             "password": conn.password,
-            "endpoint": endpoint(conn.host, conn.port),
+            "endpoint": google_auth.endpoint(conn.host, conn.port, DEFAULT_ENDPOINT),
             "login_account_id": extras.get("login_account_id") or None,
             "linked_account_id": extras.get("linked_account_id") or None,
             "timeout": float(extras.get("timeout") or 60),
@@ -117,36 +98,9 @@ class GoogleDataManagerHook(BaseHook):
 
     def credentials(self) -> Any:
         """google-auth credentials from the connection, built without a network call."""
-        s, conn_id = self.settings, self.google_datamanager_conn_id
-        extras = s["extras"]
-        if s["way"] == "service_account_key":
-            from google.oauth2 import service_account
-
-            key = extras["service_account_key"]
-            try:
-                info = json.loads(key) if isinstance(key, str) else dict(key)
-                return service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
-            except (ValueError, TypeError, KeyError):
-                raise AirflowException(
-                    f"Airflow connection '{conn_id}': extra service_account_key is not a service account's JSON "
-                    "key; paste the whole key file downloaded from Google Cloud console."
-                ) from None
-        if s["way"] == "use_default_credentials":
-            import google.auth
-
-            credentials, _project = google.auth.default(scopes=[SCOPE])
-            return credentials
-        from google.oauth2.credentials import Credentials
-
-        if s["way"] == "password (access token)":
-            return Credentials(token=s["password"])
-        return Credentials(
-            token=None,
-            refresh_token=extras["refresh_token"],
-            client_id=extras["client_id"],
-            client_secret=extras["client_secret"],
-            token_uri=TOKEN_URI,
-            scopes=[SCOPE],
+        s = self.settings
+        return google_auth.credentials(
+            self.google_datamanager_conn_id, s["way"], s["password"], s["extras"], SCOPE
         )
 
     def get_conn(self) -> Any:
@@ -181,17 +135,3 @@ def google_datamanager_destination(
 ) -> GoogleDataManagerDestination:
     """The destination factory the registration names (``audience_sync.platforms.google_datamanager``)."""
     return GoogleDataManagerHook(conn_id).get_destination(account, **options)
-
-
-def endpoint(host: str | None, port: int | None) -> str | None:
-    """Connection host/port -> ``host:port`` (None: the default, ``datamanager.googleapis.com``)."""
-    if not host:
-        return None
-    text = host.strip().rstrip("/")
-    for scheme in ("https://", "http://", "grpc://", "dns:///"):
-        text = text.removeprefix(scheme)
-    if text == DEFAULT_ENDPOINT and not port:
-        return None
-    if port and ":" not in text.rsplit("]", 1)[-1]:
-        text = f"{text}:{port}"
-    return text

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import email.parser
 import email.policy
-import ipaddress
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from audience_sync.destinations.grpc_common import is_loopback
 from audience_sync.sandbox.base import (
     FaultRule,
     Journal,
@@ -313,7 +313,7 @@ class SandboxServer:
         if self.state_file is not None:
             self._load(self.state_file)
             self.journal.on_change = self.save_state
-        if not _is_loopback(host):
+        if not is_loopback(host):
             log.warning(
                 "sandbox: binding %s, which is not a loopback address; the /_sandbox/ "
                 "endpoints have no authentication",
@@ -536,15 +536,6 @@ class SandboxServer:
         self.journal.faults.clear()
         self.journal.log.clear()
         self.save_state()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------
