@@ -23,10 +23,29 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 #: the operations an upload can carry
 UPLOAD_OPS = ("add", "remove", "replace")
+
+Row = TypeVar("Row")
+
+
+def pack(rows: Sequence[Row], weights: Sequence[int], budget: int, max_rows: int) -> list[list[Row]]:
+    """Cut ``rows`` in order into chunks of at most ``max_rows`` rows whose ``weights`` (one per row: bytes,
+    identifiers...) add up to at most ``budget``; a row heavier than the budget goes alone."""
+    chunks: list[list[Row]] = []
+    cur: list[Row] = []
+    used = 0
+    for row, weight in zip(rows, weights, strict=True):
+        if cur and (used + weight > budget or len(cur) >= max_rows):
+            chunks.append(cur)
+            cur, used = [], 0
+        cur.append(row)
+        used += weight
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from audience_sync.core.contract import (
     ProcessingStatus,
     Upload,
     UploadResult,
+    pack,
 )
 from audience_sync.core.errors import PermanentDestinationError
 from audience_sync.destinations.google_ads_api import (
@@ -141,19 +142,8 @@ class GoogleAdsDestination(Destination):
     ) -> list[list[Sequence[str]]]:
         """Chunks of at most ``max_remove_rows`` rows and :data:`IDENTIFIERS_PER_REQUEST` identifiers,
         so that each removal batch is one request."""
-        chunks: list[list[Sequence[str]]] = []
-        cur: list[Sequence[str]] = []
-        used = 0
-        for row in rows:
-            n = _identifier_count(schema, row)
-            if cur and (used + n > IDENTIFIERS_PER_REQUEST or len(cur) >= self.max_remove_rows):
-                chunks.append(cur)
-                cur, used = [], 0
-            cur.append(row)
-            used += n
-        if cur:
-            chunks.append(cur)
-        return chunks
+        weights = [_identifier_count(schema, row) for row in rows]
+        return pack(rows, weights, IDENTIFIERS_PER_REQUEST, self.max_remove_rows)
 
     # ------------------------------------------------------------ audiences
     def find_audiences(self, name: str) -> list[PlatformAudience]:

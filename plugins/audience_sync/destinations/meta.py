@@ -31,6 +31,7 @@ from audience_sync.core.contract import (
     ProcessingStatus,
     Upload,
     UploadResult,
+    pack,
 )
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.platforms.meta import META
@@ -141,24 +142,14 @@ class MetaDestination(Destination):
         if self.remove_via != "delete":
             return super().split_removals(schema, rows)
         budget = self.url_budget_bytes - _encoded_len(list(schema)) - 300  # schema, session, token
-        chunks: list[list[Sequence[str]]] = []
-        cur: list[Sequence[str]] = []
-        used = 0
-        for row in rows:
-            size = _encoded_len(list(row)) + 3  # %2C between rows
+        sizes = [_encoded_len(list(row)) + 3 for row in rows]  # + %2C between rows
+        for size in sizes:
             if size > budget:
                 raise ValueError(
                     f"one removal row is {size} bytes once URL-encoded, over the {self.url_budget_bytes}-byte "
                     "budget of a DELETE request; shorten the unhashed identifiers (external_id, madid)"
                 )
-            if cur and (used + size > budget or len(cur) >= self.max_remove_rows):
-                chunks.append(cur)
-                cur, used = [], 0
-            cur.append(row)
-            used += size
-        if cur:
-            chunks.append(cur)
-        return chunks
+        return pack(rows, sizes, budget, self.max_remove_rows)
 
     # ------------------------------------------------------------ audiences
     def find_audiences(self, name: str) -> list[PlatformAudience]:
