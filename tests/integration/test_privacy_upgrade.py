@@ -74,8 +74,8 @@ def v1_member_id(i: int) -> str:
     return sha(customer(i)["customer_id"].strip())
 
 
-#: what v2 and v3 added: whole tables, and columns of tables v1 had
-V2_TABLES = {"as_state_keys", "as_uploads", "as_stage_owner"}
+#: what v2 and later added: whole tables, and columns of tables v1 had
+V2_TABLES = {"as_state_keys", "as_uploads", "as_stage_owner", "as_upload_receipts"}
 V2_COLUMNS = {
     "upload_id",
     "batch_seq",
