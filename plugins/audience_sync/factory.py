@@ -135,7 +135,7 @@ def extract_tasks(c: Campaign, platforms: list[str]) -> Any:
     args = {
         **source,
         "key": group.key,
-        "identifiers": dict(group.identifiers),
+        "identifiers": group.extracted_fields,
         "platforms": platforms,
         "default_country": group.default_country,
         "consent_column": group.consent.column if group.consent else None,

@@ -196,7 +196,7 @@ def plan_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
             counts = extract_and_stage(
                 chunks,
                 key=g.key,
-                identifiers=dict(g.identifiers),
+                identifiers=g.extracted_fields,
                 platforms=platforms,
                 staging_dir=tmp,
                 keys=keys,

@@ -133,3 +133,46 @@ def test_a_sync_that_fails_mid_upload_is_finished_by_the_next_run_exactly(world:
     assert (out.counts["sent"], out.counts["in_progress"], out.counts["pending"]) == (25_000, 0, 0)
     added = [e["rows"] for e in world.app.member_requests(mark, ops=("add",)) if e["status"] == "OK"]
     assert sum(added) == 25_000  # every member sent once
+
+
+CONSENT_SCHEMA = (*SCHEMA, "ad_user_data", "ad_personalization")
+
+
+def consent_rows(consents: dict[int, tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """Rows with each person's own consent (``""``: the row says nothing, the destination's applies)."""
+    return [
+        KEYS.staged_row(KEYS.member_id(k), CONSENT_SCHEMA, [sha(f"e{k}"), sha(f"p{k}"), *c])
+        for k, c in consents.items()
+    ]
+
+
+def test_each_members_own_consent_goes_with_it_and_a_denied_member_leaves(world: World) -> None:
+    """Per-row consent travels as each member's own consent (Data Manager: it overrides the request's);
+    a person who denies is not added, and one who withdraws later is removed from the list."""
+    dest = GoogleDataManagerDestination(
+        *make_clients(Credentials(token=SANDBOX_TOKEN), world.srv.grpc_target),
+        world.account,
+        ad_user_data="GRANTED",
+        ad_personalization="UNSPECIFIED",
+        timeout=10,
+    )
+    consents = {
+        **dict.fromkeys(range(0, 40), ("GRANTED", "GRANTED")),
+        **dict.fromkeys(range(40, 60), ("", "GRANTED")),  # ad_user_data from the destination
+        **dict.fromkeys(range(60, 70), ("GRANTED", "UNSPECIFIED")),
+        **dict.fromkeys(range(70, 75), ("DENIED", "GRANTED")),
+    }
+    mark = world.app.last_seq()
+    req = world.req()
+    req = SyncRequest(**{**req.__dict__, "schema": CONSENT_SCHEMA})
+    out = sync_audience(dest, world.store, req, consent_rows(consents), retry=FAST)
+    (sent,) = [e for e in world.app.member_requests(mark, ops=("add",)) if e["status"] == "OK"]
+    assert sent["consent"] == {"GRANTED/GRANTED": 60, "GRANTED/UNSPECIFIED": 10}  # the denied never went
+    assert world.members(out.audience_id) == expected(range(70))
+    assert out.counts["sent"] == 70 and out.counts["failed"] == 5  # rejected, with Google's reason
+
+    consents.update(dict.fromkeys(range(0, 10), ("DENIED", "DENIED")))  # ten people withdraw
+    req = SyncRequest(**{**world.req().__dict__, "schema": CONSENT_SCHEMA})
+    out = sync_audience(dest, world.store, req, consent_rows(consents), retry=FAST)
+    assert world.members(out.audience_id) == expected(range(10, 70))
+    assert out.counts["sent"] == 60

@@ -26,6 +26,9 @@ IDENTIFIERS = {
     "date_of_birth": "dob",
     "madid": "maid",
     "external_id": "ext",
+    # per-person consent: only google_datamanager takes it, every other platform ignores it
+    "ad_user_data": "c_data",
+    "ad_personalization": "c_pers",
 }
 
 # values of every kind a CRM column holds: valid, invalid, missing, numbers, dates, junk whitespace
@@ -95,6 +98,8 @@ POOLS: dict[str, list[object]] = {
         None,
     ],
     "ext": ["CRM-1", " 42 ", "", None, 7],
+    "c_data": ["yes", "No", " GRANTED ", "denied", "1", "0", True, False, 1, 0, "maybe", "", None],
+    "c_pers": ["true", "FALSE", "y", "n", "unspecified", "Unknown", "granted", "x", None],
 }
 
 
@@ -133,9 +138,9 @@ def test_chunk_hasher_equals_row_hasher_on_every_platform(
     if arrow:  # the text-only columns (names, city, state, gender, e-mail, MADID) as Arrow arrays
         columns = {
             **columns,
-            **as_arrow({k: columns[k] for k in ("mail", "fn", "ln", "city", "st", "sex", "maid")}),
+            **as_arrow({k: columns[k] for k in ("mail", "fn", "ln", "city", "st", "sex", "maid", "c_pers")}),
         }
-        assert sum(isinstance(c, pa.Array) for c in columns.values()) == 7
+        assert sum(isinstance(c, pa.Array) for c in columns.values()) == 8
     result = chunk.hash_chunk(columns, len(rows))
     assert set(result) == set(RULES)
     for platform, rules in RULES.items():

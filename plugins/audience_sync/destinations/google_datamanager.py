@@ -93,6 +93,8 @@ REMOVE_ALL_SKEW_SECONDS = 1.0
 
 HASHED_KEYS = ("email_address", "phone_number")
 ADDRESS_KEYS = ("given_name", "family_name", "region_code", "postal_code")
+#: a row's own consent to each purpose (the campaign's ``consent:`` columns), sent as the member's consent
+CONSENT_KEYS = ("ad_user_data", "ad_personalization")
 CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
 
 Reason = dm.ErrorReason
@@ -322,7 +324,8 @@ class GoogleDataManagerDestination(Destination):
     ) -> UploadResult:
         if len(rows) > self.max_batch_rows:
             raise ValueError(f"batch of {len(rows)} rows exceeds the limit of {self.max_batch_rows} members")
-        members = [_member(schema, row) for row in rows]  # ValueError before any request
+        # ValueError before any request; a removal carries no consent (Google asks for none)
+        members = [_member(schema, row, with_consent=upload.op != "remove") for row in rows]
         known = self._receipt(upload, seq)
         if known is not None:
             # answered before (a re-send after the answer was recorded): applying it again could undo
@@ -588,10 +591,13 @@ def _bad_members(exc: gexc.GoogleAPICallError) -> list[int]:
     return sorted(found)
 
 
-def _member(schema: Sequence[str], row: Sequence[str]) -> Any:
-    """One row -> an ``AudienceMember`` protobuf: one identifier per e-mail / phone, the address as one."""
+def _member(schema: Sequence[str], row: Sequence[str], *, with_consent: bool = True) -> Any:
+    """One row -> an ``AudienceMember`` protobuf: one identifier per e-mail / phone, the address as one,
+    and the row's own consent, which overrides the request's (a purpose the row leaves unspecified
+    keeps the request's)."""
     ids = []
     address: dict[str, str] = {}
+    consent: dict[str, Any] = {}
     for key, value in zip(schema, row, strict=True):
         if not value:
             continue
@@ -599,6 +605,9 @@ def _member(schema: Sequence[str], row: Sequence[str]) -> Any:
             ids.append(_IDENTIFIER(**{key: value}))
         elif key in ADDRESS_KEYS:
             address[key] = value
+        elif key in CONSENT_KEYS:
+            if with_consent and value != "UNSPECIFIED":
+                consent[key] = consent_status(value)
         else:
             raise ValueError(
                 f"Data Manager has no identifier {key!r}; expected {', '.join(HASHED_KEYS + ADDRESS_KEYS)}"
@@ -609,7 +618,10 @@ def _member(schema: Sequence[str], row: Sequence[str]) -> Any:
         raise ValueError(
             f"a member carries {len(ids)} identifiers; Data Manager takes at most {MAX_IDENTIFIERS}"
         )
-    return _MEMBER(user_data=_USER_DATA(user_identifiers=ids))
+    member = _MEMBER(user_data=_USER_DATA(user_identifiers=ids))
+    if consent:
+        member.consent.CopyFrom(_CONSENT(**consent))
+    return member
 
 
 # raw protobuf classes: building 10,000 members through proto-plus wrappers costs seconds
@@ -617,6 +629,7 @@ _MEMBER = audience.AudienceMember.pb()
 _USER_DATA = user_data.UserData.pb()
 _IDENTIFIER = user_data.UserIdentifier.pb()
 _ADDRESS = user_data.AddressInfo.pb()
+_CONSENT = dm.Consent.pb()
 
 
 def _owned(ul: dm.UserList) -> bool:

@@ -42,6 +42,7 @@ import re
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -507,6 +508,8 @@ class DataManagerSandbox(GrpcApp):
                 )
         call.mutated = True
         call.log.update(op=kind, rows=n, request_id=request_id)
+        if kind == "add":  # each member's consent: its own, else the request's (which it overrides)
+            call.log["consent"] = dict(Counter(_consent_of(m, req.consent) for m in req.audience_members))
         if kind == "add":
             return ingestion_service.IngestAudienceMembersResponse(request_id=request_id)
         return ingestion_service.RemoveAudienceMembersResponse(request_id=request_id)
@@ -730,3 +733,13 @@ def _decode_token(token: str) -> int:
         return int(text.removeprefix("after:"))
     except ValueError:
         raise _invalid(Reason.INVALID_PAGE_TOKEN, "page_token is not valid") from None
+
+
+def _consent_of(member: Any, request: Any) -> str:
+    """``ad_user_data/ad_personalization`` of one member as Google applies them: the member's own status
+    where it gives one, else the request's (e.g. ``GRANTED/UNSPECIFIED``)."""
+    names = []
+    for purpose in ("ad_user_data", "ad_personalization"):
+        status = consent.ConsentStatus(getattr(member.consent, purpose) or getattr(request, purpose))
+        names.append(status.name.removeprefix("CONSENT_").removeprefix("STATUS_"))
+    return "/".join(names)

@@ -30,7 +30,7 @@ from audience_sync.core.campaign.destinations import (
 )
 from audience_sync.core.campaign.paths import resolve_path
 from audience_sync.core.campaign.segment_name import SegmentName
-from audience_sync.core.normalize import IDENTIFIER_TYPES
+from audience_sync.core.normalize import CONSENT_TYPES, IDENTIFIER_TYPES
 
 IdentifierType = Literal[IDENTIFIER_TYPES]  # type: ignore[valid-type]  # the normaliser's list, one source
 SyncMode = Literal["mirror", "add_only", "replace"]
@@ -84,9 +84,27 @@ class Duration(StrictModel):
 
 
 class Consent(StrictModel):
-    """Consent filter: rows whose ``column`` is false or absent are excluded."""
+    """Consent: ``column`` filters (rows whose column is false or absent are excluded, for every platform);
+    ``ad_user_data`` / ``ad_personalization`` name columns of each person's consent to those purposes,
+    sent with the person to the platforms that take them (Google Data Manager: the member's own consent,
+    which overrides the destination's)."""
 
-    column: NonEmptyStr
+    column: NonEmptyStr | None = None
+    ad_user_data: NonEmptyStr | None = None
+    ad_personalization: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Consent:
+        if not (self.column or self.ad_user_data or self.ad_personalization):
+            raise Invalid(
+                "names no column",
+                "give column (the consent filter) and/or ad_user_data / ad_personalization columns",
+            )
+        return self
+
+    def purposes(self) -> dict[str, str]:
+        """Consent type -> source column, for the per-person purposes given."""
+        return {k: v for k in CONSENT_TYPES if (v := getattr(self, k))}
 
 
 class AudienceGroup(StrictModel):
@@ -170,6 +188,11 @@ class AudienceGroup(StrictModel):
     def source_path(self) -> Path | None:
         """Resolved path of the referenced file (list or .sql), None for an inline query."""
         return self.list_file if self.list_file is not None else self.sql_file
+
+    @property
+    def extracted_fields(self) -> dict[str, str]:
+        """What extraction reads for the platforms: the identifiers, and the per-person consent columns."""
+        return {**self.identifiers, **(self.consent.purposes() if self.consent else {})}
 
     def sql_query(self) -> str:
         """Return the query text (read from the ``.sql`` file, or the inline query)."""

@@ -42,6 +42,10 @@ external_id    EXTERN_ID (unhashed): trimmed     third_party_user_id (unhashed, 
                                                  Ads only): trimmed
 =============  ===============================  ===============================  ==========================
 
+Per-person consent (``CONSENT_TYPES``: ``ad_user_data``, ``ad_personalization``) is taken by
+google_datamanager only, unhashed: ``GRANTED`` / ``DENIED`` / ``UNSPECIFIED`` from yes/no, true/false, 1/0
+or the status names; it changes no row's match (a campaign maps it with ``consent:``, not ``identifiers:``).
+
 Phones are parsed with libphonenumber (``phones.py``) using the row's country (else the default) as region,
 and must pass ``is_valid_number``; without any region a number must carry its country code (``+``, ``00``
 or bare digits).
@@ -81,6 +85,7 @@ from audience_sync.core.normalize.api import (
     supported_fields,
 )
 from audience_sync.core.normalize.platforms import (
+    CONSENT_TYPES,
     IDENTIFIER_TYPES,
     PLATFORMS,
     RULES,
@@ -91,6 +96,7 @@ from audience_sync.core.normalize.platforms import (
 from audience_sync.core.normalize.values import InvalidValue, normalize_country, sha256_hex
 
 __all__ = [
+    "CONSENT_TYPES",
     "IDENTIFIER_TYPES",
     "NO_IDENTIFIER",
     "PLATFORMS",

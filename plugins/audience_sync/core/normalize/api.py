@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from audience_sync.core.normalize.platforms import IDENTIFIER_TYPES, PlatformRules, get_rules
+from audience_sync.core.normalize.platforms import FIELD_TYPES, PlatformRules, get_rules
 from audience_sync.core.normalize.values import InvalidValue, coerce, normalize_country
 
 NO_IDENTIFIER = "no_identifier"
@@ -123,11 +123,9 @@ class RowHasher:
         rules: PlatformRules | None = None,
     ) -> None:
         rules = rules if rules is not None else get_rules(platform)
-        unknown = sorted(set(identifiers) - set(IDENTIFIER_TYPES))
+        unknown = sorted(set(identifiers) - set(FIELD_TYPES))
         if unknown:
-            raise ValueError(
-                f"unknown identifier types {unknown}; expected some of {', '.join(IDENTIFIER_TYPES)}"
-            )
+            raise ValueError(f"unknown identifier types {unknown}; expected some of {', '.join(FIELD_TYPES)}")
         self.platform = platform
         self.default_country: str | None = None
         if default_country is not None:

@@ -241,6 +241,26 @@ def google_postal_code(value: object, region: str | None) -> str:
     return text
 
 
+# --------------------------------------------------------------------------------------------- consent
+
+_CONSENT = {
+    **dict.fromkeys(("granted", "true", "t", "yes", "y", "1"), "GRANTED"),
+    **dict.fromkeys(("denied", "false", "f", "no", "n", "0"), "DENIED"),
+    **dict.fromkeys(("unspecified", "unknown"), "UNSPECIFIED"),
+}
+
+
+def consent_status(value: object, region: str | None) -> str:
+    """A consent purpose of one person for Google (sent unhashed): ``GRANTED``, ``DENIED`` or
+    ``UNSPECIFIED``, from yes/no, true/false, 1/0 or the status names (any case)."""
+    if isinstance(value, bool | int | float):
+        return "GRANTED" if value else "DENIED"
+    result = _CONSENT.get(_text(value).strip().lower())
+    if result is None:
+        raise InvalidValue("consent must be granted/denied, yes/no, true/false or 1/0")
+    return result
+
+
 # --------------------------------------------------------------------------------------------- gender, dob
 
 _GENDERS = {"m": "m", "male": "m", "f": "f", "female": "f"}

@@ -43,6 +43,12 @@ IDENTIFIER_TYPES: tuple[str, ...] = (
     "external_id",
 )
 
+#: per-row consent a platform may take besides identifiers (Google's consent purposes): they change no
+#: row's match, travel unhashed with its identifiers, and are mapped by a campaign's ``consent:``
+CONSENT_TYPES: tuple[str, ...] = ("ad_user_data", "ad_personalization")
+#: everything a rules table may name
+FIELD_TYPES: tuple[str, ...] = IDENTIFIER_TYPES + CONSENT_TYPES
+
 Applied = tuple[tuple[str, ...], tuple[str, ...]]  # (normalised parts, sent parts), aligned to FieldRule.keys
 
 
@@ -92,7 +98,7 @@ class PlatformRules:
     all_or_nothing: tuple[frozenset[str], ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = set(self.fields) - set(IDENTIFIER_TYPES)
+        unknown = set(self.fields) - set(FIELD_TYPES)
         if unknown:
             raise ValueError(f"platform {self.name!r}: unknown identifier types {sorted(unknown)}")
 
@@ -100,9 +106,9 @@ class PlatformRules:
         """The rule for ``identifier``; :class:`ValueError` if unknown or unsupported on this platform."""
         rule = self.fields.get(identifier)
         if rule is None:
-            if identifier not in IDENTIFIER_TYPES:
+            if identifier not in FIELD_TYPES:
                 raise ValueError(
-                    f"unknown identifier type {identifier!r}; expected one of {', '.join(IDENTIFIER_TYPES)}"
+                    f"unknown identifier type {identifier!r}; expected one of {', '.join(FIELD_TYPES)}"
                 )
             raise ValueError(
                 f"identifier type {identifier!r} is not supported by platform {self.name!r}; "
@@ -177,6 +183,9 @@ GOOGLE_DATAMANAGER = PlatformRules(
         "last_name": FieldRule(("family_name",), n.google_name, cached=True),
         "country": FieldRule(("region_code",), _GOOGLE_COUNTRY, hashed=False, cached=True),
         "zip": FieldRule(("postal_code",), n.google_postal_code, hashed=False, cached=True),
+        # per-row consent (Data Manager's AudienceMember.consent, which overrides the request's)
+        "ad_user_data": FieldRule(("ad_user_data",), n.consent_status, hashed=False, cached=True),
+        "ad_personalization": FieldRule(("ad_personalization",), n.consent_status, hashed=False, cached=True),
     },
     standalone=frozenset({"email", "phone"}),
     combos=(frozenset({"first_name", "last_name", "country", "zip"}),),
