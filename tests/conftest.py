@@ -13,8 +13,9 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,16 +86,22 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}: the test session stops and its fixtures tear down")
 
 
-@pytest.fixture(autouse=True)
-def _stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM ends the session as Ctrl-C does, so the session's fixtures (PostgreSQL, the sandbox) are
-    torn down. Airflow's in-process task runs (``dag.test()``) install a SIGTERM handler of their own and
-    leave it in place, so ours is set again around every test."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
-    yield
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+def _keep_sigterm(set_handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``signal.signal`` that leaves SIGTERM to :func:`_interrupt`: Airflow's in-process task runs
+    (``dag.test()``) install a SIGTERM handler that swallows the signal and leave it in place, and a
+    SIGTERM arriving while it is installed would be lost."""
+
+    def guarded(signum: int, handler: Any) -> Any:
+        if signum == signal.SIGTERM and threading.current_thread() is threading.main_thread():
+            return set_handler(signum, _interrupt)
+        return set_handler(signum, handler)
+
+    return guarded
+
+
+# SIGTERM ends the session as Ctrl-C does, so the session's fixtures (PostgreSQL, the sandbox) are torn down
+signal.signal(signal.SIGTERM, _interrupt)
+signal.signal = _keep_sigterm(signal.signal)  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="session")

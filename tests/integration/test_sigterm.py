@@ -1,5 +1,5 @@
-"""SIGTERM stops a test session and the services it started (PostgreSQL), even after a test left a
-SIGTERM handler behind (as Airflow's ``dag.test()`` does)."""
+"""SIGTERM stops a test session and the services it started (PostgreSQL), even while a test has a
+SIGTERM handler of its own installed (as Airflow's ``dag.test()`` leaves one)."""
 
 from __future__ import annotations
 
