@@ -49,7 +49,8 @@ from audience_sync.destinations.google_ads_api import (
     owned_lists_query,
 )
 from audience_sync.destinations.google_ads_errors import classify
-from audience_sync.platforms.google_ads import GOOGLE_ADS, MAX_LIFE_SPAN_DAYS
+from audience_sync.platforms.google_ads import GOOGLE_ADS
+from audience_sync.platforms.google_common import MAX_MEMBERSHIP_DAYS
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class GoogleAdsDestination(Destination):
         *,
         upload_key_type: str = "CONTACT_INFO",
         app_id: str | None = None,
-        membership_life_span_days: int = MAX_LIFE_SPAN_DAYS,
+        membership_life_span_days: int = MAX_MEMBERSHIP_DAYS,
         consent: Mapping[str, str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
@@ -118,8 +119,8 @@ class GoogleAdsDestination(Destination):
             )
         if (upload_key_type == "MOBILE_ADVERTISING_ID") != bool(app_id):
             raise ValueError("app_id is required for MOBILE_ADVERTISING_ID lists and allowed for no others")
-        if not 0 <= membership_life_span_days <= MAX_LIFE_SPAN_DAYS:
-            raise ValueError(f"membership_life_span_days must be 0..{MAX_LIFE_SPAN_DAYS}")
+        if not 0 <= membership_life_span_days <= MAX_MEMBERSHIP_DAYS:
+            raise ValueError(f"membership_life_span_days must be 0..{MAX_MEMBERSHIP_DAYS}")
         self.client = client
         self.account = GOOGLE_ADS.normalise_account(customer_id)
         self.conn_label = conn_label

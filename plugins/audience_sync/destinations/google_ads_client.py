@@ -23,15 +23,12 @@ from google.ads.googleads.client import GoogleAdsClient
 from google.ads.googleads.interceptors import ExceptionInterceptor, LoggingInterceptor, MetadataInterceptor
 from google.api_core.gapic_v1.client_info import ClientInfo
 from google.auth.credentials import Credentials
-from google.auth.transport.grpc import AuthMetadataPlugin
-from google.auth.transport.requests import Request
 
 from audience_sync.destinations.google_ads_api import API_VERSION, SERVICES_PACKAGE
-from audience_sync.destinations.grpc_common import is_loopback
+from audience_sync.destinations.grpc_common import is_loopback, loopback_channel
 
 #: the logger of google-ads' LoggingInterceptor
 LIBRARY_LOGGER = "google.ads.googleads.client"
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
 def make_client(
@@ -86,8 +83,5 @@ class LoopbackGoogleAdsClient(GoogleAdsClient):
 
     def _loopback_channel(self) -> grpc.Channel:
         if self._channel is None:
-            auth = grpc.metadata_call_credentials(AuthMetadataPlugin(self.credentials, Request()))
-            local = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
-            creds = grpc.composite_channel_credentials(local, auth)
-            self._channel = grpc.secure_channel(str(self.endpoint), creds, options=_CHANNEL_OPTIONS)
+            self._channel = loopback_channel(str(self.endpoint), self.credentials)
         return self._channel

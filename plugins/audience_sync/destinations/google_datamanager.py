@@ -59,7 +59,6 @@ from google.api_core import client_options
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 from google.auth.credentials import Credentials
-from google.auth.transport import requests as auth_requests
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
@@ -72,7 +71,8 @@ from audience_sync.core.contract import (
     UploadResult,
 )
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
-from audience_sync.destinations.grpc_common import TRANSIENT_STATUSES, is_loopback
+from audience_sync.destinations.grpc_common import TRANSIENT_STATUSES, is_loopback, loopback_channel
+from audience_sync.platforms.google_common import CONSENT_VALUES, MAX_MEMBERSHIP_DAYS, normalise_customer_id
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,6 @@ MAX_MEMBERS = 10_000
 MAX_IDENTIFIERS = 10
 #: ListUserLists page size (its maximum; larger values are coerced to 1000)
 LIST_PAGE_SIZE = 1000
-#: membership duration bounds in days (Google Ads Customer Match: at most 540; whole days)
-MAX_MEMBERSHIP_DAYS = 540
 #: how old the replace's ``remove_as_of_time`` must be before RemoveAllAudienceMembers is sent
 REMOVE_ALL_SKEW_SECONDS = 1.0
 
@@ -95,27 +93,11 @@ HASHED_KEYS = ("email_address", "phone_number")
 ADDRESS_KEYS = ("given_name", "family_name", "region_code", "postal_code")
 #: a row's own consent to each purpose (the campaign's ``consent:`` columns), sent as the member's consent
 CONSENT_KEYS = ("ad_user_data", "ad_personalization")
-CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
 
 Reason = dm.ErrorReason
 Status = request_status_per_destination.RequestStatusPerDestination.RequestStatus
 _MEMBER_AT = re.compile(r"audience_members\[(\d+)\]")
 _AccountType = dm.ProductAccount.AccountType
-
-
-class _Bearer(grpc.UnaryUnaryClientInterceptor):
-    """Adds ``authorization: Bearer <token>`` from google-auth credentials (refreshing them when due) to
-    each call of an insecure loopback channel, which carries no call credentials of its own."""
-
-    def __init__(self, credentials: Credentials) -> None:
-        self._credentials = credentials
-        self._request = auth_requests.Request()
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        headers: dict[str, str] = {}
-        self._credentials.before_request(self._request, "POST", "", headers)
-        metadata = [*(details.metadata or ()), ("authorization", headers["authorization"])]
-        return continuation(details._replace(metadata=metadata), request)
 
 
 def make_clients(
@@ -124,12 +106,11 @@ def make_clients(
     """The two service clients on one channel.
 
     With no ``endpoint``: TLS to ``datamanager.googleapis.com`` with the credentials. Another endpoint
-    gets TLS too, except a loopback one (the local sandbox), which gets an insecure channel carrying the
-    credentials' bearer token in the call metadata; nothing is patched.
+    gets TLS too, except a loopback one (the local sandbox), which gets a plaintext local channel still
+    carrying the credentials' bearer token; nothing is patched.
     """
     if endpoint and is_loopback(endpoint):
-        raw = grpc.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
-        channel = grpc.intercept_channel(raw, _Bearer(credentials))
+        channel = loopback_channel(endpoint, credentials)
         return (
             dm.IngestionServiceClient(transport=IngestionServiceGrpcTransport(channel=channel)),
             dm.UserListServiceClient(transport=UserListServiceGrpcTransport(channel=channel)),
@@ -227,9 +208,9 @@ class GoogleDataManagerDestination(Destination):
             )
         self.ingestion = ingestion
         self.user_lists = user_lists
-        self.account = _digits(operating_account)
-        self.login_account = _digits(login_account) if login_account else None
-        self.linked_account = _digits(linked_account) if linked_account else None
+        self.account = normalise_customer_id(operating_account)
+        self.login_account = normalise_customer_id(login_account) if login_account else None
+        self.linked_account = normalise_customer_id(linked_account) if linked_account else None
         self.consent = dm.Consent(
             ad_user_data=consent_status(ad_user_data), ad_personalization=consent_status(ad_personalization)
         )
@@ -648,10 +629,3 @@ def _audience(ul: dm.UserList) -> PlatformAudience:
         size=int(size) if size is not None else None,
         status=ul.membership_status.name,
     )
-
-
-def _digits(value: str | int) -> str:
-    text = str(value).strip().replace("-", "")
-    if not text.isascii() or not text.isdigit():
-        raise ValueError(f"{value!r} is not a Google Ads account id (10 digits, dashes allowed)")
-    return text

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowException
 from audience_sync.destinations.google_ads import DEFAULT_TIMEOUT, GoogleAdsDestination
 from audience_sync.destinations.google_ads_client import make_client
 from audience_sync.hooks import google_auth
-from audience_sync.platforms.google_ads import normalise_customer_id
+from audience_sync.platforms.google_common import normalise_customer_id
 
 #: the OAuth scope of the Google Ads API
 ADWORDS_SCOPE = "https://www.googleapis.com/auth/adwords"

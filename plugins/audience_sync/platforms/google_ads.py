@@ -8,7 +8,6 @@ Google destination, this one serves accounts Google already allowlisted.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -17,22 +16,7 @@ from audience_sync.core.campaign.base import Invalid, NonEmptyStr, StrictModel
 from audience_sync.core.campaign.destinations import Account, DestinationBase
 from audience_sync.core.normalize.platforms import GOOGLE_ADS as GOOGLE_ADS_RULES
 from audience_sync.core.platforms import Platform
-
-#: the longest membership Google accepts on a CRM-based list (v26 ``membership_life_span``: 0..540)
-MAX_LIFE_SPAN_DAYS = 540
-_ACCOUNT_FIX = 'write the 10-digit Google Ads customer id, e.g. "123-456-7890" or "1234567890"'
-_CUSTOMER = re.compile(r"\d{3}-?\d{3}-?\d{4}")
-
-
-def normalise_customer_id(value: Any) -> str:
-    """``"123-456-7890"``, ``"1234567890"`` or ``1234567890`` -> ``"1234567890"``; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise Invalid("must be a Google Ads customer id", _ACCOUNT_FIX)
-    text = str(value).strip()
-    if not text.isascii() or not _CUSTOMER.fullmatch(text):
-        raise Invalid(f"'{text}' is not a Google Ads customer id: expected 10 digits", _ACCOUNT_FIX)
-    return text.replace("-", "")
-
+from audience_sync.platforms.google_common import MAX_MEMBERSHIP_DAYS, normalise_customer_id
 
 ConsentValue = Literal["GRANTED", "UNSPECIFIED"]
 
@@ -78,7 +62,7 @@ class GoogleAdsCampaignDestination(DestinationBase):
     customer_id: Account
     upload_key_type: Literal["CONTACT_INFO", "CRM_ID", "MOBILE_ADVERTISING_ID"] = "CONTACT_INFO"
     app_id: NonEmptyStr | None = None
-    membership_life_span_days: int = Field(default=MAX_LIFE_SPAN_DAYS, ge=0, le=MAX_LIFE_SPAN_DAYS)
+    membership_life_span_days: int = Field(default=MAX_MEMBERSHIP_DAYS, ge=0, le=MAX_MEMBERSHIP_DAYS)
     consent: GoogleAdsConsent = Field(default_factory=GoogleAdsConsent)
     login_customer_id: str | None = None
 

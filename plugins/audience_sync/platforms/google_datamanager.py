@@ -15,25 +15,9 @@ from audience_sync.core.campaign.base import Invalid, StrictModel
 from audience_sync.core.campaign.destinations import Account, DestinationBase
 from audience_sync.core.normalize.platforms import GOOGLE_DATAMANAGER as RULES
 from audience_sync.core.platforms import Platform
+from audience_sync.platforms.google_common import CONSENT_VALUES, MAX_MEMBERSHIP_DAYS, normalise_customer_id
 
 NAME = "google_datamanager"
-_ACCOUNT_FIX = 'write the Google Ads customer id, e.g. "123-456-7890" or "1234567890"'
-#: Customer Match membership: whole days, at most 540 (Google Ads; Data Manager ``membership_duration``)
-MAX_MEMBERSHIP_DAYS = 540
-CONSENT_VALUES = ("GRANTED", "DENIED", "UNSPECIFIED")
-
-
-def normalise_customer_id(value: Any) -> str:
-    """``123-456-7890``, ``"1234567890"`` or ``1234567890`` -> ``1234567890``; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise Invalid("must be a Google Ads customer id", _ACCOUNT_FIX)
-    text = str(value).strip()
-    digits = text.replace("-", "")
-    if not digits.isascii() or not digits.isdigit() or len(digits) != 10:
-        raise Invalid(
-            f"'{text}' is not a Google Ads customer id: expected 10 digits, dashes allowed", _ACCOUNT_FIX
-        )
-    return digits
 
 
 def _consent_value(value: Any) -> str:

@@ -200,9 +200,9 @@ class GrpcHost:
                 entry["applied"] = False
                 self._end(context, entry, call, _dropped(rule))
         try:
-            response = app_answer = rpc.handler(request, call)
+            response = rpc.handler(request, call)
             if rpc.streaming:
-                response = list(app_answer)  # run the handler fully before answering
+                response = list(response)  # run the handler fully before answering
         except RpcAbort as abort:
             self._end(context, entry, call, abort)
         except Exception:
