@@ -1,6 +1,7 @@
 """Row fingerprints (``core/fingerprints.py``): a rerun normalises and hashes only the rows whose raw values
 changed, on SQLite and PostgreSQL, against the Meta sandbox; a rules change re-hashes every row; the
-fingerprints reveal no raw value; a v2 state database upgrades to v3 in place.
+fingerprints reveal no raw value; a v2 state database upgrades to v4 in place; a rerun whose ledger has not
+moved since extraction compares only the changed rows.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from audience_sync.core import migrations
-from audience_sync.core.delta import StagedGroup, StaleExtraction
+from audience_sync.core import delta, migrations
+from audience_sync.core.delta import Comparison, StagedGroup, StaleExtraction, compare, stage_changes
 from audience_sync.core.extract import ExtractCounts, extract_and_stage, staged_parts
 from audience_sync.core.fingerprints import known_in_background, rules_version
 from audience_sync.core.keys import StateKeys
-from audience_sync.core.ledger import StateStore, ledger, metadata, schema_version
+from audience_sync.core.ledger import StateStore, ledger, ledger_moved, metadata, schema_version, stage
 from audience_sync.core.normalize import RowHasher, get_rules
 from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, sync_audience
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
@@ -101,6 +102,11 @@ class World:
 
     def mark(self) -> int:
         return self.srv.meta.last_seq()
+
+    def registry_id(self) -> int:
+        entry = self.store.get_registry("meta", self.account, self.segment)
+        assert entry is not None
+        return entry.id
 
 
 @pytest.fixture
@@ -205,8 +211,72 @@ def test_a_ledger_changed_since_extraction_fails_the_sync_instead_of_guessing(wo
             .where(ledger.c.member_id == world.keys.member_id("cust-0005"))
             .values(fingerprint="0" * 32)
         )
+        ledger_moved(c, world.registry_id())  # as every write of ledger rows does
     with pytest.raises(StaleExtraction, match="run the extract task again"):
         world.sync(counts)
+
+
+def _outcomes(world: World, staged: StagedGroup) -> tuple[Comparison, set[tuple], Comparison]:
+    """What a plan and a mirror sync would make of the staged group: comparison, staged ledger changes."""
+    store, rid = world.store, world.registry_id()
+    revoked = [world.keys.member_id("cust-0002")]
+    planned = compare(store, rid, staged, removals=True, revoked=revoked)
+    changes = stage_changes(
+        store, rid, staged, mode="mirror", backfill=False, exclude=None, dag_id="d", run_id="r", lease=None
+    )
+    with store.engine.connect() as c:
+        q = sa.select(stage.c.member_id, stage.c.row_hash, stage.c.payload, stage.c.fingerprint)
+        rows = set(c.execute(q.where(stage.c.stage_key == changes.key)).all())
+    store.drop_stage(changes.key)
+    return planned, rows, changes.comparison
+
+
+def _ledger_rows_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many ledger rows each comparison reads (the real reader, counted)."""
+    read: list[int] = []
+    real = delta._ledger_rows
+
+    def counted(*args, **kwargs):
+        table = real(*args, **kwargs)
+        read.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(delta, "_ledger_rows", counted)
+    return read
+
+
+def test_a_rerun_compares_only_the_changed_rows_and_finds_what_comparing_every_row_finds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [customer(i) for i in GROUP]
+    world.run(rows)
+    rid = world.registry_id()
+    # ledger rows in every state a rerun meets: leaving, waiting to be removed, failed, left before
+    world.store.queue_removals(rid, [world.keys.member_id("cust-0011")], "r0")
+    ids = [world.keys.member_id(f"cust-{i:04d}") for i in (12, 13)]
+    with world.store.engine.begin() as c:
+        c.execute(ledger.update().where(ledger.c.member_id == ids[0]).values(status="failed"))
+        c.execute(ledger.update().where(ledger.c.member_id == ids[1]).values(status="removed", op=None))
+        ledger_moved(c, rid)
+    # 3 changes e-mail, 7 and 12 leave, 99 joins, 2 withdraws consent (revoked)
+    rows2 = [customer(i, version=1 if i == 3 else 0) for i in GROUP if i not in (2, 7, 12)] + [customer(99)]
+    counts = world.extract(rows2)
+    staged = StagedGroup(counts.staged["meta"]["path"])
+    assert staged.reuse is not None and staged.reuse.generation == world.store.ledger_generation(rid)
+    assert (staged.reuse.registry_id, staged.reuse.reused) == (rid, counts.reused)
+    read = _ledger_rows_read(monkeypatch)
+
+    changed_only = _outcomes(world, staged)
+    staged.reuse = None  # as without extraction's record: every member compared
+    every_row = _outcomes(world, staged)
+
+    assert changed_only == every_row
+    planned, stage_rows, _ = changed_only
+    assert (planned.group, planned.new, planned.removes) == (len(rows2), 1, 3)  # 99 new; 2, 7, 12 out
+    # 3 changed, 11 back from its removal, 13 back into the group, 99 new; 2, 7 and 12 leaving
+    assert len(stage_rows) == 7
+    # the changed rows only: 2, 3, 7, 11, 12, 13 (plan, then sync); then every ledger row
+    assert read == [6, 6, len(GROUP), len(GROUP)]
 
 
 def test_fingerprints_reveal_no_raw_value(world: World) -> None:
@@ -239,18 +309,22 @@ def test_fingerprints_reveal_no_raw_value(world: World) -> None:
 
 
 def v2_metadata() -> sa.MetaData:
-    """The tables as v2 created them: today's, less the v3 fingerprint columns."""
+    """The tables as v2 created them: today's, less the v3 fingerprint columns and the v4 generation."""
     md = sa.MetaData()
+    later = {
+        ("as_member_ledger", "fingerprint"),
+        ("as_stage", "fingerprint"),
+        ("as_audience_registry", "ledger_generation"),
+    }
     for t in metadata.sorted_tables:
-        v3 = t.name in ("as_member_ledger", "as_stage")
-        columns = [c._copy() for c in t.columns if not (v3 and c.name == "fingerprint")]
+        columns = [c._copy() for c in t.columns if (t.name, c.name) not in later]
         sa.Table(t.name, md, *columns)
     ledger_v2 = md.tables["as_member_ledger"].c
     sa.Index("ix_as_ledger_status", ledger_v2.registry_id, ledger_v2.status, ledger_v2.op)
     return md
 
 
-def test_a_v2_state_upgrades_to_v3_in_place_and_the_next_run_sends_nothing(
+def test_a_v2_state_upgrades_to_v4_in_place_and_the_next_run_sends_nothing(
     fresh_sandbox, state_url: str, tmp_path: Path
 ) -> None:
     engine = sa.create_engine(state_url)  # the tables as v2 created them, version 2
@@ -262,7 +336,10 @@ def test_a_v2_state_upgrades_to_v3_in_place_and_the_next_run_sends_nothing(
     world = World(fresh_sandbox, state_url, tmp_path)  # opening the store upgrades it
     try:
         with world.store.engine.connect() as c:
-            assert sorted(c.execute(sa.select(schema_version.c.version)).scalars()) == [2, 3]
+            assert sorted(c.execute(sa.select(schema_version.c.version)).scalars()) == [2, 3, 4]
+            assert "ledger_generation" in {
+                col["name"] for col in sa.inspect(c).get_columns("as_audience_registry")
+            }
             for table in ("as_member_ledger", "as_stage"):
                 assert "fingerprint" in {col["name"] for col in sa.inspect(c).get_columns(table)}
             (index,) = [
@@ -270,6 +347,7 @@ def test_a_v2_state_upgrades_to_v3_in_place_and_the_next_run_sends_nothing(
             ]
             assert index["column_names"] == ["registry_id", "status", "op"]  # no random keys in an index
         assert migrations.upgrade_v2_to_v3(world.store.engine) is False  # idempotent
+        assert migrations.upgrade_v3_to_v4(world.store.engine) is False
         rows = [customer(i) for i in GROUP]
         _, out = world.run(rows)
         with world.store.engine.begin() as c:  # as a v2 ledger holds them: rows without fingerprints

@@ -178,3 +178,35 @@ def test_pyproject_declares_every_pinned_runtime_dependency_with_a_range_holding
         (version,) = (s.version for s in pin.specifier)
         assert pin.name.lower() in declared, f"{pin.name} is pinned in requirements.txt but not declared"
         assert declared[pin.name.lower()].specifier.contains(version), (pin, declared[pin.name.lower()])
+
+
+def _ledger_writes(tree: ast.AST) -> Iterable[tuple[ast.FunctionDef, ast.Call]]:
+    """(function, call) for each ``ledger.update()`` / ``.insert()`` / ``.delete()`` in a module."""
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef):
+            for node in ast.walk(fn):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("update", "insert", "delete")
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "ledger"
+                ):
+                    yield fn, node
+
+
+def test_every_write_of_ledger_rows_moves_the_ledger_generation() -> None:
+    # core/delta.py trusts rows reused by fingerprint while the audience's ledger generation has not
+    # moved: a write that did not move it would let a rerun skip a member it must look at
+    writers = 0
+    for path in (PACKAGE / "core").glob("*.py"):
+        if path.name == "migrations.py":  # schema upgrades, before any run reads a generation
+            continue
+        tree = ast.parse(path.read_text())
+        for fn, call in _ledger_writes(tree):
+            writers += 1
+            calls = {
+                n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            }
+            assert "ledger_moved" in calls, f"{path.name}:{call.lineno} writes ledger rows in {fn.name}()"
+    assert writers >= 10  # the check sees the writes (apply_stage, uploads...)

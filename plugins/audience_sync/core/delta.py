@@ -9,6 +9,7 @@ the slice, not the group. :func:`compare` answers what a sync would do (the dry-
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import PARTS, staged_parts, staged_schema
+from audience_sync.core.fingerprints import Reuse, reusable
 from audience_sync.core.keys import payload_json
 from audience_sync.core.ledger import KEEP_PAYLOAD, LEAVING, StateStore, fetch_columns, ledger, registry
 
@@ -30,6 +33,10 @@ SLICE_ROWS = 1_000_000
 
 #: staged rows turned into Python values at once
 ROWS_PER_BATCH = 50_000
+
+#: at most this many changed rows (hashed rows + ledger rows no reused row matched) for a comparison of
+#: the changed rows only; more, and every member is compared slice by slice
+CHANGED_ROWS = 200_000
 
 _IDS = pa.schema([("member_id", pa.string()), ("row_hash", pa.string()), ("fingerprint", pa.string())])
 
@@ -59,6 +66,8 @@ class StagedGroup:
         self.table: pa.Table | None = None
         self.schema: list[str] = []  # the platform keys of staged files (rows carry a payload instead)
         self.filesystem = filesystem
+        #: what extraction recorded of the rows it staged unchanged (one staged folder only)
+        self.reuse: Reuse | None = None
         if isinstance(source, str | PurePath):
             source = [source]
         if isinstance(source, list | tuple) and source and isinstance(source[0], str | PurePath):
@@ -71,6 +80,8 @@ class StagedGroup:
                 for p in files
             )
             self.schema = staged_schema(source[0], filesystem)
+            if len(source) == 1:  # partitions each matched a part of the known fingerprints: no record
+                self.reuse = Reuse.read(source[0], filesystem)
         else:
             columns: tuple[list[str], list[str], list[str]] = ([], [], [])
             for row in source:
@@ -199,7 +210,9 @@ def stage_changes(
     requeue = ("pending", "failed", "removed")
 
     def rows() -> Iterator[tuple[str, str, str]]:
-        for _prefix, group, known, joined in _slices(store, registry_id, staged, exclude, out):
+        # a replace re-sends every member: rows reused by fingerprint are needed one by one
+        slices = _slices(store, registry_id, staged, exclude, out, reuse=mode != "replace")
+        for _prefix, group, known, joined in slices:
             if known is None or joined is None:  # only for an audience not registered yet
                 continue
             new = pc.is_null(joined["status"])
@@ -271,9 +284,18 @@ def _slices(
     staged: StagedGroup,
     exclude: Exclusion | None,
     out: Comparison,
+    *,
+    reuse: bool = True,
 ) -> Iterator[tuple[str, pa.Table, pa.Table | None, pa.Table | None]]:
     """Per member-id slice: the group (less excluded members), the audience's ledger rows and the two
-    joined; counts group, excluded, new, unchanged and changed into ``out`` on the way."""
+    joined; counts group, excluded, new, unchanged and changed into ``out`` on the way.
+
+    With ``reuse`` (and extraction's record, see :func:`_changed_only`) only the changed rows, as one slice.
+    """
+    changed = _changed_only(store, registry_id, staged, exclude, out) if reuse and registry_id else None
+    if changed is not None:
+        yield changed
+        return
     total = staged.size + (_ledger_size(store, registry_id) if registry_id is not None else 0)
     for prefix in _prefixes(total):
         group = staged.slice(prefix)
@@ -286,15 +308,71 @@ def _slices(
         if registry_id is None:  # everyone is new (a plan only: a sync always has the audience)
             yield prefix, group, None, None
             continue
-        known = _ledger_slice(store, registry_id, prefix)
-        joined = group.join(known, "member_id", join_type="left outer", right_suffix="_ledger")
-        status, same_hash = joined["status"], _same_hash(joined)
-        if _count(pc.and_(pc.is_null(joined["row_hash"]), pc.invert(same_hash))):
-            raise _stale()
-        out.new += _count(pc.is_null(status))
-        out.unchanged += _count(pc.and_(pc.fill_null(pc.equal(status, "sent"), False), same_hash))
-        out.changed += _count(pc.and_(pc.fill_null(joined["has_sent"], False), pc.invert(same_hash)))
-        yield prefix, group, known, joined
+        known = _ledger_rows(store, registry_id, *_in_slice(ledger.c.member_id, prefix))
+        yield prefix, group, known, _joined(group, known, out)
+
+
+def _joined(group: pa.Table, known: pa.Table, out: Comparison) -> pa.Table:
+    """The group's rows joined with their ledger rows; counts new, unchanged and changed into ``out``."""
+    joined = group.join(known, "member_id", join_type="left outer", right_suffix="_ledger")
+    status, same_hash = joined["status"], _same_hash(joined)
+    if _count(pc.and_(pc.is_null(joined["row_hash"]), pc.invert(same_hash))):
+        raise _stale()
+    out.new += _count(pc.is_null(status))
+    out.unchanged += _count(pc.and_(pc.fill_null(pc.equal(status, "sent"), False), same_hash))
+    out.changed += _count(pc.and_(pc.fill_null(joined["has_sent"], False), pc.invert(same_hash)))
+    return joined
+
+
+def _changed_only(
+    store: StateStore, registry_id: int, staged: StagedGroup, exclude: Exclusion | None, out: Comparison
+) -> tuple[str, pa.Table, pa.Table, pa.Table] | None:
+    """The comparison as one slice of the changed rows only, when extraction's record allows it.
+
+    Rows staged unchanged by fingerprint stand for ledger rows that need nothing, as long as the ledger
+    has not moved since extraction read their fingerprints (the same ledger generation): they are only
+    counted. What can change is in the staged rows extraction hashed, and in the ledger rows no reused
+    row matched: rows not reusable (pending, failed, leaving...), and reusable ones whose member left
+    the group or changed. Those are compared as every slice is, so the result is the same; at a million
+    members this reads a few thousand rows instead of every one. None (compare slice by slice) without
+    a record of this audience's current generation, with excluded segments (every member is looked
+    up), or when too much changed.
+    """
+    reuse = staged.reuse
+    if reuse is None or reuse.registry_id != registry_id or (exclude is not None and exclude.segments):
+        return None
+    unmatched = reuse.unmatched_hex()
+    hashed = staged.size - reuse.reused
+    if hashed + len(unmatched) > CHANGED_ROWS or store.ledger_generation(registry_id) != reuse.generation:
+        return None
+    tables = [_read_part(f, False, staged.filesystem) for files in staged.parts.values() for f in files]
+    group = pa.concat_tables(tables) if tables else _IDS.empty_table()
+    group = group.filter(pc.is_valid(group["row_hash"]))
+    dialect = store.dialect
+    known = _ledger_rows(
+        store,
+        registry_id,
+        sa.or_(
+            # removed members that are not in the group change nothing: not read again and again
+            sa.and_(ledger.c.status != "removed", sa.not_(sa.and_(*reusable()))),
+            _among(ledger.c.fingerprint, unmatched, dialect),
+            _among(ledger.c.member_id, group["member_id"].to_pylist(), dialect),
+        ),
+    )
+    out.group += group.num_rows + reuse.reused
+    out.unchanged += reuse.reused_sent
+    return "", group, known, _joined(group, known, out)
+
+
+def _among(column: sa.ColumnElement[str], values: list[str], dialect: str) -> sa.ColumnElement[bool]:
+    """``column`` is one of ``values``, as one parameter however many they are (a list of thousands of
+    parameters would exceed SQLite's limit): a PostgreSQL array, or a JSON array SQLite unpacks."""
+    if not values:
+        return sa.false()
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, values, type_=postgresql.ARRAY(sa.String)))
+    unpacked = sa.func.json_each(sa.bindparam(None, json.dumps(values))).table_valued("value")
+    return column.in_(sa.select(unpacked.c.value))
 
 
 def _same_hash(joined: pa.Table) -> pa.ChunkedArray:
@@ -359,8 +437,9 @@ def _ledger_size(store: StateStore, registry_id: int) -> int:
         )
 
 
-def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
-    """member_id, row_hash, status and whether hashes were sent, of one audience's ledger slice."""
+def _ledger_rows(store: StateStore, registry_id: int, *where: sa.ColumnElement[bool]) -> pa.Table:
+    """member_id, row_hash, status, whether hashes were sent, op and fingerprint of one audience's
+    ledger rows that match ``where``."""
     q = sa.select(
         ledger.c.member_id,
         ledger.c.row_hash,
@@ -368,7 +447,7 @@ def _ledger_slice(store: StateStore, registry_id: int, prefix: str) -> pa.Table:
         ledger.c.sent_payload.is_not(None).label("has_sent"),
         ledger.c.op,
         ledger.c.fingerprint,
-    ).where(ledger.c.registry_id == registry_id, *_in_slice(ledger.c.member_id, prefix))
+    ).where(ledger.c.registry_id == registry_id, *where)
     columns = fetch_columns(store.engine, q, 6)
     return pa.table(
         {

@@ -170,6 +170,8 @@ def extract_and_stage(
             stager.add(part)
     finally:
         stager.close()
+    if stager.counts.reused:
+        stager.record_reuse(local.known)
     return stager.counts
 
 
@@ -224,6 +226,8 @@ class _Hashed:
     staged: dict[str, pa.Table]
     hashed: int = 0
     reused: int = 0
+    # platform -> (rows staged unchanged, the known fingerprint each matched: KnownPrints.positions)
+    matched: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class _Hasher:
@@ -309,9 +313,10 @@ class _Hasher:
         prints: dict[str, list[bytes]] = {}
         unchanged: list[int] = []
         kept: dict[str, tuple[list[int], list[tuple[int, bytes]]]] = {}
+        matched: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.known:  # a rerun: rows every platform knows unchanged are not normalised again
             prints = self._prints(raw, rows)
-            rows, prints, kept = self._unchanged(rows, prints)
+            rows, prints, kept, matched = self._unchanged(rows, prints)
             unchanged = next(iter(kept.values()))[0] if kept else []
             for i in unchanged:
                 kinds[i] = VALID
@@ -350,27 +355,46 @@ class _Hasher:
             staged=staged,
             hashed=len(rows),
             reused=len(unchanged),
+            matched=matched,
         )
 
     def _unchanged(
         self, rows: list[int], prints: dict[str, list[bytes]]
-    ) -> tuple[list[int], dict[str, list[bytes]], dict[str, tuple[list[int], list[tuple[int, bytes]]]]]:
+    ) -> tuple[
+        list[int],
+        dict[str, list[bytes]],
+        dict[str, tuple[list[int], list[tuple[int, bytes]]]],
+        dict[str, tuple[np.ndarray, np.ndarray]],
+    ]:
         """Split rows into those to hash and those every platform knows unchanged (by fingerprint).
 
-        :return: rows to hash, their fingerprints per platform, and per platform the unchanged rows with
-            theirs (``(rows, [(row, fingerprint)])``).
+        :return: rows to hash, their fingerprints per platform, per platform the unchanged rows with
+            theirs (``(rows, [(row, fingerprint)])``), and per platform the unchanged rows with the
+            position of the known fingerprint each matched.
         """
         if not self.known or not rows:
-            return rows, prints, {}
+            return rows, prints, {}, {}
+        at = {p: known.positions(prints[p]) for p, known in self.known.items() if known is not None}
         same = np.ones(len(rows), dtype=bool)
-        for p, known in self.known.items():
-            same &= known.contains(prints[p]) if known is not None else False
+        for p in self.known:
+            same &= at[p] >= 0 if p in at else False
         if not same.any():
-            return rows, prints, {}
-        keep = np.flatnonzero(same).tolist()
+            return rows, prints, {}, {}
+        keep = np.flatnonzero(same)
         todo = np.flatnonzero(~same).tolist()
-        kept = {p: ([rows[j] for j in keep], [(rows[j], fps[j]) for j in keep]) for p, fps in prints.items()}
-        return [rows[j] for j in todo], {p: [fps[j] for j in todo] for p, fps in prints.items()}, kept
+        kept_rows = np.asarray(rows, dtype=np.int64)[keep]
+        matched = {p: (kept_rows, positions[keep]) for p, positions in at.items()}
+        keep_list = keep.tolist()
+        kept = {
+            p: ([rows[j] for j in keep_list], [(rows[j], fps[j]) for j in keep_list])
+            for p, fps in prints.items()
+        }
+        return (
+            [rows[j] for j in todo],
+            {p: [fps[j] for j in todo] for p, fps in prints.items()},
+            kept,
+            matched,
+        )
 
     def _staged(
         self,
@@ -705,6 +729,8 @@ class _Stager:
         }
         revoked = pa.schema([("member_id", pa.string())])
         self.revoked = pq.ParquetWriter(f"{out_dir}/no_consent.parquet", revoked, filesystem=fs)
+        self.fs = fs
+        self.matched: dict[str, list[np.ndarray]] = {p: [] for p in schemas}
 
     def add(self, h: _Hashed) -> None:
         c = self.counts
@@ -733,6 +759,8 @@ class _Stager:
         revoked = [mid for i, mid in h.no_consent.items() if i not in dropped]
         if revoked:
             self.revoked.write_table(pa.table({"member_id": pa.array(revoked, pa.string())}))
+        for p, (rows, positions) in h.matched.items():
+            self.matched[p].append(positions[~np.isin(rows, list(dropped))] if dropped else positions)
         for p, table in h.staged.items():
             if dropped:
                 gone = pa.array(sorted(dropped), pa.int32())
@@ -750,6 +778,15 @@ class _Stager:
                 "schema": list(self.schemas[p]),
             }
         self.counts.no_consent_path = f"{self.out_dir}/no_consent.parquet"
+
+    def record_reuse(self, known: Mapping[str, KnownPrints | None]) -> None:
+        """Beside each platform's parts, what its sync needs to know of the rows staged unchanged
+        (``fingerprints.Reuse``), when rows were reused against a ledger generation."""
+        for p, parts in self.parts.items():
+            prints = known.get(p)
+            record = prints.record(np.concatenate(self.matched[p])) if prints is not None else None
+            if record is not None:
+                record.write(self.fs, parts.folder)
 
 
 #: the staged rows of a platform are split by the first hex digit of the member id, so the group can

@@ -27,12 +27,14 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import sqlalchemy as sa
 
 from audience_sync.core.keys import StateKeys
@@ -319,48 +321,157 @@ def _encoded_text(values: list[str | None], nones: int) -> Pieces:
 
 @dataclass(frozen=True)
 class KnownPrints:
-    """Fingerprints of ledger rows a rerun may reuse: first halves sorted, second halves aligned."""
+    """Fingerprints of ledger rows a rerun may reuse: first halves sorted, second halves aligned.
+
+    ``sent``: per fingerprint, whether its ledger row is ``sent`` (else ``in_progress``). ``registry_id``
+    and ``generation`` say which audience's ledger they were read from and its ledger generation then
+    (``ledger.ledger_moved``; None when the ledger moved while they were read).
+    """
 
     high: np.ndarray
     low: np.ndarray
+    sent: np.ndarray
+    registry_id: int | None = None
+    generation: int | None = None
 
     @classmethod
-    def of(cls, prints: bytes) -> KnownPrints:
-        """From concatenated fingerprints (``PRINT_BYTES`` each)."""
+    def of(
+        cls,
+        prints: bytes,
+        sent: int | None = None,
+        registry_id: int | None = None,
+        generation: int | None = None,
+    ) -> KnownPrints:
+        """From concatenated fingerprints (``PRINT_BYTES`` each), the first ``sent`` of them (default:
+        all) of ``sent`` ledger rows."""
         pairs = np.frombuffer(prints, dtype=_U64).reshape(-1, 2)
+        is_sent = np.zeros(len(pairs), dtype=bool)
+        is_sent[: len(pairs) if sent is None else sent] = True
         order = np.argsort(pairs[:, 0], kind="stable")
-        return cls(np.ascontiguousarray(pairs[order, 0]), np.ascontiguousarray(pairs[order, 1]))
+        return cls(
+            np.ascontiguousarray(pairs[order, 0]),
+            np.ascontiguousarray(pairs[order, 1]),
+            is_sent[order],
+            registry_id,
+            generation,
+        )
 
     def __len__(self) -> int:
         return len(self.high)
 
-    def contains(self, prints: Sequence[bytes]) -> np.ndarray:
-        """Per fingerprint, whether it is known (a rare repeated first half may miss: then the row is
-        simply hashed again)."""
+    def positions(self, prints: Sequence[bytes]) -> np.ndarray:
+        """Per fingerprint, where it is among the known ones, or -1 (a rare repeated first half may miss:
+        then the row is simply hashed again)."""
         if not prints or not len(self.high):
-            return np.zeros(len(prints), dtype=bool)
+            return np.full(len(prints), -1, dtype=np.int64)
         pairs = np.frombuffer(b"".join(prints), dtype=_U64).reshape(-1, 2)
         at = np.searchsorted(self.high, pairs[:, 0])
-        inside = at < len(self.high)
-        at = np.where(inside, at, 0)
-        return inside & (self.high[at] == pairs[:, 0]) & (self.low[at] == pairs[:, 1])
+        at = np.where(at < len(self.high), at, 0)
+        found = (self.high[at] == pairs[:, 0]) & (self.low[at] == pairs[:, 1])
+        return np.where(found, at, -1)
+
+    def contains(self, prints: Sequence[bytes]) -> np.ndarray:
+        """Per fingerprint, whether it is known."""
+        return self.positions(prints) >= 0
+
+    def record(self, matched: np.ndarray) -> Reuse | None:
+        """What a sync needs to know of the rows staged unchanged, given the positions they matched
+        (None without a generation: the sync then compares every row)."""
+        if self.registry_id is None or self.generation is None:
+            return None
+        seen = np.zeros(len(self), dtype=bool)
+        seen[matched] = True
+        missed = np.flatnonzero(~seen)
+        pairs = np.stack([self.high[missed], self.low[missed]], axis=1).astype(_U64)
+        return Reuse(
+            self.registry_id,
+            self.generation,
+            reused=int(seen.sum()),
+            reused_sent=int((seen & self.sent).sum()),
+            unmatched=pairs.tobytes(),
+        )
 
 
-def reusable() -> list[sa.ColumnElement[bool]]:
+@dataclass(frozen=True)
+class Reuse:
+    """Beside a platform's staged rows: how many extraction staged unchanged by fingerprint (``sent`` of
+    them on the platform, the others on their way), against which ledger generation of which audience,
+    and the known fingerprints no row matched (concatenated): the ledger rows a sync must look at.
+    """
+
+    registry_id: int
+    generation: int
+    reused: int
+    reused_sent: int
+    unmatched: bytes
+
+    FILE = "reuse.json"
+
+    def unmatched_hex(self) -> list[str]:
+        data = self.unmatched.hex()
+        width = 2 * PRINT_BYTES
+        return [data[i : i + width] for i in range(0, len(data), width)]
+
+    def write(self, fs: pafs.FileSystem, folder: str) -> None:
+        text = json.dumps(
+            {
+                "registry_id": self.registry_id,
+                "generation": self.generation,
+                "reused": self.reused,
+                "reused_sent": self.reused_sent,
+                "unmatched": self.unmatched.hex(),
+            }
+        )
+        with fs.open_output_stream(f"{folder}/{self.FILE}") as out:
+            out.write(text.encode())
+
+    @classmethod
+    def read(cls, folder: str | PurePath, filesystem: pafs.FileSystem | None = None) -> Reuse | None:
+        """The record beside a staged folder's parts, if extraction wrote one."""
+        fs = filesystem or pafs.LocalFileSystem()
+        path = f"{folder if filesystem is not None else Path(folder).absolute()}/{cls.FILE}"
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as f:
+            data = json.loads(f.read())
+        return cls(
+            int(data["registry_id"]),
+            int(data["generation"]),
+            int(data["reused"]),
+            int(data["reused_sent"]),
+            bytes.fromhex(data["unmatched"]),
+        )
+
+
+def reusable(status: str | None = None) -> list[sa.ColumnElement[bool]]:
     """Ledger rows a rerun with the same raw row leaves alone (see ``delta.stage_changes``): on the
-    platform or on their way there, not waiting for removal, with a fingerprint."""
+    platform or on their way there (or ``status``), not waiting for removal, with a fingerprint."""
+    on_platform = (
+        sa.or_(ledger.c.status == "sent", ledger.c.status == "in_progress")  # no IN: a plain cursor runs it
+        if status is None
+        else ledger.c.status == status
+    )
     return [
-        sa.or_(ledger.c.status == "sent", ledger.c.status == "in_progress"),  # no IN: a plain cursor runs it
+        on_platform,
         sa.or_(ledger.c.op.is_(None), ledger.c.op != "remove"),
         ledger.c.fingerprint.is_not(None),
     ]
 
 
 def known_prints(store: StateStore, registry_id: int) -> KnownPrints:
-    """The fingerprints of one audience's reusable ledger rows."""
-    q = sa.select(ledger.c.fingerprint).where(ledger.c.registry_id == registry_id, *reusable())
-    (hexes,) = fetch_columns(store.engine, q, 1)
-    return KnownPrints.of(bytes.fromhex("".join(hexes)))
+    """The fingerprints of one audience's reusable ledger rows, with its ledger generation."""
+    before = store.ledger_generation(registry_id)
+    hexes = []
+    for status in ("sent", "in_progress"):
+        q = sa.select(ledger.c.fingerprint).where(ledger.c.registry_id == registry_id, *reusable(status))
+        hexes.append("".join(fetch_columns(store.engine, q, 1)[0]))
+    after = store.ledger_generation(registry_id)
+    return KnownPrints.of(
+        bytes.fromhex("".join(hexes)),
+        sent=len(hexes[0]) // (2 * PRINT_BYTES),
+        registry_id=registry_id,
+        generation=before if before == after else None,  # moved meanwhile: no record for the sync
+    )
 
 
 def known_for(store: StateStore, platform: str, account: str, segment_name: str) -> KnownPrints | None:

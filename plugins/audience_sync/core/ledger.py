@@ -124,6 +124,9 @@ registry = sa.Table(
     sa.Column("origin", sa.String(16), nullable=False),  # created | adopted | recreated
     sa.Column("note", sa.Text, nullable=True),
     sa.Column("last_logical_date", UTCDateTime(), nullable=True),
+    # moves with every write of the audience's ledger rows (see ``ledger_moved``): a rerun whose
+    # extraction saw the same number knows the ledger rows it reused are still as they were
+    sa.Column("ledger_generation", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("platform", "account", "segment_name", name="uq_as_registry_segment"),
@@ -564,6 +567,7 @@ class StateStore:
         )
         add_op = "replace" if mode == "replace" and not backfill else "add"
         with self.engine.begin() as conn:
+            ledger_moved(conn, registry_id)
             # 1. members new to the ledger
             conn.execute(
                 ledger.insert().from_select(
@@ -670,6 +674,7 @@ class StateStore:
     def reset_for_new_audience(self, registry_id: int) -> None:
         """The platform audience was re-created: nothing is confirmed there any more, re-send everyone."""
         with self.engine.begin() as conn:
+            ledger_moved(conn, registry_id)
             conn.execute(
                 ledger.delete().where(ledger.c.registry_id == registry_id, ledger.c.status == "removed")
             )
@@ -685,6 +690,12 @@ class StateStore:
                     updated_at=utcnow(),
                 )
             )
+
+    def ledger_generation(self, registry_id: int) -> int:
+        """The audience's ledger generation (see :func:`ledger_moved`)."""
+        with self.engine.connect() as conn:
+            q = sa.select(registry.c.ledger_generation).where(registry.c.id == registry_id)
+            return int(conn.execute(q).scalar_one())
 
     def ledger_counts(self, registry_id: int) -> dict[str, int]:
         """Status counts for one audience.
@@ -721,6 +732,7 @@ class StateStore:
         n = 0
         now = utcnow()
         with self.engine.begin() as conn:
+            ledger_moved(conn, registry_id)
             for i in range(0, len(ids), 900):
                 chunk = ids[i : i + 900]
                 mine = sa.and_(ledger.c.registry_id == registry_id, ledger.c.member_id.in_(chunk))
@@ -941,6 +953,21 @@ def _queue_removal(run_id: str, now: dt.datetime) -> dict[str, Any]:
         "last_run_id": run_id,
         "updated_at": now,
     }
+
+
+def ledger_moved(conn: sa.Connection, registry_id: int) -> None:
+    """Record, in the transaction of a write to an audience's ledger rows, that they moved.
+
+    Every write of ledger rows calls it (``tests/unit/test_architecture.py`` checks): extraction reads the
+    number with the fingerprints it reuses, and the sync compares only the rows that changed as long as
+    the number has not moved since (``core/delta.py``). On PostgreSQL the update also serialises
+    concurrent writers of one audience until commit.
+    """
+    conn.execute(
+        registry.update()
+        .where(registry.c.id == registry_id)
+        .values(ledger_generation=registry.c.ledger_generation + 1)
+    )
 
 
 def _entry(row: Any) -> RegistryEntry:

@@ -19,6 +19,10 @@ described here as they were at v1 (lightweight ``sa.table``), not imported from 
 v2 -> v3 (row fingerprints, ``core/fingerprints.py``), in place: a nullable ``fingerprint`` column in the
 ledger and the stage table (in no index). Existing rows get none, so the first v3 run hashes every row
 once (and sends nothing new: its row hashes are the v2 ones) and records their fingerprints.
+
+v3 -> v4 (ledger generations), in place: ``as_audience_registry.ledger_generation``, a number every write
+of an audience's ledger rows moves, so a rerun knows whether the rows its extraction reused are unchanged
+(``core/delta.py``). Existing audiences start at 0.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from audience_sync.core.keys import StateKeyError, StateKeys
 
 log = logging.getLogger(__name__)
 
-LATEST = 3
+LATEST = 4
 BATCH_ROWS = 5_000
 
 _version = sa.table("as_schema_version", sa.column("version"), sa.column("applied_at"))
@@ -86,6 +90,8 @@ def prepare(engine: Engine, keys: StateKeys | None) -> None:
         upgrade_v1_to_v2(engine, keys)
     if current is not None and current < 3:
         upgrade_v2_to_v3(engine)
+    if current is not None and current < 4:
+        upgrade_v3_to_v4(engine)
     if keys is not None:
         check_keys(engine, keys)
 
@@ -115,22 +121,35 @@ def upgrade_v1_to_v2(engine: Engine, keys: StateKeys | None) -> bool:
     return True
 
 
-#: columns v3 added: the keyed fingerprint of the raw row a ledger (or staged) row was built from
+#: columns v3 added: the keyed fingerprint of the raw row a ledger (or staged) row was built from.
+#: No index holds it: random keys in an index made the first sync's ledger writes about twice as slow
+#: (bench_sync, 200,000 members) for a rerun lookup barely faster.
 _V3_COLUMNS = {"as_member_ledger": ("fingerprint VARCHAR(32)",), "as_stage": ("fingerprint VARCHAR(32)",)}
+
+#: columns v4 added: a number every write of an audience's ledger rows moves (``ledger.ledger_moved``)
+_V4_COLUMNS = {"as_audience_registry": ("ledger_generation INTEGER NOT NULL DEFAULT 0",)}
 
 
 def upgrade_v2_to_v3(engine: Engine) -> bool:
     """Add the fingerprint columns to a v2 state database; False when another process already did."""
+    return _upgrade_columns(engine, 3, _V3_COLUMNS, "row fingerprints")
+
+
+def upgrade_v3_to_v4(engine: Engine) -> bool:
+    """Add the ledger generation to a v3 state database; False when another process already did."""
+    return _upgrade_columns(engine, 4, _V4_COLUMNS, "ledger generations")
+
+
+def _upgrade_columns(engine: Engine, version: int, columns: dict[str, tuple[str, ...]], what: str) -> bool:
+    """Add ``columns`` and record ``version`` in one transaction; False when another process already did."""
     with engine.begin() as conn:
         conn.execute(_version.update().values(applied_at=_version.c.applied_at))  # the write lock, as above
         current = conn.execute(sa.select(sa.func.max(_version.c.version))).scalar()
-        if current is None or current >= 3:
+        if current is None or current >= version:
             return False
-        # no index holds the fingerprint: random keys in an index made the first sync's ledger writes
-        # about twice as slow (bench_sync, 200,000 members) for a rerun lookup barely faster
-        _add_columns(conn, _V3_COLUMNS)
-        conn.execute(_version.insert().values(version=3, applied_at=dt.datetime.now(dt.UTC)))
-    log.info("Upgraded the state database to schema version 3 (row fingerprints)")
+        _add_columns(conn, columns)
+        conn.execute(_version.insert().values(version=version, applied_at=dt.datetime.now(dt.UTC)))
+    log.info("Upgraded the state database to schema version %s (%s)", version, what)
     return True
 
 

@@ -24,7 +24,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from audience_sync.core.contract import ProcessingStatus, Upload
-from audience_sync.core.ledger import PendingRow, StateStore, ledger, upload_receipts, uploads, utcnow
+from audience_sync.core.ledger import (
+    PendingRow,
+    StateStore,
+    ledger,
+    ledger_moved,
+    upload_receipts,
+    uploads,
+    utcnow,
+)
 
 #: ledger statuses a member is picked up from as work; a run starts by turning earlier failures back into
 #: ``pending`` (``StateStore.apply_stage``), so members that fail during a run are not retried in it
@@ -296,6 +304,7 @@ class UploadLog:
         """No more batches. A replace also takes off everyone who is not in it."""
         now = utcnow()
         with self.engine.begin() as conn:
+            ledger_moved(conn, rec.registry_id)
             if rec.op == "replace":
                 mine = ledger.c.registry_id == rec.registry_id
                 not_in = sa.or_(ledger.c.upload_id.is_(None), ledger.c.upload_id != rec.id)
@@ -343,6 +352,7 @@ class UploadLog:
         removes = ledger.c.op == "remove"
         cleared = {"upload_id": None, "batch_seq": None, "updated_at": now}
         with self.engine.begin() as conn:
+            ledger_moved(conn, rec.registry_id)
             if status.failed:
                 # the platform dropped the upload: nothing of it is there; the next run sends it again
                 conn.execute(
@@ -387,6 +397,7 @@ class UploadLog:
             with self.engine.begin() as c:
                 self._mark(registry_id, member_ids, conn=c, **values)
             return
+        ledger_moved(conn, registry_id)
         for i in range(0, len(member_ids), 900):
             conn.execute(
                 ledger.update()
