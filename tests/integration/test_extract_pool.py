@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -193,3 +195,49 @@ def test_fingerprints_that_fail_to_load_fail_the_extraction_with_their_own_error
             )
     finally:
         timer.cancel()
+
+
+SCRIPT = """\
+import sys
+from pathlib import Path
+
+with open(sys.argv[1] + ".imports", "a") as f:  # every process that runs this script says so
+    f.write(__name__ + "\\n")
+
+from audience_sync.core.extract import extract_and_stage
+from audience_sync.core.keys import StateKeys
+from audience_sync.sources import read_file
+
+# no ``if __name__ == "__main__":`` guard: a worker that re-ran this script would start an extraction
+counts = extract_and_stage(
+    read_file(Path(sys.argv[1]), 100),
+    key="customer_id",
+    identifiers={"email": "email", "phone": "phone", "country": "country"},
+    platforms=["meta"],
+    staging_dir=sys.argv[2],
+    keys=StateKeys.generate(),
+    workers=2,
+)
+print(counts.workers, counts.valid)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_worker_processes_do_not_run_the_main_script(tmp_path: Path) -> None:
+    # a task's main script is the airflow command, which imports all of Airflow: a spawned worker would
+    # re-run it (as __mp_main__) before its first chunk
+    csv = tmp_path / "group.csv"
+    write_group(csv, 600)
+    script = tmp_path / "unguarded.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, str(script), str(csv), str(tmp_path / "staged")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=True,
+    )
+    assert out.stdout.split() == ["2", "600"]  # hashed by 2 workers, every row valid
+    assert (tmp_path / "group.csv.imports").read_text().split() == ["__main__"]  # the parent only

@@ -17,11 +17,14 @@ only (null ``row_hash`` and values: the ledger's row stands for them, see ``core
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import multiprocessing
+import sys
 import threading
+import types
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -679,7 +682,8 @@ def _hashed(
         with ProcessPoolExecutor(count, context, _init_worker, (spec, source, with_known, packaged)) as pool:
             for chunk in rest:
                 slim = _slim(chunk, spec)
-                pending.append((pool.submit(_hash_in_worker, slim), slim))
+                with _main_left_behind():  # a submit may start a worker process
+                    pending.append((pool.submit(_hash_in_worker, slim), slim))
                 while len(pending) >= count * AHEAD_PER_WORKER:
                     yield result(pending[0][0])
                     pending.popleft()
@@ -687,8 +691,7 @@ def _hashed(
                 yield result(pending[0][0])
                 pending.popleft()
     except BrokenProcessPool as exc:
-        # e.g. a script that starts extraction without an ``if __name__ == "__main__":`` guard
-        # (spawned workers import the main module), or a worker killed for memory
+        # e.g. a worker killed for memory
         log.warning("extraction workers stopped (%s); hashing the rest of the group in this process", exc)
         counts.workers = 1
         for _future, chunk in pending:
@@ -697,6 +700,25 @@ def _hashed(
     finally:
         if not isinstance(source, dict):  # the workers are gone: a message nobody took fails its put
             source.close()
+
+
+@contextlib.contextmanager
+def _main_left_behind() -> Iterator[None]:
+    """Worker processes started meanwhile do not run the main script.
+
+    A spawned process first re-runs the parent's main script (as ``__mp_main__``) unless that was run with
+    ``-m`` (``multiprocessing.spawn.get_preparation_data``): for a task, the ``airflow`` command, which
+    imports all of Airflow, seconds of CPU per worker for nothing a worker uses (they import the core
+    only, and hash only built-in platforms). Without a main module that has a file or a module name,
+    spawn leaves it out. Only this thread starts workers; the swap lasts the ``submit``.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _slim(chunk: Chunk, spec: _Spec) -> Chunk:
