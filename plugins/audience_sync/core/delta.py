@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from audience_sync.core.errors import AudienceSyncError
-from audience_sync.core.extract import PARTS, staged_parts, staged_schema
+from audience_sync.core.extract import KEPT, PARTS, staged_parts, staged_schema
 from audience_sync.core.fingerprints import Reuse, reusable
 from audience_sync.core.keys import payload_json
 from audience_sync.core.ledger import KEEP_PAYLOAD, LEAVING, StateStore, fetch_columns, ledger, registry
@@ -73,7 +73,7 @@ class StagedGroup:
         if isinstance(source, list | tuple) and source and isinstance(source[0], str | PurePath):
             for folder in source:
                 for part in staged_parts(folder, filesystem):
-                    self.parts.setdefault(part.stem, []).append(part)
+                    self.parts.setdefault(part.stem[-1], []).append(part)  # "<h>" and "kept-<h>"
             self.size = sum(
                 pq.ParquetFile(str(p), filesystem=filesystem).metadata.num_rows
                 for files in self.parts.values()
@@ -345,23 +345,40 @@ def _changed_only(
     hashed = staged.size - reuse.reused
     if hashed + len(unmatched) > CHANGED_ROWS or store.ledger_generation(registry_id) != reuse.generation:
         return None
-    tables = [_read_part(f, False, staged.filesystem) for files in staged.parts.values() for f in files]
+    hashed_parts = [f for files in staged.parts.values() for f in files if not f.name.startswith(KEPT)]
+    tables = [_read_part(f, False, staged.filesystem) for f in hashed_parts]
     group = pa.concat_tables(tables) if tables else _IDS.empty_table()
-    group = group.filter(pc.is_valid(group["row_hash"]))
-    dialect = store.dialect
-    known = _ledger_rows(
-        store,
-        registry_id,
-        sa.or_(
-            # removed members that are not in the group change nothing: not read again and again
-            sa.and_(ledger.c.status != "removed", sa.not_(sa.and_(*reusable()))),
-            _among(ledger.c.fingerprint, unmatched, dialect),
-            _among(ledger.c.member_id, group["member_id"].to_pylist(), dialect),
-        ),
-    )
+    known = _changed_ledger_rows(store, registry_id, group["member_id"].to_pylist(), unmatched)
     out.group += group.num_rows + reuse.reused
     out.unchanged += reuse.reused_sent
     return "", group, known, _joined(group, known, out)
+
+
+def _changed_ledger_rows(
+    store: StateStore, registry_id: int, hashed: list[str], unmatched: list[str]
+) -> pa.Table:
+    """The ledger rows of an audience no row reused by fingerprint stands for: rows not reusable (less
+    removed ones, which matter only for members in the group), rows of the hashed members, and reusable
+    rows no reused row matched (changed, or left). One query each, on an index but the last: it scans
+    the audience's rows, and runs only when some fingerprint was not matched."""
+    on_platform = sa.or_(ledger.c.status == "sent", ledger.c.status == "in_progress")
+    waiting = sa.or_(ledger.c.status == "pending", ledger.c.status == "failed")
+    unprinted = sa.and_(ledger.c.fingerprint.is_(None), ledger.c.status != "removed")  # partial index
+    dialect = store.dialect
+    tables = [
+        _ledger_rows(store, registry_id, waiting),
+        _ledger_rows(store, registry_id, on_platform, ledger.c.op == "remove"),
+        _ledger_rows(
+            store, registry_id, unprinted, on_platform, sa.or_(ledger.c.op.is_(None), ledger.c.op != "remove")
+        ),
+    ]
+    elsewhere = pa.concat_tables(tables)["member_id"]
+    by_member = _ledger_rows(store, registry_id, _among(ledger.c.member_id, hashed, dialect))
+    tables.append(by_member.filter(pc.invert(pc.is_in(by_member["member_id"], elsewhere))))
+    if unmatched:
+        left = _ledger_rows(store, registry_id, _among(ledger.c.fingerprint, unmatched, dialect), *reusable())
+        tables.append(left.filter(pc.invert(pc.is_in(left["member_id"], by_member["member_id"]))))
+    return pa.concat_tables(tables)
 
 
 def _among(column: sa.ColumnElement[str], values: list[str], dialect: str) -> sa.ColumnElement[bool]:

@@ -227,6 +227,8 @@ class _Hashed:
     # platform -> staged rows sorted by member id (``_row``: the row's number in the chunk), built in
     # the worker so the staging process only slices and writes
     staged: dict[str, pa.Table]
+    # platform -> rows staged unchanged by fingerprint, sorted by member id (staged apart, see _Parts)
+    kept: dict[str, pa.Table] = field(default_factory=dict)
     hashed: int = 0
     reused: int = 0
     # platform -> (rows staged unchanged, the known fingerprint each matched: KnownPrints.positions)
@@ -346,8 +348,9 @@ class _Hasher:
         ids = bytes.fromhex("".join(_NO_ID_HEX if m is None else m[:16] for m in mids))
         prefixes = np.frombuffer(ids, dtype=">u8")
         staged = {p: self._staged(p, results[p], rows, mids, prefixes, prints[p]) for p in spec.platforms}
-        for p, (_, same) in kept.items():
-            staged[p] = pa.concat_tables([staged[p], _kept(same, mids, self.schemas[p])]).sort_by("member_id")
+        unchanged_rows = {
+            p: _kept(same, mids, self.schemas[p]).sort_by("member_id") for p, (_, same) in kept.items()
+        }
         return _Hashed(
             n=n,
             ids=ids,
@@ -356,6 +359,7 @@ class _Hasher:
             reasons=reasons,
             field_errors={rows[j]: errs for j, errs in first.field_errors.items()},
             staged=staged,
+            kept=unchanged_rows,
             hashed=len(rows),
             reused=len(unchanged),
             matched=matched,
@@ -749,6 +753,9 @@ class _Stager:
         self.parts = {
             p: _Parts(f"{out_dir}/{p}", _staged_schema(schema), fs) for p, schema in schemas.items()
         }
+        self.kept = {
+            p: _Parts(f"{out_dir}/{p}", _staged_schema(schema), fs, KEPT) for p, schema in schemas.items()
+        }
         revoked = pa.schema([("member_id", pa.string())])
         self.revoked = pq.ParquetWriter(f"{out_dir}/no_consent.parquet", revoked, filesystem=fs)
         self.fs = fs
@@ -783,17 +790,19 @@ class _Stager:
             self.revoked.write_table(pa.table({"member_id": pa.array(revoked, pa.string())}))
         for p, (rows, positions) in h.matched.items():
             self.matched[p].append(positions[~np.isin(rows, list(dropped))] if dropped else positions)
-        for p, table in h.staged.items():
-            if dropped:
-                gone = pa.array(sorted(dropped), pa.int32())
-                table = table.filter(pc.invert(pc.is_in(table["_row"], gone)))
-            self.parts[p].add(table.drop_columns(["_row"]))
-            self.per_platform[p] += table.num_rows
+        gone = pa.array(sorted(dropped), pa.int32())
+        for parts, tables in ((self.parts, h.staged), (self.kept, h.kept)):
+            for p, table in tables.items():
+                if dropped:
+                    table = table.filter(pc.invert(pc.is_in(table["_row"], gone)))
+                parts[p].add(table.drop_columns(["_row"]))
+                self.per_platform[p] += table.num_rows
 
     def close(self) -> None:
         self.revoked.close()
         for p, parts in self.parts.items():
             parts.close()
+            self.kept[p].close()
             self.counts.staged[p] = {
                 "path": parts.folder,
                 "rows": self.per_platform[p],
@@ -818,27 +827,41 @@ PARTS = "0123456789abcdef"
 #: staged rows held (over all parts of a platform) before they are written out, one row group per part
 BUFFER_ROWS = 262_144
 
+#: file name prefix of the parts holding rows staged unchanged by fingerprint
+KEPT = "kept-"
+
 
 class _Parts:
-    """One platform's staged folder: ``<h>.parquet`` for each first hex digit ``h`` of the member id."""
+    """One platform's staged folder: ``<h>.parquet`` for each first hex digit ``h`` of the member id.
 
-    def __init__(self, folder: str, schema: pa.Schema, fs: pafs.FileSystem) -> None:
+    Rows staged unchanged by fingerprint go to ``kept-<h>.parquet`` (``prefix``), written only when there
+    are any: a sync that may trust them (``core/delta.py``) reads the hashed rows alone.
+    """
+
+    def __init__(self, folder: str, schema: pa.Schema, fs: pafs.FileSystem, prefix: str = "") -> None:
         self.folder = folder
         self.schema = schema
+        self.fs = fs
+        self.prefix = prefix
         fs.create_dir(folder, recursive=True)
         self.buffers: dict[str, list[pa.Table]] = {h: [] for h in PARTS}
         self.buffered = 0
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        if not prefix:
+            self._open()
+
+    def _open(self) -> None:
         # member ids, row hashes and fingerprints are unique: a dictionary of them would be built and
         # dropped for each column chunk; hashed values may repeat (country, names), so they keep one. No
         # column compresses much (hex text; repeats are in dictionaries), so none is compressed (about
         # 4 % more bytes, a third of the staging process's CPU for writing and reading); and no min / max
         # statistics, which no reader uses (readers take whole columns)
-        values = [name for name in schema.names if name not in META_COLUMNS]
+        values = [name for name in self.schema.names if name not in META_COLUMNS]
         self.writers = {
             h: pq.ParquetWriter(
-                f"{folder}/{h}.parquet",
-                schema,
-                filesystem=fs,
+                f"{self.folder}/{self.prefix}{h}.parquet",
+                self.schema,
+                filesystem=self.fs,
                 use_dictionary=values,
                 compression="none",
                 write_statistics=False,
@@ -850,6 +873,8 @@ class _Parts:
         """Rows sorted by member id: each part's rows are one contiguous slice."""
         if not table.num_rows:
             return
+        if not self.writers:
+            self._open()
         first = pc.utf8_slice_codeunits(table["member_id"], 0, 1)
         start = 0
         for entry in pc.value_counts(first).to_pylist():  # in order of appearance: sorted
@@ -867,6 +892,8 @@ class _Parts:
         self.buffered = 0
 
     def close(self) -> None:
+        if not self.writers:
+            return
         self._flush()
         for writer in self.writers.values():  # every part exists, if empty: readers find the schema
             writer.close()

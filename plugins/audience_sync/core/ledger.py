@@ -154,6 +154,13 @@ ledger = sa.Table(
 sa.Index("ix_as_ledger_upload", ledger.c.registry_id, ledger.c.upload_id, ledger.c.batch_seq)
 # not with the fingerprint (see ``migrations.upgrade_v2_to_v3``)
 sa.Index("ix_as_ledger_status", ledger.c.registry_id, ledger.c.status, ledger.c.op)
+# rows without a fingerprint, few once every member was fingerprinted: a rerun looks them up (core/delta.py)
+UNPRINTED = sa.Index(
+    "ix_as_ledger_unprinted",
+    ledger.c.registry_id,
+    sqlite_where=ledger.c.fingerprint.is_(None),
+    postgresql_where=ledger.c.fingerprint.is_(None),
+)
 
 #: one row per platform upload (see core/uploads.py)
 uploads = sa.Table(

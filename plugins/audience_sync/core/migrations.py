@@ -128,6 +128,8 @@ _V3_COLUMNS = {"as_member_ledger": ("fingerprint VARCHAR(32)",), "as_stage": ("f
 
 #: columns v4 added: a number every write of an audience's ledger rows moves (``ledger.ledger_moved``)
 _V4_COLUMNS = {"as_audience_registry": ("ledger_generation INTEGER NOT NULL DEFAULT 0",)}
+#: and an index of the ledger rows without a fingerprint (``ledger.UNPRINTED``)
+_V4_INDEX = "CREATE INDEX IF NOT EXISTS ix_as_ledger_unprinted ON as_member_ledger (registry_id) WHERE fingerprint IS NULL"
 
 
 def upgrade_v2_to_v3(engine: Engine) -> bool:
@@ -136,18 +138,24 @@ def upgrade_v2_to_v3(engine: Engine) -> bool:
 
 
 def upgrade_v3_to_v4(engine: Engine) -> bool:
-    """Add the ledger generation to a v3 state database; False when another process already did."""
-    return _upgrade_columns(engine, 4, _V4_COLUMNS, "ledger generations")
+    """Add the ledger generation (and the index of rows without a fingerprint) to a v3 state database;
+    False when another process already did."""
+    return _upgrade_columns(engine, 4, _V4_COLUMNS, "ledger generations", _V4_INDEX)
 
 
-def _upgrade_columns(engine: Engine, version: int, columns: dict[str, tuple[str, ...]], what: str) -> bool:
-    """Add ``columns`` and record ``version`` in one transaction; False when another process already did."""
+def _upgrade_columns(
+    engine: Engine, version: int, columns: dict[str, tuple[str, ...]], what: str, index: str = ""
+) -> bool:
+    """Add ``columns`` (and create ``index``) and record ``version`` in one transaction; False when another
+    process already did."""
     with engine.begin() as conn:
         conn.execute(_version.update().values(applied_at=_version.c.applied_at))  # the write lock, as above
         current = conn.execute(sa.select(sa.func.max(_version.c.version))).scalar()
         if current is None or current >= version:
             return False
         _add_columns(conn, columns)
+        if index:
+            conn.execute(sa.text(index))
         conn.execute(_version.insert().values(version=version, applied_at=dt.datetime.now(dt.UTC)))
     log.info("Upgraded the state database to schema version %s (%s)", version, what)
     return True
