@@ -166,7 +166,7 @@ def compare(
         if known is None or joined is None:
             out.new += group.num_rows
             continue
-        may_hold = pc.or_(pc.is_in(known["status"], pa.array(["sent", "in_progress"])), known["has_sent"])
+        may_hold = pc.or_(_on_platform(known), known["has_sent"])
         leaving = pc.is_in(known["member_id"], _starting_ids(revoked_ids, _prefix))
         if removals:
             leaving = pc.or_(leaving, pc.invert(pc.is_in(known["member_id"], group["member_id"])))
@@ -223,7 +223,7 @@ def stage_changes(
             else:
                 moved = pc.or_(
                     pc.fill_null(pc.is_in(joined["status"], pa.array(requeue)), False),
-                    pc.fill_null(pc.equal(joined["op"], "remove"), False),
+                    _removing(joined),
                 )
                 pick = pc.or_(pc.or_(new, moved), pc.invert(_same_hash(joined)))
             if not backfill:  # same hashes from other raw values (or rules): record their fingerprints
@@ -363,22 +363,30 @@ def _changed_ledger_rows(
     the audience's rows, and runs only when some fingerprint was not matched."""
     on_platform = sa.or_(ledger.c.status == "sent", ledger.c.status == "in_progress")
     waiting = sa.or_(ledger.c.status == "pending", ledger.c.status == "failed")
-    unprinted = sa.and_(ledger.c.fingerprint.is_(None), ledger.c.status != "removed")  # partial index
-    dialect = store.dialect
+    # only these two conditions: with a status among them SQLite would rather walk the status index
+    unprinted = _ledger_rows(store, registry_id, ledger.c.fingerprint.is_(None), ledger.c.status != "removed")
     tables = [
         _ledger_rows(store, registry_id, waiting),
         _ledger_rows(store, registry_id, on_platform, ledger.c.op == "remove"),
-        _ledger_rows(
-            store, registry_id, unprinted, on_platform, sa.or_(ledger.c.op.is_(None), ledger.c.op != "remove")
-        ),
+        unprinted.filter(pc.and_(_on_platform(unprinted), pc.invert(_removing(unprinted)))),
     ]
-    elsewhere = pa.concat_tables(tables)["member_id"]
-    by_member = _ledger_rows(store, registry_id, _among(ledger.c.member_id, hashed, dialect))
-    tables.append(by_member.filter(pc.invert(pc.is_in(by_member["member_id"], elsewhere))))
+    dialect = store.dialect
+    if hashed:
+        elsewhere = pa.concat_tables(tables)["member_id"]
+        by_member = _ledger_rows(store, registry_id, _among(ledger.c.member_id, hashed, dialect))
+        tables.append(by_member.filter(pc.invert(pc.is_in(by_member["member_id"], elsewhere))))
     if unmatched:
         left = _ledger_rows(store, registry_id, _among(ledger.c.fingerprint, unmatched, dialect), *reusable())
-        tables.append(left.filter(pc.invert(pc.is_in(left["member_id"], by_member["member_id"]))))
+        tables.append(left.filter(pc.invert(pc.is_in(left["member_id"], pa.array(hashed, pa.string())))))
     return pa.concat_tables(tables)
+
+
+def _on_platform(rows: pa.Table) -> pa.ChunkedArray:
+    return pc.is_in(rows["status"], pa.array(["sent", "in_progress"]))
+
+
+def _removing(rows: pa.Table) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(rows["op"], "remove"), False)
 
 
 def _among(column: sa.ColumnElement[str], values: list[str], dialect: str) -> sa.ColumnElement[bool]:
