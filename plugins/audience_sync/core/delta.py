@@ -26,7 +26,15 @@ from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import KEPT, PARTS, staged_parts, staged_schema
 from audience_sync.core.fingerprints import Reuse, reusable
 from audience_sync.core.keys import payload_json
-from audience_sync.core.ledger import KEEP_PAYLOAD, LEAVING, StateStore, fetch_columns, ledger, registry
+from audience_sync.core.ledger import (
+    KEEP_PAYLOAD,
+    LEAVING,
+    StateStore,
+    fetch_columns,
+    in_slice,
+    ledger,
+    registry,
+)
 
 #: members (staged + ledger) compared at once, at most about
 SLICE_ROWS = 1_000_000
@@ -308,7 +316,7 @@ def _slices(
         if registry_id is None:  # everyone is new (a plan only: a sync always has the audience)
             yield prefix, group, None, None
             continue
-        known = _ledger_rows(store, registry_id, *_in_slice(ledger.c.member_id, prefix))
+        known = _ledger_rows(store, registry_id, *in_slice(ledger.c.member_id, prefix))
         yield prefix, group, known, _joined(group, known, out)
 
 
@@ -445,14 +453,6 @@ def _prefixes(total: int) -> list[str]:
     return prefixes
 
 
-def _in_slice(column: sa.ColumnElement[str], prefix: str) -> list[sa.ColumnElement[bool]]:
-    """``column`` starts with ``prefix``, as a range the primary-key index serves."""
-    if not prefix:
-        return []
-    after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return [column >= prefix, column < after]
-
-
 def _ledger_size(store: StateStore, registry_id: int) -> int:
     with store.engine.connect() as conn:
         return int(
@@ -496,7 +496,7 @@ def _holders(store: StateStore, exclude: Exclusion, prefix: str) -> pa.Array:
             registry.c.account == exclude.account,
             registry.c.segment_name.in_(list(exclude.segments)),
             ledger.c.status.in_(("sent", "in_progress")),
-            *_in_slice(ledger.c.member_id, prefix),
+            *in_slice(ledger.c.member_id, prefix),
         )
     )
     with store.engine.connect() as conn:

@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 import sqlalchemy as sa
 
 from audience_sync.core.keys import StateKeys
-from audience_sync.core.ledger import StateStore, fetch_columns, ledger
+from audience_sync.core.ledger import StateStore, fetch_text, ledger
 from audience_sync.core.normalize.platforms import PlatformRules
 
 #: bump when a normaliser's output changes without its name, its options (see :func:`_name`), keys or
@@ -461,10 +461,10 @@ def reusable(status: str | None = None) -> list[sa.ColumnElement[bool]]:
 def known_prints(store: StateStore, registry_id: int) -> KnownPrints:
     """The fingerprints of one audience's reusable ledger rows, with its ledger generation."""
     before = store.ledger_generation(registry_id)
-    hexes = []
-    for status in ("sent", "in_progress"):
-        q = sa.select(ledger.c.fingerprint).where(ledger.c.registry_id == registry_id, *reusable(status))
-        hexes.append("".join(fetch_columns(store.engine, q, 1)[0]))
+    hexes = [
+        fetch_text(store.engine, ledger.c.fingerprint, ledger.c.registry_id == registry_id, *reusable(status))
+        for status in ("sent", "in_progress")
+    ]
     after = store.ledger_generation(registry_id)
     return KnownPrints.of(
         bytes.fromhex("".join(hexes)),

@@ -939,6 +939,27 @@ def fetch_columns(engine: Engine, query: sa.Select[Any], width: int) -> list[lis
     return columns
 
 
+def in_slice(column: sa.ColumnElement[str], prefix: str) -> list[sa.ColumnElement[bool]]:
+    """``column`` starts with ``prefix``, as a range the primary-key index serves."""
+    if not prefix:
+        return []
+    after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return [column >= prefix, column < after]
+
+
+def fetch_text(engine: Engine, column: sa.ColumnElement[str], *where: sa.ColumnElement[bool]) -> str:
+    """Every value of ``column`` in the ledger rows matching ``where``, joined into one text by the
+    database: about twice as fast as a row per value (the text is all in memory once: 32 bytes a
+    fingerprint, 320 MB at ten million members)."""
+    joined = (
+        sa.func.string_agg(column, "")
+        if engine.dialect.name == "postgresql"
+        else sa.func.group_concat(column, "")
+    )
+    with engine.connect() as conn:
+        return conn.execute(sa.select(joined).where(*where)).scalar() or ""
+
+
 def _may_be_on_platform() -> sa.ColumnElement[bool]:
     """Ledger rows the platform may hold: confirmed, in flight, or with hashes sent earlier."""
     return sa.or_(ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None))
