@@ -653,10 +653,10 @@ class StateStore:
                 .values(fingerprint=sub.c.fingerprint)
             )
             if mode == "mirror":
-                gone = sa.exists().where(
-                    stage.c.stage_key == key,
-                    stage.c.member_id == ledger.c.member_id,
-                    stage.c.row_hash == LEAVING,
+                # from the stage's leavers to their ledger rows by key (an EXISTS per ledger row would
+                # visit every member of the audience, however few left)
+                gone = ledger.c.member_id.in_(
+                    sa.select(stage.c.member_id).where(stage.c.stage_key == key, stage.c.row_hash == LEAVING)
                 )
                 mine = ledger.c.registry_id == registry_id
                 # on the platform, or maybe (a batch in flight when a task died): remove what may be there
