@@ -3,7 +3,7 @@
 **One audience per identifier type.** A TikTok audience holds one ``calculate_type`` (reference §2.2,
 §2.8), so a segment is a *family* of three audiences, ``EMAIL_SHA256``, ``PHONE_SHA256`` and
 ``MAID_SHA256``, each named exactly the segment name. The family is the engine's audience: its id lists
-the three TikTok ids (``EMAIL_SHA256=71..;PHONE_SHA256=71..;MAID_SHA256=71..``, see :func:`family_id`).
+the three TikTok ids (``<e-mail id>-<phone id>-<MAID id>``, see :func:`family_id`).
 :meth:`TikTokDestination.find_audiences` lists every page, keeps the advertiser's own audiences
 (``is_creator``) of exactly that name and pairs them by age per type: the oldest of each type form the
 first family, and so on (TikTok allows duplicate names; duplicates are logged). A member with an e-mail
@@ -76,18 +76,20 @@ BASE = "dmp/custom_audience"
 
 
 def family_id(parts: Mapping[str, str]) -> str:
-    """``{calculate_type: TikTok id}`` -> the family's id, in :data:`TYPES` order."""
-    return ";".join(f"{t}={parts[t]}" for t in TYPES if t in parts)
+    """``{calculate_type: TikTok id}`` -> the family's id: the ids in :data:`TYPES` order joined by ``-``,
+    empty for a type the family lacks (59 characters for 19-digit ids: the state keeps 64)."""
+    return "-".join(parts.get(t, "") for t in TYPES)
 
 
 def family_parts(audience_id: str) -> dict[str, str]:
     """The family's id -> ``{calculate_type: TikTok id}``."""
-    parts = dict(p.partition("=")[::2] for p in str(audience_id).split(";") if p)
-    if not parts or set(parts) - set(TYPES) or not all(v.isdigit() for v in parts.values()):
+    ids = str(audience_id).split("-")
+    if len(ids) != len(TYPES) or not any(ids) or not all(i.isdigit() for i in ids if i):
         raise ValueError(
-            f"{audience_id!r} is not a TikTok audience family id (expected e.g. 'EMAIL_SHA256=7123;PHONE_SHA256=7124')"
+            f"{audience_id!r} is not a TikTok audience family id: expected the e-mail, phone and MAID "
+            "audience ids joined by '-', e.g. '7123-7124-7125'"
         )
-    return parts
+    return {t: i for t, i in zip(TYPES, ids, strict=True) if i}
 
 
 @dataclass
@@ -126,6 +128,11 @@ class TikTokDestination(Destination):
         self._updated: dict[str, set[str]] = {}  # handle -> types whose update went through
         self._finished: set[str] = set()
         self._refused: dict[str, str] = {}  # handle -> why TikTok refused its update
+        self._empty: dict[str, str] = {}  # type -> a header-only file's path
+        self._creating: dict[str, dict[str, str]] = {}  # name -> types created so far, while creating
+        self._uploading: dict[
+            tuple[str, int], dict[str, str]
+        ] = {}  # batch -> its files so far, while sending
 
     @property
     def requests_made(self) -> int:  # type: ignore[override]
@@ -173,10 +180,11 @@ class TikTokDestination(Destination):
 
     def create_audience(self, name: str, description: str) -> PlatformAudience:
         """One audience per identifier type, each created from a file holding only the header row
-        (TikTok audiences have no description)."""
-        parts: dict[str, str] = {}
-        for ctype in TYPES:
-            path = self._upload_file(ctype, [], f"create-{ctype.lower()}.csv")
+        (TikTok audiences have no description). A retry after a failure goes on with the types not yet
+        created, instead of creating a second audience of a type."""
+        parts = self._creating.setdefault(name, {})
+        for ctype in (t for t in TYPES if t not in parts):
+            path = self._empty_file(ctype)
             body = {
                 "advertiser_id": self.account,
                 "custom_audience_name": name,
@@ -185,6 +193,7 @@ class TikTokDestination(Destination):
             }
             data = self.client.post(f"{BASE}/create/", body, f"create {ctype} audience")
             parts[ctype] = str(data["custom_audience_id"])
+        del self._creating[name]
         return PlatformAudience(id=family_id(parts), name=name, created_time=int(time.time()))
 
     # ------------------------------------------------------------------ the upload lifecycle
@@ -205,12 +214,14 @@ class TikTokDestination(Destination):
             raise ValueError(f"TikTok has no identifier {unknown}; expected {', '.join(TYPES)}")
         bad = [i for i, row in enumerate(rows) if any(v and not _HEX64.fullmatch(v) for v in row)]
         skip = set(bad)
-        receipt = Receipt(bad=bad, last=last)
+        # the files of this batch uploaded so far: a retry after a failure uploads only the rest
+        files = self._uploading.setdefault((upload.handle, seq), {})
         for j, ctype in enumerate(schema):
             hashes = [row[j] for i, row in enumerate(rows) if row[j] and i not in skip]
-            if hashes:
+            if hashes and ctype not in files:
                 name = f"{upload.handle}-{seq}-{ctype.lower()}.csv"
-                receipt.files[ctype] = self._upload_file(ctype, hashes, name)
+                files[ctype] = self._upload_file(ctype, hashes, name)
+        receipt = Receipt(files=self._uploading.pop((upload.handle, seq)), bad=bad, last=last)
         self._receipts[(upload.handle, seq)] = receipt
         return UploadResult(len(rows), len(bad), list(bad), receipt.text())
 
@@ -237,9 +248,7 @@ class TikTokDestination(Destination):
             if ctype in done:
                 continue
             # a replace empties the audience of a type the group has no value of
-            paths = files.get(ctype) or [
-                self._upload_file(ctype, [], f"{upload.handle}-empty-{ctype.lower()}.csv")
-            ]
+            paths = files.get(ctype) or [self._empty_file(ctype)]
             refused = self._update(parts[ctype], ctype, ACTIONS[upload.op], paths)
             if refused:
                 refusals.append(f"{ctype} audience {parts[ctype]}: {refused}")
@@ -305,6 +314,12 @@ class TikTokDestination(Destination):
         }
         data = self.client.upload(f"{BASE}/file/upload/", form, name, content, f"upload {ctype} file")
         return str(data["file_path"])
+
+    def _empty_file(self, ctype: str) -> str:
+        """A file holding only the header row, uploaded once per type (TikTok uses a file path again)."""
+        if ctype not in self._empty:
+            self._empty[ctype] = self._upload_file(ctype, [], f"empty-{ctype.lower()}.csv")
+        return self._empty[ctype]
 
     def _update(self, audience_id: str, ctype: str, action: str, paths: list[str]) -> str:
         """Update one audience with ``paths`` (in calls of at most 50 files); TikTok's message when it
