@@ -224,3 +224,30 @@ def test_the_hook_fails_fast_naming_the_connection_and_the_fix(conn, fields: dic
     with pytest.raises(AirflowException) as info:
         TikTokAudienceHook(CONN).get_destination("1")
     assert CONN in str(info.value) and says in str(info.value)
+
+
+# ------------------------------------------------------------------------------------ the registration
+def test_the_plan_warns_below_1000_members_and_not_from_1000() -> None:
+    from audience_sync.core.platforms import get_platform
+
+    spec = get_platform("tiktok")
+    (warning,) = spec.plan_warnings("cart_users", 999)
+    assert warning.startswith("segment too small") and "1,000" in warning and "999" in warning
+    assert spec.plan_warnings("cart_users", 1_000) == []
+
+
+@pytest.mark.parametrize("value", ["act_123", "12 34", "", True, 1.5, "７０１"])
+def test_an_advertiser_id_must_be_digits_and_the_fix_says_so(value: object) -> None:
+    from audience_sync.core.campaign.base import Invalid
+    from audience_sync.platforms.tiktok import normalise_advertiser_id
+
+    with pytest.raises(Invalid) as info:
+        normalise_advertiser_id(value)
+    assert "advertiser id" in str(info.value) and "7012345678901234567" in info.value.fix
+
+
+def test_an_advertiser_id_is_kept_as_its_digits() -> None:
+    from audience_sync.platforms.tiktok import normalise_advertiser_id
+
+    assert normalise_advertiser_id(" 7012345678901234567 ") == "7012345678901234567"
+    assert normalise_advertiser_id(7012345678901234567) == "7012345678901234567"

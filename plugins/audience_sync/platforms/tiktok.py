@@ -60,7 +60,8 @@ TIKTOK = Platform(
     # 50 MB a file (reference §2.3), and 50 files per update hold 2.5 million members
     max_batch_rows=50_000,
     max_remove_rows=50_000,
-    min_useful_size=MIN_AUDIENCE_SIZE,  # also the size an ad group needs to target the audience
+    # no generic "useful minimum" hint: below 1,000 TikTok refuses the update outright, which
+    # too_small_warnings says (1,000 is also the size an ad group needs to target an audience)
     warnings=too_small_warnings,
     campaign_model=TikTokCampaignDestination,
     destination="audience_sync.hooks.tiktok:tiktok_destination",
