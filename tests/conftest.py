@@ -72,6 +72,9 @@ def sandbox() -> Iterator[object]:
         os.environ["AIRFLOW_CONN_GOOGLE_ADS_DEFAULT"] = json.dumps(
             {"conn_type": "generic", "host": srv.grpc_target, "password": SANDBOX_TOKEN}
         )
+        os.environ["AIRFLOW_CONN_TIKTOK_DEFAULT"] = json.dumps(
+            {"conn_type": "generic", "host": srv.url, "password": SANDBOX_TOKEN}
+        )
         yield srv
 
 

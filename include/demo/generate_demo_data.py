@@ -1,6 +1,6 @@
 """Write the synthetic demo CRM (SQLite, table ``customers``) that the demo campaign reads.
 
-    python include/demo/generate_demo_data.py [--rows 3000] [--seed 7] [--out include/demo/crm.db] [--csv FILE]
+    python include/demo/generate_demo_data.py [--rows 5000] [--seed 7] [--out include/demo/crm.db] [--csv FILE]
 
 The generator itself lives in ``plugins/audience_sync/demo_data.py`` (importable by Airflow and the tests);
 this script is the entry point for people who want the data without running the demo.
@@ -20,7 +20,7 @@ from audience_sync.demo_data import write_demo_csv, write_demo_db  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=3000)
+    p.add_argument("--rows", type=int, default=5000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default=str(ROOT / "include" / "demo" / "crm.db"))
     p.add_argument("--csv", default=None, help="also write the same rows as CSV (for `list:` campaigns)")

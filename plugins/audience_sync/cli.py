@@ -119,7 +119,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from audience_sync.demo import run_demo
 
-    return run_demo(rows=args.rows)
+    return run_demo(rows=args.rows) if args.rows else run_demo()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sandbox)
 
     d = sub.add_parser("demo", help="generate demo data, start the sandbox, run the demo campaign, summarise")
-    d.add_argument("--rows", type=int, default=3000)
+    d.add_argument("--rows", type=int, default=None, help="customers in the demo CRM (default 5000)")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -1,5 +1,5 @@
-"""The end-to-end demo: synthetic CRM -> Airflow DAG -> local Meta and Google (Data Manager, Ads API)
-sandboxes, then a truthful summary."""
+"""The end-to-end demo: synthetic CRM -> Airflow DAG -> local Meta, Google (Data Manager, Ads API) and
+TikTok sandboxes, then a truthful summary."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ DEMO_CAMPAIGN = "demo_abandoned_cart"
 DEMO_CAMPAIGNS_DIR = project_root() / "include" / "demo" / "campaigns"
 
 
-def run_demo(rows: int = 3000) -> int:
+#: customers in the demo CRM: enough that the consenting group holds 1,000 e-mails and 1,000 phones, so
+#: TikTok (each of its audiences must keep 1,000 members) accepts the demo's audiences
+DEMO_ROWS = 5000
+
+
+def run_demo(rows: int = DEMO_ROWS) -> int:
     """Generate the demo database, start the sandbox, run the demo campaign once, print the summary."""
     from audience_sync.demo_data import write_demo_db
     from audience_sync.sandbox import start_sandbox
@@ -34,14 +39,16 @@ def run_demo(rows: int = 3000) -> int:
     token = secrets.token_urlsafe(24)  # a throwaway token shared by the sandbox and the connection only
     with start_sandbox(port=0, state_file=str(work / "sandbox_state.json"), access_token=token) as srv:
         print(
-            f"sandbox: Meta Graph API on {srv.url}, Google Data Manager and Google Ads APIs on {srv.grpc_target}"
+            f"sandbox: Meta Graph and TikTok Business APIs on {srv.url}, Google Data Manager and Google Ads "
+            f"APIs on {srv.grpc_target}"
         )
         os.environ["AIRFLOW_HOME"] = str(work / "airflow")
         os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(DEMO_CAMPAIGNS_DIR)
         os.environ["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
-        os.environ["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
-            {"conn_type": "generic", "host": srv.url, "password": token}
-        )
+        for conn in ("META_DEFAULT", "TIKTOK_DEFAULT"):  # both on the sandbox's HTTP port
+            os.environ[f"AIRFLOW_CONN_{conn}"] = json.dumps(
+                {"conn_type": "generic", "host": srv.url, "password": token}
+            )
         # a loopback host: the hooks talk plaintext gRPC to the sandbox, with the token as the bearer
         for conn in ("GOOGLE_DATAMANAGER_DEFAULT", "GOOGLE_ADS_DEFAULT"):
             os.environ[f"AIRFLOW_CONN_{conn}"] = json.dumps(
@@ -58,12 +65,21 @@ def run_demo(rows: int = 3000) -> int:
 
 def summary(result: dict, srv: Any) -> str:
     """Per-destination table from the sync and wait results (ledger counts) and the sandbox's own
-    audience size."""
+    audience size; then what each platform refused, if anything."""
     ext = result["xcom"].get("extract") or {}
-    lines = [
-        "platform            account          audience id          group   sent  pending  failed  invalid  "
-        "excluded  size"
-    ]
+    header = (
+        "platform",
+        "account",
+        "audience id",
+        "group",
+        "sent",
+        "pending",
+        "failed",
+        "invalid",
+        "excluded",
+    )
+    table: list[tuple[str, ...]] = [(*header, "size")]
+    refused = []
     for task, x in sorted(result["xcom"].items()):
         if not task.startswith("sync_") or not isinstance(x, dict):
             continue
@@ -71,19 +87,35 @@ def summary(result: dict, srv: Any) -> str:
         # the wait task's counts are the final ones (members stay in progress until processed)
         x = {**x, **(result["xcom"].get("wait_" + task.removeprefix("sync_")) or {})}
         try:
-            size = str(len(srv.app(platform).members(x["audience_id"])))
+            size = srv.app(platform).size_text(x["audience_id"])
         except KeyError:  # no sandbox app for the platform, or no such audience there
             size = "?"
-        lines.append(
-            f"{platform:<19} {x['account']:<16} {x['audience_id']:<20} {x['total']:>5} "
-            f"{x['sent']:>6} {x['pending']:>8} {x['failed']:>7} {ext.get('invalid', 0):>8} "
-            f"{x.get('excluded', 0):>9} {size:>5}"
+        if x.get("refused"):
+            notes = "; ".join(x.get("notes") or [])
+            refused.append(f"{platform}: refused by the platform, {x['refused']}: {notes}")
+        counts = (
+            x["total"],
+            x["sent"],
+            x["pending"],
+            x["failed"],
+            ext.get("invalid", 0),
+            x.get("excluded", 0),
         )
+        table.append((platform, x["account"], x["audience_id"], *map(str, counts), size))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) + 1)]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i < 3 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    ]
     lines.append(
         "group = valid, consenting members of the audience group; excluded = no consent or in an excluded "
-        "segment; size = members the sandbox audience holds (real platforms report bucketed, delayed sizes)."
+        "segment; size = members the sandbox audience holds (real platforms report bucketed, delayed sizes; "
+        "TikTok: the sizes of its e-mail/phone/MAID audiences)."
     )
-    return "\n".join(lines)
+    return "\n".join(lines + refused)
 
 
 if __name__ == "__main__":

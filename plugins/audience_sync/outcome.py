@@ -39,7 +39,8 @@ def metrics_row(
 ) -> dict[str, Any]:
     """The metrics row of one destination in one run.
 
-    :param result: the sync task's result (None when it did not finish).
+    :param result: the sync task's result (None when it did not finish). When the platform refused to
+        apply an upload (``result["refused"]``, e.g. ``segment_too_small``), that is the outcome.
     :param waited: the processing wait task's final counts (None when it did not finish).
     :param ledger_counts: the audience's ledger counts, read when a task did not finish.
     """
@@ -70,6 +71,8 @@ def metrics_row(
             row["note"] = "; ".join(
                 filter(None, [row.get("note"), "the platform had not finished processing the uploads"])
             )
+        if result.get("refused") and row["outcome"] != "processing":
+            row["outcome"] = str(result["refused"])  # e.g. TikTok's segment_too_small: no retry can help
         return row
     counts = ledger_counts or {}
     row.update({k: int(counts.get(k, 0)) for k in COUNT_KEYS})

@@ -245,6 +245,9 @@ class Harness(abc.ABC):
     def reset_faults(self) -> None:
         """Remove every injected fault of this platform."""
 
+    def close(self) -> None:  # noqa: B027 - optional step
+        """Undo what the harness changed on the session's sandbox beyond faults and delays (after each test)."""
+
 
 class MetaHarness(Harness):
     platform = "meta"
@@ -387,12 +390,14 @@ class MetaHarness(Harness):
 
 from tests.contract.harness_google_ads import GoogleAdsHarness  # noqa: E402
 from tests.contract.harness_google_datamanager import GoogleDataManagerHarness  # noqa: E402
+from tests.contract.harness_tiktok import TikTokHarness  # noqa: E402
 
-#: registered platform -> harness class; TikTok adds its here
+#: registered platform -> harness class
 HARNESSES: dict[str, type[Harness]] = {
     "meta": MetaHarness,
     "google_datamanager": GoogleDataManagerHarness,
     "google_ads": GoogleAdsHarness,
+    "tiktok": TikTokHarness,
 }
 
 
@@ -457,3 +462,4 @@ def harness(platform: str, sandbox: Any) -> Iterator[Harness]:
     yield h
     h.reset_faults()
     h.set_processing_delay(0)
+    h.close()

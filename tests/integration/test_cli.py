@@ -112,9 +112,14 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
         env.pop(k, None)
     r = cli("demo", "--rows", "500", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:4]
+    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:5]
     rows = {line.split()[0]: line.split() for line in lines}
-    assert set(rows) == {"meta", "google_datamanager", "google_ads"}  # the demo campaign sends to all three
+    assert set(rows) == {
+        "meta",
+        "google_datamanager",
+        "google_ads",
+        "tiktok",
+    }  # the demo campaign's destinations
     accounts = {"meta": "act_1234567890", "google_datamanager": "1234567890", "google_ads": "1234567890"}
     for platform, account in accounts.items():
         _, shown, _audience, group, sent, pending, failed, invalid, excluded, size = rows[platform]
@@ -122,6 +127,12 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
         # every member sent (Google's processing finished within the run's wait), as the sandbox holds
         assert int(group) == int(sent) == int(size) > 0 and int(pending) == int(failed) == 0
         assert int(invalid) > 0 and int(excluded) > 0
+    # 500 customers make a group far below TikTok's 1,000 members: refused, reported as such, nothing sent
+    _, shown, audience, group, sent, pending, failed, invalid, excluded, size = rows["tiktok"]
+    assert (shown, size, int(sent), int(pending)) == ("7012345678901234567", "0/0/0", 0, 0)
+    assert int(failed) == int(group) > 0 and len(audience.split("-")) == 3
+    refusal = r.stdout.split("tiktok: refused by the platform, segment_too_small: ", 1)[1].splitlines()[0]
+    assert "segment too small" in refusal and "less than 1,000" in refusal
     assert "sandbox stopped" in r.stdout
 
 
@@ -134,11 +145,18 @@ def test_plan_prints_without_sending_and_matches_the_next_run(fresh_sandbox, tmp
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     plan = json.loads(r.stdout)
     dest = plan["destinations"][0]
-    assert [d["platform"] for d in plan["destinations"]] == ["meta", "google_datamanager", "google_ads"]
+    assert [d["platform"] for d in plan["destinations"]] == [
+        "meta",
+        "google_datamanager",
+        "google_ads",
+        "tiktok",
+    ]
     assert all(d["audience"] == {"id": None, "action": "would create"} for d in plan["destinations"])
     assert dest["adds"] == dest["group"] == plan["group"]["valid"] > 0
     assert plan["group"]["excluded_no_consent"] > 0 and "invalid_by_reason" in plan["group"]
     assert any("100" in w for w in dest["warnings"])  # a demo-sized group is below Meta's useful minimum
+    tiktok = plan["destinations"][3]
+    assert any(w.startswith("segment too small") for w in tiktok["warnings"])  # TikTok would refuse it
     assert fresh_sandbox.meta.audiences() == []  # nothing created, nothing sent
     assert not [e for e in fresh_sandbox.meta.requests_log() if e["method"] != "GET"]
 

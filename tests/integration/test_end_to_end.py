@@ -29,7 +29,7 @@ DAG_ID = "ads_audience__demo_abandoned_cart"
 @pytest.fixture
 def crm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "crm.db"
-    write_demo_db(path, n=800, seed=11)
+    write_demo_db(path, n=5000, seed=11)  # TikTok needs 1,000 e-mails and 1,000 phones in the group
     monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", json.dumps({"conn_type": "sqlite", "host": str(path)}))
     return path
 
@@ -145,6 +145,14 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
         assert sync[k] == ledger[k] == metrics[k], k
     assert metrics["total"] == sync["total"] and metrics["invalid"] == extract["invalid"]
     assert metrics["outcome"] == "success" and metrics["requests"] == sync["requests"] > 0
+    # TikTok: one audience per identifier type, each holding its 1,000 members or more
+    tiktok = x1["sync_tiktok"]
+    (tiktok_row,) = [
+        m for m in store.read_metrics(DAG_ID, first.run_id) if m["destination"].startswith("tiktok")
+    ]
+    assert tiktok_row["outcome"] == "success" and not tiktok["refused"]
+    assert tiktok_row["sent"] == tiktok["sent"] == tiktok["total"] > 1_000
+    assert all(int(n) >= 1_000 for n in sandbox.app("tiktok").size_text(tiktok["audience_id"]).split("/")[:2])
 
     # a second run of the same group: same audience, no member request at all
     seq = max(e["seq"] for e in sandbox.meta.requests_log())
@@ -159,7 +167,7 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     later = [e for e in sandbox.meta.requests_log() if e["seq"] > seq]
     assert later and not [e for e in later if e["path"].endswith(("/users", "/usersreplace"))]
     assert x2["sent"] == sync["sent"]
-    assert len(store.read_metrics(DAG_ID)) == 2 * 3  # two runs, three destinations
+    assert len(store.read_metrics(DAG_ID)) == 2 * 4  # two runs, four destinations
     # the extract task found the audience from the DAG's sync task: unchanged rows were not hashed again
     assert x2_extract["reused"] > 0 and extract["reused"] == 0
 

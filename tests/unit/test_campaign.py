@@ -350,7 +350,7 @@ def test_all_problems_of_a_file_are_collected(tmp_path: Path) -> None:
           key: customer_id
           identifiers: {{emial: email}}
         destinations:
-          - platform: tiktok
+          - platform: snapchat
             ad_account_id: "1"
         """,
     )

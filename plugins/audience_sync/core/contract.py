@@ -101,6 +101,9 @@ class ProcessingStatus:
     #: percent processed, when the platform says
     progress: int | None = None
     detail: str = ""
+    #: with ``failed``: the platform refused to apply the upload for a reason no retry fixes, as a short
+    #: code (TikTok: ``segment_too_small``); the engine reports it as the run's outcome instead of an error
+    refused: str = ""
 
 
 class Destination(abc.ABC):

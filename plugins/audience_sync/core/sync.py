@@ -104,6 +104,8 @@ class SyncOutcome:
     run: dict[str, int] = field(default_factory=dict)
     #: uploads of the audience the platform has not finished processing
     waiting: int = 0
+    #: why the platform refused to apply an upload of this run (e.g. ``segment_too_small``); '' if none
+    refused: str = ""
 
     def as_xcom(self) -> dict[str, Any]:
         return {
@@ -115,6 +117,7 @@ class SyncOutcome:
             "requests": self.requests,
             "backfill": self.backfill,
             "notes": self.notes,
+            "refused": self.refused,
         }
 
 
@@ -280,7 +283,11 @@ def _sync_locked(
 
     for op in ("replace",) if mode == "replace" else ("remove", "add"):
         uploader.run(op)
-    waiting = poll_processing(dest, store, entry, retry)
+    refusals: list[tuple[UploadRecord, ProcessingStatus]] = []
+    waiting = poll_processing(dest, store, entry, retry, refusals=refusals)
+    for rec, status in refusals:
+        notes.append(status.detail or status.refused)
+        uploader.discount(rec)  # none of it reached the audience
     if waiting:
         notes.append(
             f"{waiting} upload(s) still being processed by {dest.platform}; members stay in progress"
@@ -301,20 +308,29 @@ def _sync_locked(
         backfill=backfill,
         run=run,
         waiting=waiting,
+        refused=refusals[0][1].refused if refusals else "",
     )
 
 
 def poll_processing(
-    dest: Destination, store: StateStore, entry: RegistryEntry, retry: RetryPolicy | None = None
+    dest: Destination,
+    store: StateStore,
+    entry: RegistryEntry,
+    retry: RetryPolicy | None = None,
+    *,
+    refusals: list[tuple[UploadRecord, ProcessingStatus]] | None = None,
 ) -> int:
     """Ask the platform about every finished upload of the audience; settle the processed ones. On a
     platform with :attr:`~Destination.serial_uploads`, then hand over the next upload waiting for its turn.
+
+    :param refusals: collects each upload the platform refused to apply, with its status
+        (:attr:`ProcessingStatus.refused`), so the caller reports it as the run's outcome.
 
     :return: how many uploads are not processed yet (being processed, or waiting for their turn).
     """
     retry = retry or RetryPolicy.from_env()
     log_ = UploadLog(store)
-    processing = _settle(dest, log_, entry, retry)
+    processing = _settle(dest, log_, entry, retry, refusals)
     if not dest.serial_uploads:
         return processing
     queued = _queued(log_, entry)
@@ -329,7 +345,13 @@ def poll_processing(
     return processing + len(queued)
 
 
-def _settle(dest: Destination, log_: UploadLog, entry: RegistryEntry, retry: RetryPolicy) -> int:
+def _settle(
+    dest: Destination,
+    log_: UploadLog,
+    entry: RegistryEntry,
+    retry: RetryPolicy,
+    refusals: list[tuple[UploadRecord, ProcessingStatus]] | None = None,
+) -> int:
     """Settle the audience's finished uploads the platform has processed; how many it is still processing."""
     waiting = 0
     for rec in log_.in_state(entry.id, "finished"):
@@ -338,6 +360,8 @@ def _settle(dest: Destination, log_: UploadLog, entry: RegistryEntry, retry: Ret
             log_.processed(rec, status)
             if status.failed:
                 log.warning("%s upload %s failed on the platform: %s", rec.op, rec.handle, status.detail)
+            if status.failed and status.refused and refusals is not None:
+                refusals.append((rec, status))
         else:
             waiting += 1
             log.info("%s upload %s: %s", rec.op, rec.handle, status.detail or "processing")
@@ -455,6 +479,7 @@ class _Uploader:
         self.heartbeat = heartbeat
         self._last_report = time.monotonic()
         self.accepted: dict[str, int] = {"add": 0, "remove": 0, "replace": 0, "restated": 0}
+        self._by_upload: dict[int, tuple[int, int]] = {}  # upload id -> (accepted, restated) this run
 
     # ------------------------------------------------------------------ uploads
     def resume_open(self) -> int:
@@ -586,6 +611,11 @@ class _Uploader:
         )
         self.accepted[rec.op] += len(accepted) - len(restated)
         self.accepted["restated"] += len(restated)
+        took_before, restated_before = self._by_upload.get(rec.id, (0, 0))
+        self._by_upload[rec.id] = (
+            took_before + len(accepted) - len(restated),
+            restated_before + len(restated),
+        )
         self.report()
 
     def _finish(self, rec: UploadRecord) -> None:
@@ -615,6 +645,12 @@ class _Uploader:
         return any(r.id < rec.id for r in _queued(self.log, self.entry))
 
     # ------------------------------------------------------------------ reporting
+    def discount(self, rec: UploadRecord) -> None:
+        """The platform refused the upload: what this run sent through it did not happen."""
+        took, restated = self._by_upload.pop(rec.id, (0, 0))
+        self.accepted[rec.op] -= took
+        self.accepted["restated"] -= restated
+
     def run_counts(self, unchanged: int) -> dict[str, int]:
         """What this run did, beside the ledger's snapshot."""
         restated = self.accepted["restated"]

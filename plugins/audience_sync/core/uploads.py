@@ -358,7 +358,7 @@ class UploadLog:
                 conn.execute(
                     ledger.update()
                     .where(mine, adds)
-                    .values(status="failed", last_error_code="platform_dropped", **cleared)
+                    .values(status="failed", last_error_code=status.refused or "platform_dropped", **cleared)
                 )
                 conn.execute(ledger.update().where(mine, removes).values(status="pending", **cleared))
             else:

@@ -25,7 +25,9 @@ class RecordMetricsOperator(BaseOperator):
     (``run_added``, ``run_removed``, ``run_resent``, ``run_unchanged``, ``run_rejected``) beside the
     ledger's snapshot after it. A sync task that left no result is recorded as ``failed``, one whose
     uploads the platform had not processed in time as ``processing``, with the counts the ledger holds;
-    this task then fails too, so the run is not shown green.
+    this task then fails too, so the run is not shown green. A change the platform refused for a reason
+    no retry fixes is recorded with that reason as its outcome (TikTok: ``segment_too_small``) and does
+    not fail the run: the plan warned of it and the next run tries again.
 
     :param destinations: one dict per sync task: ``task_id``, ``wait_task_id``, ``platform``,
         ``account``, ``segment_name``.

@@ -190,6 +190,12 @@ class SyncAudienceOperator(BaseOperator):
         )
         for note in outcome.notes:
             self.log.info("%s", note)
+        if outcome.refused:  # not an error to retry: the run's outcome, recorded by record_metrics
+            self.log.warning(
+                "%s refused the change (%s), not retried; the members stay failed until it can apply them",
+                self.platform,
+                outcome.refused,
+            )
         return result
 
     def _progress(self, counts: dict[str, int]) -> None:

@@ -1,4 +1,4 @@
-"""Local loopback emulation of the ad-platform APIs (Meta Graph over HTTP, Google Data Manager and the
+"""Local loopback emulation of the ad-platform APIs (Meta Graph and TikTok over HTTP, Google Data Manager and the
 Google Ads API over gRPC), for tests and the demo.
 
 >>> from audience_sync.sandbox import start_sandbox

@@ -295,6 +295,10 @@ class PlatformApp:
     def inspect(self, request: SandboxRequest, subpath: list[str]) -> SandboxResponse | None:
         return None
 
+    def size_text(self, audience_id: str) -> str:
+        """How many members the audience holds, as the demo's summary shows it (KeyError: no such audience)."""
+        return str(len(self.members(audience_id)))  # type: ignore[attr-defined] - every app has members()
+
     def reset(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 

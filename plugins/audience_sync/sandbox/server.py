@@ -1,8 +1,8 @@
 """Loopback HTTP sandbox that emulates ad-platform APIs for tests and the demo.
 
 One :class:`SandboxServer` (stdlib ``ThreadingHTTPServer``, HTTP/1.1 keep-alive) hosts several
-platform *apps*. Each app claims a path prefix (Meta Graph: ``/v<major>.<minor>/...``; TikTok will
-claim ``/open_api/v1.3/...``) and owns its state. The types an app and the server exchange live in
+platform *apps*. Each app claims a path prefix (Meta Graph: ``/v<major>.<minor>/...``; TikTok
+``/open_api/v1.3/...``) and owns its state. The types an app and the server exchange live in
 :mod:`audience_sync.sandbox.base`, so apps never import this module. The server itself provides what
 every platform shares:
 
@@ -56,6 +56,7 @@ from audience_sync.sandbox.google_ads import GoogleAdsSandbox
 from audience_sync.sandbox.google_datamanager import DataManagerSandbox
 from audience_sync.sandbox.grpc_host import GrpcApp, GrpcHost
 from audience_sync.sandbox.meta import MetaSandbox
+from audience_sync.sandbox.tiktok import TikTokSandbox
 
 log = logging.getLogger("audience_sync.sandbox")
 
@@ -545,13 +546,14 @@ class SandboxServer:
 def _default_apps(
     access_token: str | None, app_secret: str | None, replace_timeout_seconds: float
 ) -> list[PlatformApp]:
-    """One app per emulated platform (add TikTok's here)."""
+    """One app per emulated platform."""
     return [
         MetaSandbox(
             access_token=access_token, app_secret=app_secret, replace_timeout_seconds=replace_timeout_seconds
         ),
         DataManagerSandbox(access_token=access_token),
         GoogleAdsSandbox(access_token=access_token),
+        TikTokSandbox(access_token=access_token),
     ]
 
 
