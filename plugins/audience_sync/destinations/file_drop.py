@@ -285,14 +285,14 @@ class FileDropDestination(Destination):
         future = _POOL.submit(fn)
         try:
             return future.result(timeout=self.timeout)
-        except concurrent.futures.TimeoutError:
-            raise TransientDestinationError(
-                f"file drop {what}: no answer from the store of connection '{self.conn_label}' within "
-                f"{self.timeout:g} s; will retry"
-            ) from None
         except DestinationError:
             raise
         except OSError as exc:
+            if isinstance(exc, TimeoutError) and not future.done():  # ours, not the store's ETIMEDOUT
+                raise TransientDestinationError(
+                    f"file drop {what}: no answer from the store of connection '{self.conn_label}' within "
+                    f"{self.timeout:g} s; will retry"
+                ) from None
             raise self._classify(exc, what) from None
 
     def _classify(self, exc: OSError, what: str) -> DestinationError:
@@ -367,7 +367,9 @@ class FileDropDestination(Destination):
         return ff.align(header, rows, COLUMNS)
 
     def _read_json(self, path: Any) -> dict[str, Any] | None:
-        try:
+        if not path.exists():
+            return None
+        try:  # deleted since
             return json.loads(_read(path))
         except FileNotFoundError:
             return None
