@@ -44,6 +44,9 @@ def campaign_env(tmp_path: Path, graph_url: str, token: str, *, rows: int, seed:
     env["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
         {"conn_type": "generic", "host": graph_url, "password": token}
     )
+    env["AIRFLOW_CONN_FILE_DROP_DEFAULT"] = json.dumps(
+        {"conn_type": "generic", "extra": {"base_url": (tmp_path / "file_drop").as_uri()}}
+    )
     return env
 
 
@@ -112,14 +115,25 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
         env.pop(k, None)
     r = cli("demo", "--rows", "500", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:4]
+    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:5]
     rows = {line.split()[0]: line.split() for line in lines}
-    assert set(rows) == {"meta", "google_datamanager", "google_ads"}  # the demo campaign sends to all three
-    accounts = {"meta": "act_1234567890", "google_datamanager": "1234567890", "google_ads": "1234567890"}
+    assert set(rows) == {
+        "meta",
+        "google_datamanager",
+        "google_ads",
+        "file_drop",
+    }  # the demo sends to all four
+    accounts = {
+        "meta": "act_1234567890",
+        "google_datamanager": "1234567890",
+        "google_ads": "1234567890",
+        "file_drop": "demo_partner",
+    }
     for platform, account in accounts.items():
         _, shown, _audience, group, sent, pending, failed, invalid, excluded, size = rows[platform]
         assert shown == account
         # every member sent (Google's processing finished within the run's wait), as the sandbox holds
+        # (the file drop: as its members file holds, read back)
         assert int(group) == int(sent) == int(size) > 0 and int(pending) == int(failed) == 0
         assert int(invalid) > 0 and int(excluded) > 0
     assert "sandbox stopped" in r.stdout
@@ -134,7 +148,12 @@ def test_plan_prints_without_sending_and_matches_the_next_run(fresh_sandbox, tmp
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     plan = json.loads(r.stdout)
     dest = plan["destinations"][0]
-    assert [d["platform"] for d in plan["destinations"]] == ["meta", "google_datamanager", "google_ads"]
+    assert [d["platform"] for d in plan["destinations"]] == [
+        "meta",
+        "google_datamanager",
+        "google_ads",
+        "file_drop",
+    ]
     assert all(d["audience"] == {"id": None, "action": "would create"} for d in plan["destinations"])
     assert dest["adds"] == dest["group"] == plan["group"]["valid"] > 0
     assert plan["group"]["excluded_no_consent"] > 0 and "invalid_by_reason" in plan["group"]
