@@ -80,6 +80,17 @@ def sandbox() -> Iterator[object]:
 
 
 @pytest.fixture
+def drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``file_drop_default`` pointing at a folder of the test's own (a file drop, e.g. the demo campaign's)."""
+    base = tmp_path / "file_drop"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FILE_DROP_DEFAULT",
+        json.dumps({"conn_type": "generic", "extra": {"base_url": base.as_uri()}}),
+    )
+    return base
+
+
+@pytest.fixture
 def fresh_sandbox(sandbox: object) -> object:
     for app in sandbox.apps:  # type: ignore[attr-defined]
         app.reset()

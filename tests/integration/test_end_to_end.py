@@ -60,17 +60,6 @@ def xcoms(run_id: str) -> dict[str, object]:
         return {r.task_id: r.value for r in rows}
 
 
-@pytest.fixture
-def drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The demo campaign's file drop in a folder of the test's own."""
-    base = tmp_path / "file_drop"
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_FILE_DROP_DEFAULT",
-        json.dumps({"conn_type": "generic", "extra": {"base_url": base.as_uri()}}),
-    )
-    return base
-
-
 def expected_members(crm: Path, before: str, platform: str = "meta") -> set[frozenset[tuple[str, str]]]:
     """The valid group's hashes, computed independently of the DAG from the CRM and the campaign."""
     group = load_campaign(CAMPAIGN).audience_group

@@ -56,17 +56,6 @@ def ledger_view(store: StateStore, registry_id: int) -> set[frozenset[tuple[str,
     }
 
 
-@pytest.fixture
-def drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``file_drop_default`` pointing at a folder of the test's own."""
-    base = tmp_path / "drop"
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_FILE_DROP_DEFAULT",
-        json.dumps({"conn_type": "generic", "extra": {"base_url": base.as_uri()}}),
-    )
-    return base
-
-
 class World:
     def __init__(self, tmp_path: Path, files: str, compression: str) -> None:
         self.store = StateStore(f"sqlite:///{tmp_path}/state.db", keys=KEYS)
