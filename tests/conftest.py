@@ -44,6 +44,10 @@ os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_hex(64)
 os.environ["AUDIENCE_SYNC_STRICT"] = "1"  # any broken campaign file fails the suite
 os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(ROOT / "include" / "demo" / "campaigns")  # the suite's DAGs
 os.environ.pop("AIRFLOW_CONN_AUDIENCE_SYNC_DB", None)
+# the demo campaign's file drop writes under the session's Airflow home (tests that read it set their own)
+os.environ["AIRFLOW_CONN_FILE_DROP_DEFAULT"] = json.dumps(
+    {"conn_type": "generic", "extra": {"base_url": (_HOME / "file_drop").as_uri()}}
+)
 
 SANDBOX_TOKEN = "test-" + secrets.token_hex(8)
 
@@ -76,6 +80,17 @@ def sandbox() -> Iterator[object]:
             {"conn_type": "generic", "host": srv.url, "password": SANDBOX_TOKEN}
         )
         yield srv
+
+
+@pytest.fixture
+def drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``file_drop_default`` pointing at a folder of the test's own (a file drop, e.g. the demo campaign's)."""
+    base = tmp_path / "file_drop"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FILE_DROP_DEFAULT",
+        json.dumps({"conn_type": "generic", "extra": {"base_url": base.as_uri()}}),
+    )
+    return base
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The end-to-end demo: synthetic CRM -> Airflow DAG -> local Meta, Google (Data Manager, Ads API) and
-TikTok sandboxes, then a truthful summary."""
+TikTok sandboxes and a local file drop, then a truthful summary."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from audience_sync.core.campaign import project_root
 from audience_sync.runner import format_run, run_campaign
 
 DEMO_CAMPAIGN = "demo_abandoned_cart"
+FILE_DROP = "file_drop"
 #: Outside include/campaigns/, so a deployment that mounts that folder does not deploy the demo.
 DEMO_CAMPAIGNS_DIR = project_root() / "include" / "demo" / "campaigns"
 
@@ -54,6 +55,11 @@ def run_demo(rows: int = DEMO_ROWS) -> int:
             os.environ[f"AIRFLOW_CONN_{conn}"] = json.dumps(
                 {"conn_type": "generic", "host": srv.grpc_target, "password": token}
             )
+        drop = work / "file_drop"
+        os.environ["AIRFLOW_CONN_FILE_DROP_DEFAULT"] = json.dumps(
+            {"conn_type": "generic", "extra": {"base_url": drop.as_uri()}}
+        )
+        print(f"file drop: {drop.relative_to(root)}")
         result = run_campaign(DEMO_CAMPAIGN)
         print()
         print(format_run(result))
@@ -86,10 +92,7 @@ def summary(result: dict, srv: Any) -> str:
         platform = str(x.get("platform") or task.removeprefix("sync_"))
         # the wait task's counts are the final ones (members stay in progress until processed)
         x = {**x, **(result["xcom"].get("wait_" + task.removeprefix("sync_")) or {})}
-        try:
-            size = srv.app(platform).size_text(x["audience_id"])
-        except KeyError:  # no sandbox app for the platform, or no such audience there
-            size = "?"
+        size = audience_size(srv, platform, x["account"], x["audience_id"])
         if x.get("refused"):
             notes = "; ".join(x.get("notes") or [])
             refused.append(f"{platform}: refused by the platform, {x['refused']}: {notes}")
@@ -113,9 +116,23 @@ def summary(result: dict, srv: Any) -> str:
     lines.append(
         "group = valid, consenting members of the audience group; excluded = no consent or in an excluded "
         "segment; size = members the sandbox audience holds (real platforms report bucketed, delayed sizes; "
-        "TikTok: the sizes of its e-mail/phone/MAID audiences)."
+        "TikTok: the sizes of its e-mail/phone/MAID audiences), or the file drop's members file holds, read back."
     )
     return "\n".join(lines + refused)
+
+
+def audience_size(srv: Any, platform: str, account: str, audience_id: str) -> str:
+    """How many members the audience holds: the sandbox's own count, or the rows of the file drop's
+    membership file (``file_drop_default``), read back; ``?`` when neither says."""
+    if platform == FILE_DROP:
+        from audience_sync.hooks.file_drop import FileDropHook
+
+        members = FileDropHook().get_destination(account).current_members(audience_id)
+        return "?" if members is None else str(len(members))
+    try:
+        return str(srv.app(platform).size_text(audience_id))
+    except KeyError:  # no sandbox app for the platform, or no such audience there
+        return "?"
 
 
 if __name__ == "__main__":

@@ -136,6 +136,9 @@ class Harness(abc.ABC):
     unique_names: ClassVar[bool] = False
     #: the platform reports when an audience was created (``PlatformAudience.created_time``)
     reports_created_time: ClassVar[bool] = True
+    #: finding a name lists the account's audiences page by page (a file drop reads the name's folder
+    #: instead, so the paging tests do not apply to it)
+    lists_audiences_in_pages: ClassVar[bool] = True
 
     destination: Destination
     account: str
@@ -388,6 +391,7 @@ class MetaHarness(Harness):
         self.srv.meta.clear_faults()
 
 
+from tests.contract.harness_file_drop import FileDropHarness  # noqa: E402
 from tests.contract.harness_google_ads import GoogleAdsHarness  # noqa: E402
 from tests.contract.harness_google_datamanager import GoogleDataManagerHarness  # noqa: E402
 from tests.contract.harness_tiktok import TikTokHarness  # noqa: E402
@@ -398,6 +402,7 @@ HARNESSES: dict[str, type[Harness]] = {
     "google_datamanager": GoogleDataManagerHarness,
     "google_ads": GoogleAdsHarness,
     "tiktok": TikTokHarness,
+    "file_drop": FileDropHarness,
 }
 
 

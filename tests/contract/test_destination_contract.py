@@ -186,6 +186,7 @@ def test_find_matches_the_exact_name_only(harness: Harness) -> None:
     assert harness.destination.find_audiences("ip") == []
 
 
+@pytest.mark.harness_has("lists_audiences_in_pages")
 def test_find_pages_through_every_audience(harness: Harness) -> None:
     page = harness.list_page_size
     n = 2 * page + 50  # three pages
@@ -201,6 +202,7 @@ def test_find_pages_through_every_audience(harness: Harness) -> None:
     assert len(harness.requests_since(mark)) >= 3  # one request per page
 
 
+@pytest.mark.harness_has("lists_audiences_in_pages")
 def test_find_error_on_a_later_page_is_mapped(harness: Harness) -> None:
     for i in range(harness.list_page_size + 1):
         harness.create_by_hand(f"filler {i}")

@@ -44,6 +44,9 @@ def campaign_env(tmp_path: Path, graph_url: str, token: str, *, rows: int, seed:
     env["AIRFLOW_CONN_META_DEFAULT"] = json.dumps(
         {"conn_type": "generic", "host": graph_url, "password": token}
     )
+    env["AIRFLOW_CONN_FILE_DROP_DEFAULT"] = json.dumps(
+        {"conn_type": "generic", "extra": {"base_url": (tmp_path / "file_drop").as_uri()}}
+    )
     return env
 
 
@@ -112,19 +115,26 @@ def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> N
         env.pop(k, None)
     r = cli("demo", "--rows", "500", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:5]
+    lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:6]
     rows = {line.split()[0]: line.split() for line in lines}
     assert set(rows) == {
         "meta",
         "google_datamanager",
         "google_ads",
         "tiktok",
+        "file_drop",
     }  # the demo campaign's destinations
-    accounts = {"meta": "act_1234567890", "google_datamanager": "1234567890", "google_ads": "1234567890"}
+    accounts = {
+        "meta": "act_1234567890",
+        "google_datamanager": "1234567890",
+        "google_ads": "1234567890",
+        "file_drop": "demo_partner",
+    }
     for platform, account in accounts.items():
         _, shown, _audience, group, sent, pending, failed, invalid, excluded, size = rows[platform]
         assert shown == account
         # every member sent (Google's processing finished within the run's wait), as the sandbox holds
+        # (the file drop: as its members file holds, read back)
         assert int(group) == int(sent) == int(size) > 0 and int(pending) == int(failed) == 0
         assert int(invalid) > 0 and int(excluded) > 0
     # 500 customers make a group far below TikTok's 1,000 members: refused, reported as such, nothing sent
@@ -150,6 +160,7 @@ def test_plan_prints_without_sending_and_matches_the_next_run(fresh_sandbox, tmp
         "google_datamanager",
         "google_ads",
         "tiktok",
+        "file_drop",
     ]
     assert all(d["audience"] == {"id": None, "action": "would create"} for d in plan["destinations"])
     assert dest["adds"] == dest["group"] == plan["group"]["valid"] > 0

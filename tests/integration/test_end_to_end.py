@@ -3,6 +3,7 @@ local sandbox, and a real state database (SQLite here; PostgreSQL in test_end_to
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from audience_sync.core.campaign import load_campaign
 from audience_sync.core.ledger import StateStore
 from audience_sync.core.normalize import RowHasher
 from audience_sync.demo_data import write_demo_db
+from tests import file_drop_reader
 from tests.conftest import state_connection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,10 +60,10 @@ def xcoms(run_id: str) -> dict[str, object]:
         return {r.task_id: r.value for r in rows}
 
 
-def expected_members(crm: Path, before: str) -> set[frozenset[tuple[str, str]]]:
+def expected_members(crm: Path, before: str, platform: str = "meta") -> set[frozenset[tuple[str, str]]]:
     """The valid group's hashes, computed independently of the DAG from the CRM and the campaign."""
     group = load_campaign(CAMPAIGN).audience_group
-    hasher = RowHasher("meta", dict(group.identifiers), group.default_country)
+    hasher = RowHasher(platform, dict(group.identifiers), group.default_country)
     con = sqlite3.connect(crm)
     con.row_factory = sqlite3.Row
     rows = con.execute(
@@ -83,7 +85,7 @@ def sandbox_members(sandbox, audience_id: str) -> set[frozenset[tuple[str, str]]
 
 @pytest.mark.timeout(300)
 def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
-    airflow_db, fresh_sandbox, crm: Path, state_db: str, capfd: pytest.CaptureFixture[str]
+    airflow_db, fresh_sandbox, crm: Path, state_db: str, drop: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     sandbox = fresh_sandbox
     first = run_dag(pendulum.datetime(2026, 12, 1, tz="UTC"))
@@ -139,7 +141,17 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     entry = store.get_registry("meta", "act_1234567890", "abandoned_cart_users")
     assert entry is not None and entry.audience_id == audience_id
     ledger = store.ledger_counts(entry.id)
-    # one metrics row per destination; the demo campaign also sends to Google
+    # the file drop's files, read back as a consumer reads them (checksums verified), hold the group as the
+    # file drop hashes it, and exactly what the ledger counts as sent
+    dropped = file_drop_reader.membership(drop / "demo_partner" / "abandoned_cart_users")
+    assert dropped and dropped == expected_members(crm, "2026-12-02T00:00:00", "file_drop")
+    drop_entry = store.get_registry("file_drop", "demo_partner", "abandoned_cart_users")
+    assert drop_entry is not None
+    sent = store.ledger_members(drop_entry.id, "sent").values()
+    assert dropped == {frozenset((k, v) for k, v in p.items() if v) for p in sent}
+    assert x1["sync_file_drop"]["sent"] == x1["sync_file_drop"]["total"] == len(dropped)
+
+    # one metrics row per destination; the demo campaign also sends to Google and the file drop
     (metrics,) = [m for m in store.read_metrics(DAG_ID, first.run_id) if m["destination"].startswith("meta")]
     for k in ("sent", "pending", "in_progress", "failed", "removed"):
         assert sync[k] == ledger[k] == metrics[k], k
@@ -221,6 +233,11 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     assert table.num_rows == len(want)
     haystacks["staged file"] = (
         b"".join(p.read_bytes() for p in parts).decode("latin-1").lower() + str(table.to_pylist()).lower()
+    )
+    haystacks["file drop"] = "\n".join(
+        (gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()).decode().lower()
+        for p in drop.rglob("*")
+        if p.is_file()
     )
     logs_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"
     if logs_dir.exists():

@@ -413,7 +413,7 @@ def test_junk_whitespace_is_trimmed() -> None:
 
 
 def test_constants() -> None:
-    assert PLATFORMS == ("meta", "google_ads", "google_datamanager", "tiktok")
+    assert PLATFORMS == ("meta", "google_ads", "google_datamanager", "tiktok", "file_drop")
     assert IDENTIFIER_TYPES == (
         "email",
         "phone",

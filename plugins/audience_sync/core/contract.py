@@ -48,6 +48,19 @@ def pack(rows: Sequence[Row], weights: Sequence[int], budget: int, max_rows: int
     return chunks
 
 
+def upload_key(dag_id: str, run_id: str, audience: object, op: str, upload: object) -> str:
+    """The key the engine opens an upload with (:meth:`Destination.open_upload`): unique and stable per
+    upload, and naming the Airflow run that created it (see :func:`key_run`)."""
+    return f"{dag_id}|{run_id}|{audience}|{op}|{upload}"
+
+
+def key_run(key: str) -> str | None:
+    """The run id in a key made by :func:`upload_key` (a destination that writes per run, the file drop,
+    reads it); None for a key of another shape. A DAG id has no ``|``, a run id might."""
+    parts = key.split("|")
+    return "|".join(parts[1:-3]) if len(parts) >= 5 else None
+
+
 @dataclass(frozen=True)
 class PlatformAudience:
     """An audience as the platform reports it."""

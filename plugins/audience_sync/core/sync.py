@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from audience_sync.core.contract import Destination, ProcessingStatus
+from audience_sync.core.contract import Destination, ProcessingStatus, upload_key
 from audience_sync.core.delta import Exclusion, StagedGroup, compare, stage_changes
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import RegistryEntry, StateStore, lease_owner
@@ -507,7 +507,7 @@ class _Uploader:
         self._send_work(self._open_on_platform(self.log.get(upload_id)))
 
     def _open_on_platform(self, rec: UploadRecord) -> UploadRecord:
-        key = f"{self.req.dag_id}|{rec.run_id}|{rec.registry_id}|{rec.op}|{rec.id}"
+        key = upload_key(self.req.dag_id, rec.run_id, rec.registry_id, rec.op, rec.id)
         self.heartbeat()
         upload = self.retry.run(
             lambda: self.dest.open_upload(

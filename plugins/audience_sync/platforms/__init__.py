@@ -9,12 +9,18 @@ that registered on import would then register a second, different copy of the pl
 from __future__ import annotations
 
 from audience_sync.core.platforms import register
-from audience_sync.platforms import google_ads, google_datamanager, meta, tiktok
+from audience_sync.platforms import file_drop, google_ads, google_datamanager, meta, tiktok
 
 #: the platforms this package registers, in order (``core.platforms.is_builtin`` reads it)
-BUILTINS = (meta.META, google_datamanager.GOOGLE_DATAMANAGER, google_ads.GOOGLE_ADS, tiktok.TIKTOK)
+BUILTINS = (
+    meta.META,
+    google_datamanager.GOOGLE_DATAMANAGER,
+    google_ads.GOOGLE_ADS,
+    tiktok.TIKTOK,
+    file_drop.FILE_DROP,
+)
 
 for _platform in BUILTINS:
     register(_platform)
 
-__all__ = ["google_ads", "google_datamanager", "meta", "tiktok"]
+__all__ = ["file_drop", "google_ads", "google_datamanager", "meta", "tiktok"]

@@ -42,6 +42,10 @@ external_id    EXTERN_ID (unhashed): trimmed     third_party_user_id (unhashed, 
                                                  Ads only): trimmed
 =============  ===============================  ===============================  ==========================
 
+``file_drop`` (hand-off files for a third party) takes the standalone identifiers only, each SHA-256, the
+files holding hashes only: ``email_sha256`` as Meta's EMAIL, ``phone_sha256`` as Google's (E.164 with ``+``),
+``madid_sha256`` lowercase, ``external_id_sha256`` trimmed.
+
 Per-person consent (``CONSENT_TYPES``: ``ad_user_data``, ``ad_personalization``) is taken by
 google_datamanager only, unhashed: ``GRANTED`` / ``DENIED`` / ``UNSPECIFIED`` from yes/no, true/false, 1/0
 or the status names; it changes no row's match (a campaign maps it with ``consent:``, not ``identifiers:``).

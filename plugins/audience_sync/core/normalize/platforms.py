@@ -17,6 +17,10 @@ Choices where the platforms' documents are ambiguous (see ``docs`` in each table
   (v26 ``hashed_last_name`` and the Data Manager ``AddressInfo`` say "no punctuation", v26
   ``hashed_first_name`` says extra inner spaces are removed); the package docstring says why.
 - TikTok email: ``+suffix`` removed for every domain, dots kept.
+- File drop (a hand-off to a third party whose own rules are unknown): a generic rule set of the rules the
+  platforms agree on, every value SHA-256 (the files hold hashes only): e-mail trimmed and lowercased (as
+  Meta, no provider-specific rewriting), phone E.164 with ``+`` (the ITU form, as Google), MADID lowercase,
+  external ID trimmed.
 """
 
 from __future__ import annotations
@@ -206,8 +210,20 @@ TIKTOK = PlatformRules(
     standalone=frozenset({"email", "phone", "madid"}),
 )
 
+FILE_DROP = PlatformRules(
+    name="file_drop",
+    # Keys are the CSV column names of the hand-off files; every one a SHA-256 (the files hold hashes only).
+    fields={
+        "email": FieldRule(("email_sha256",), META.fields["email"].normalize),
+        "phone": FieldRule(("phone_sha256",), _GOOGLE_PHONE),
+        "madid": FieldRule(("madid_sha256",), n.make_madid(lower=True)),
+        "external_id": FieldRule(("external_id_sha256",), n.external_id),
+    },
+    standalone=frozenset({"email", "phone", "madid", "external_id"}),
+)
+
 RULES: Mapping[str, PlatformRules] = {
-    rules.name: rules for rules in (META, GOOGLE_ADS, GOOGLE_DATAMANAGER, TIKTOK)
+    rules.name: rules for rules in (META, GOOGLE_ADS, GOOGLE_DATAMANAGER, TIKTOK, FILE_DROP)
 }
 PLATFORMS: tuple[str, ...] = tuple(RULES)
 
