@@ -179,7 +179,7 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     later = [e for e in sandbox.meta.requests_log() if e["seq"] > seq]
     assert later and not [e for e in later if e["path"].endswith(("/users", "/usersreplace"))]
     assert x2["sent"] == sync["sent"]
-    assert len(store.read_metrics(DAG_ID)) == 2 * 4  # two runs, four destinations
+    assert len(store.read_metrics(DAG_ID)) == 2 * 5  # two runs, five destinations
     # the extract task found the audience from the DAG's sync task: unchanged rows were not hashed again
     assert x2_extract["reused"] > 0 and extract["reused"] == 0
 
