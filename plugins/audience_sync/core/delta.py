@@ -102,9 +102,10 @@ class StagedGroup:
             )
             self.size = self.table.num_rows
 
-    def slice(self, prefix: str, *, full: bool = False) -> pa.Table:
+    def slice(self, prefix: str, *, full: bool = False, kept: bool = True) -> pa.Table:
         """The members whose id starts with ``prefix`` (``""``: all): ids and row hashes, and with
-        ``full`` what :meth:`payloads` needs too."""
+        ``full`` what :meth:`payloads` needs too; without ``kept``, the hashed rows only (rows staged
+        unchanged by fingerprint are in parts of their own, see ``extract._Parts``)."""
         if self.table is not None:
             table = self.table if full else self.table.select(_IDS.names)
             return _starting(table, prefix)
@@ -112,6 +113,8 @@ class StagedGroup:
             files = self.parts[prefix[0]]
         else:  # every part, or a single file staged by an older version
             files = [f for fs in self.parts.values() for f in fs]
+        if not kept:
+            files = [f for f in files if not f.name.startswith(KEPT)]
         tables = [_read_part(f, full, self.filesystem) for f in files]
         return _starting(pa.concat_tables(tables) if tables else _IDS.empty_table(), prefix)
 
@@ -263,7 +266,7 @@ def stage_changes(
             )
             wanted = picked.filter(pc.invert(kept))["member_id"]
             if len(wanted):  # only now the staged values: a rerun that changes nothing never reads them
-                full = staged.slice(_prefix, full=True)
+                full = staged.slice(_prefix, full=True, kept=False)  # the wanted rows have hashes
                 chosen_rows = full.filter(pc.is_in(full["member_id"], wanted))
                 for batch in chosen_rows.to_batches(ROWS_PER_BATCH):  # Python values a batch at a time
                     chosen = pa.Table.from_batches([batch])
@@ -353,9 +356,7 @@ def _changed_only(
     hashed = staged.size - reuse.reused
     if hashed + len(unmatched) > CHANGED_ROWS or store.ledger_generation(registry_id) != reuse.generation:
         return None
-    hashed_parts = [f for files in staged.parts.values() for f in files if not f.name.startswith(KEPT)]
-    tables = [_read_part(f, False, staged.filesystem) for f in hashed_parts]
-    group = pa.concat_tables(tables) if tables else _IDS.empty_table()
+    group = staged.slice("", kept=False)
     known = _changed_ledger_rows(store, registry_id, group["member_id"].to_pylist(), unmatched)
     out.group += group.num_rows + reuse.reused
     out.unchanged += reuse.reused_sent
