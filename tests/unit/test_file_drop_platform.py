@@ -5,7 +5,6 @@ the folder names and the files' rules (hashes only)."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,27 +13,13 @@ from audience_sync.core.campaign import load_campaign
 from audience_sync.core.errors import CampaignErrors
 from audience_sync.core.normalize import RowHasher
 from audience_sync.destinations.file_drop_files import folder_name, text_of_folder
+from tests.campaign_files import one_destination
 
-LIST_FILE = "tests/fixtures/campaigns/data/existing_list.csv"
-CAMPAIGN = f"""\
-campaign: Loyal customers
-duration: {{start: 2026-08-01}}
-schedule: "@daily"
-segment_name: loyal_customers
-audience_group:
-  list: {LIST_FILE}
-  key: customer_id
-  identifiers: {{email: email, phone: phone}}
-destinations:
-  - platform: file_drop
-"""
 CONN = "file_drop_test"
 
 
 def write(folder: Path, destination: str) -> Path:
-    path = folder / "campaign.yaml"
-    path.write_text(CAMPAIGN + textwrap.indent(textwrap.dedent(destination), "    "), encoding="utf-8")
-    return path
+    return one_destination(folder, "file_drop", destination, identifiers="{email: email, phone: phone}")
 
 
 def test_defaults_and_options_reach_the_factory(tmp_path: Path) -> None:

@@ -5,34 +5,19 @@ without a network call, fails fast with the fix, options reach the destination).
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from audience_sync.core.campaign import load_campaign
 from audience_sync.core.errors import CampaignErrors
+from tests.campaign_files import one_destination
 
-LIST_FILE = "tests/fixtures/campaigns/data/existing_list.csv"
-CAMPAIGN = f"""\
-campaign: Loyal customers
-duration: {{start: 2026-08-01}}
-schedule: "@daily"
-segment_name: loyal_customers
-audience_group:
-  list: {LIST_FILE}
-  key: customer_id
-  identifiers: {{email: email}}
-destinations:
-  - platform: google_datamanager
-"""
 CONN = "gdm_test"
 
 
 def write(folder: Path, destination: str) -> Path:
-    path = folder / "campaign.yaml"
-    path.write_text(CAMPAIGN + textwrap.indent(textwrap.dedent(destination), "    "), encoding="utf-8")
-    return path
+    return one_destination(folder, "google_datamanager", destination)
 
 
 def test_the_account_is_normalised_and_options_reach_the_factory(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ class CounterApp(GrpcApp):
             return RpcAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota", [("quota-bin", b"7")])
         return super().fault_abort(rule, call)
 
-    def reset(self) -> None:
+    def forget(self) -> None:
         self.words = []
 
     def dump_state(self) -> dict[str, Any]:

@@ -299,7 +299,15 @@ class PlatformApp:
         """How many members the audience holds, as the demo's summary shows it (KeyError: no such audience)."""
         return str(len(self.members(audience_id)))  # type: ignore[attr-defined] - every app has members()
 
-    def reset(self) -> None:  # pragma: no cover - abstract
+    def reset(self) -> None:
+        """Forget the platform's state (:meth:`forget`), its fault rules and its request-log entries."""
+        self.forget()
+        self.journal.faults.clear(self.platform)
+        self.journal.log.clear(self.platform)
+        self.journal.changed()
+
+    def forget(self) -> None:  # pragma: no cover - abstract
+        """Drop every audience (list, file...) the app holds."""
         raise NotImplementedError
 
     def dump_state(self) -> dict[str, Any]:  # pragma: no cover - abstract

@@ -101,10 +101,10 @@ class GoogleAdsSandbox(GrpcApp):
         self.processing_seconds = processing_seconds
         self.clock = clock
         self._lock = threading.RLock()
-        self.reset()
+        self.forget()
 
     # ------------------------------------------------------------------ state
-    def reset(self) -> None:
+    def forget(self) -> None:
         with self._lock:
             self.lists: dict[int, dict[str, Any]] = {}
             self.jobs: dict[int, dict[str, Any]] = {}
@@ -124,7 +124,7 @@ class GoogleAdsSandbox(GrpcApp):
 
     def load_state(self, state: dict[str, Any]) -> None:
         with self._lock:
-            self.reset()
+            self.forget()
             for ul in state.get("lists", []):
                 self.lists[int(ul["id"])] = {
                     **ul,

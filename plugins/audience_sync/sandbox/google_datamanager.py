@@ -259,13 +259,10 @@ class DataManagerSandbox(GrpcApp):
                 if list_id is None or r.list_id == int(list_id)
             ]
 
-    def reset(self) -> None:
+    def forget(self) -> None:
         with self._lock:
             self._lists.clear()
             self._requests.clear()
-        self.journal.faults.clear(self.platform)
-        self.journal.log.clear(self.platform)
-        self.journal.changed()
 
     def inspect(self, request: SandboxRequest, subpath: list[str]) -> SandboxResponse | None:
         """``GET /_sandbox/google_datamanager/user_lists[?account=]``, ``.../user_lists/<id>/members``,

@@ -597,13 +597,9 @@ class MetaSandbox(PlatformApp):
         self.journal.changed()
         return body
 
-    def reset(self) -> None:
-        """Forget all audiences, this platform's fault rules and its request-log entries."""
+    def forget(self) -> None:
         with self._lock:
             self._audiences.clear()
-        self.journal.faults.clear(self.platform)
-        self.journal.log.clear(self.platform)
-        self.journal.changed()
 
     # ------------------------------------------------------------------ persistence
 

@@ -188,13 +188,10 @@ class TikTokSandbox(PlatformApp):
                 for f in self._files.values()
             ]
 
-    def reset(self) -> None:
+    def forget(self) -> None:
         with self._lock:
             self._audiences.clear()
             self._files.clear()
-        self.journal.faults.clear(self.platform)
-        self.journal.log.clear(self.platform)
-        self.journal.changed()
 
     def dump_state(self) -> dict[str, Any]:
         with self._lock:
