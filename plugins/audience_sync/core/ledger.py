@@ -264,6 +264,8 @@ metrics = sa.Table(
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("note", sa.Text, nullable=True),
+    # the plan's group for this destination (valid members): the next run's size guard compares with it
+    sa.Column("group_size", sa.Integer, nullable=True),
 )
 
 COUNT_KEYS = ("total", "sent", "in_progress", "pending", "failed", "removed", "invalid", "excluded")
@@ -872,6 +874,26 @@ class StateStore:
             ).rowcount
             if not updated:
                 conn.execute(metrics.insert().values(**values))
+
+    def last_group_size(self, dag_id: str, destination: str, run_id: str) -> int | None:
+        """The group size another run of ``dag_id`` last recorded for ``destination`` (None: none did).
+
+        A run held by the size guard records none (``group_size`` NULL), so the next run is compared with
+        the size before the collapse, not with the collapsed group, and is held again.
+        """
+        q = (
+            sa.select(metrics.c.group_size)
+            .where(
+                metrics.c.dag_id == dag_id,
+                metrics.c.destination == destination,
+                metrics.c.run_id != run_id,
+                metrics.c.group_size.is_not(None),
+            )
+            .order_by(metrics.c.finished_at.desc(), metrics.c.started_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar()
 
     def read_metrics(self, dag_id: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(metrics)
