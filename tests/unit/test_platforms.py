@@ -44,7 +44,7 @@ def zed(**changes: object) -> object:
         account_example="z1",
         campaign_model=ZedDestination,
         destination="tests.nowhere:factory",
-        warnings=lambda name, size: [],
+        warnings=lambda name, size, shape: [],
     )
     return dataclasses.replace(base, **changes)
 

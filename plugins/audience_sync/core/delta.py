@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ from audience_sync.core.ledger import (
     LEAVING,
     StateStore,
     fetch_columns,
+    has_value,
     in_slice,
     ledger,
     registry,
@@ -118,6 +120,25 @@ class StagedGroup:
         tables = [_read_part(f, full, self.filesystem) for f in files]
         return _starting(pa.concat_tables(tables) if tables else _IDS.empty_table(), prefix)
 
+    def present(
+        self, prefix: str, member_ids: pa.Array | pa.ChunkedArray, keys: Sequence[str]
+    ) -> Counter[str]:
+        """Per schema key, how many of the hashed rows ``member_ids`` (of the slice ``prefix``) hold a
+        value under it: the staged value columns, counted in Arrow (read only for this)."""
+        counts: Counter[str] = Counter()
+        if not len(member_ids) or not keys:
+            return counts
+        full = self.slice(prefix, full=True, kept=False)
+        rows = full.filter(pc.is_in(full["member_id"], member_ids))
+        if self.table is not None:  # rows given as payload JSON (tests, small groups)
+            for payload in rows["payload"].to_pylist():
+                counts.update(k for k, v in json.loads(payload).items() if v and k in keys)
+            return counts
+        for key in keys:
+            if key in rows.column_names:
+                counts[key] += _count(pc.fill_null(pc.greater(pc.utf8_length(rows[key]), 0), False))
+        return counts
+
     def payloads(self, table: pa.Table) -> list[str]:
         """The ledger payload (schema key -> value as staged) of each row of a full slice."""
         if self.table is not None:
@@ -142,6 +163,8 @@ class Comparison:
     changed: int = 0
     removes: int = 0
     excluded: int = 0
+    #: per payload key asked for (``compare(identifiers=...)``), members of the group holding a value under it
+    identifiers: Counter[str] = field(default_factory=Counter)
 
     @property
     def adds(self) -> int:
@@ -165,15 +188,22 @@ def compare(
     removals: bool,
     revoked: Sequence[str] = (),
     exclude: Exclusion | None = None,
+    identifiers: Sequence[str] = (),
+    ledger_id: int | None = None,
 ) -> Comparison:
     """Compare the staged group with the ledger of one audience (``None``: an audience not yet known).
 
     :param removals: count members that left the group (mirror and replace modes).
     :param revoked: member ids without consent: counted as removals when the platform may hold them.
+    :param identifiers: payload keys to count the group's values of (``Comparison.identifiers``): the
+        hashed rows' staged values, and for rows reused by fingerprint their ledger payloads.
+    :param ledger_id: the audience whose ledger rows the reused rows stand for, when ``registry_id`` is
+        None (an audience deleted on the platform; default: ``registry_id``).
     """
     out = Comparison()
     revoked_ids = pa.array(sorted(set(revoked)), pa.string())
-    for _prefix, group, known, joined in _slices(store, registry_id, staged, exclude, out):
+    counting = _Counting(tuple(identifiers), registry_id if ledger_id is None else ledger_id)
+    for _prefix, group, known, joined in _slices(store, registry_id, staged, exclude, out, counting=counting):
         if known is None or joined is None:
             out.new += group.num_rows
             continue
@@ -297,13 +327,18 @@ def _slices(
     out: Comparison,
     *,
     reuse: bool = True,
+    counting: _Counting | None = None,
 ) -> Iterator[tuple[str, pa.Table, pa.Table | None, pa.Table | None]]:
     """Per member-id slice: the group (less excluded members), the audience's ledger rows and the two
-    joined; counts group, excluded, new, unchanged and changed into ``out`` on the way.
+    joined; counts group, excluded, new, unchanged and changed into ``out`` on the way, and with
+    ``counting`` the group's values per payload key.
 
     With ``reuse`` (and extraction's record, see :func:`_changed_only`) only the changed rows, as one slice.
     """
-    changed = _changed_only(store, registry_id, staged, exclude, out) if reuse and registry_id else None
+    counting = counting or _Counting()
+    changed = (
+        _changed_only(store, registry_id, staged, exclude, out, counting) if reuse and registry_id else None
+    )
     if changed is not None:
         yield changed
         return
@@ -316,11 +351,77 @@ def _slices(
             out.excluded += group.num_rows - kept.num_rows
             group = kept
         out.group += group.num_rows
-        if registry_id is None:  # everyone is new (a plan only: a sync always has the audience)
+        known = None
+        if registry_id is not None:
+            known = _ledger_rows(
+                store, registry_id, *in_slice(ledger.c.member_id, prefix), present=counting.keys
+            )
+        counting.count(store, staged, prefix, group, known, out)
+        if known is None:  # everyone is new (a plan only: a sync always has the audience)
             yield prefix, group, None, None
             continue
-        known = _ledger_rows(store, registry_id, *in_slice(ledger.c.member_id, prefix))
         yield prefix, group, known, _joined(group, known, out)
+
+
+@dataclass(frozen=True)
+class _Counting:
+    """Which payload keys to count the group's values of (none: no counting), and the audience whose
+    ledger payloads rows reused by fingerprint stand for."""
+
+    keys: tuple[str, ...] = ()
+    ledger_id: int | None = None
+
+    def count(
+        self,
+        store: StateStore,
+        staged: StagedGroup,
+        prefix: str,
+        group: pa.Table,
+        known: pa.Table | None,
+        out: Comparison,
+    ) -> None:
+        """Count one slice of the group: hashed rows from their staged values, reused rows from the flags
+        of their ledger rows (``known``, read with them; read here when the plan has no audience)."""
+        if not self.keys:
+            return
+        hashed = pc.is_valid(group["row_hash"])
+        out.identifiers.update(staged.present(prefix, group.filter(hashed)["member_id"], self.keys))
+        reused = group.filter(pc.invert(hashed))["member_id"]
+        if not len(reused) or self.ledger_id is None:
+            return
+        if known is None:
+            known = _ledger_rows(
+                store, self.ledger_id, *in_slice(ledger.c.member_id, prefix), present=self.keys
+            )
+        rows = known.filter(pc.is_in(known["member_id"], reused))
+        for key in self.keys:
+            out.identifiers[key] += _count(rows[_flag(key)])
+
+    def count_reused(
+        self, store: StateStore, registry_id: int, unmatched: list[str], out: Comparison
+    ) -> None:
+        """Count the rows reused by fingerprint without reading them: in SQL, the audience's reusable
+        ledger rows (those extraction read the fingerprints of) less the ones no staged row matched."""
+        if not self.keys:
+            return
+        sums = [
+            sa.func.coalesce(sa.func.sum(sa.case((has_value(ledger.c.payload, k), 1), else_=0)), 0)
+            for k in self.keys
+        ]
+        q = sa.select(*sums).where(
+            ledger.c.registry_id == registry_id,
+            *reusable(),
+            sa.not_(_among(ledger.c.fingerprint, unmatched, store.dialect)),
+        )
+        with store.engine.connect() as conn:
+            row = conn.execute(q).one()
+        for key, n in zip(self.keys, row, strict=True):
+            out.identifiers[key] += int(n)
+
+
+def _flag(key: str) -> str:
+    """The column of :func:`_ledger_rows` saying whether a row's payload holds a value under ``key``."""
+    return f"present:{key}"
 
 
 def _joined(group: pa.Table, known: pa.Table, out: Comparison) -> pa.Table:
@@ -336,7 +437,12 @@ def _joined(group: pa.Table, known: pa.Table, out: Comparison) -> pa.Table:
 
 
 def _changed_only(
-    store: StateStore, registry_id: int, staged: StagedGroup, exclude: Exclusion | None, out: Comparison
+    store: StateStore,
+    registry_id: int,
+    staged: StagedGroup,
+    exclude: Exclusion | None,
+    out: Comparison,
+    counting: _Counting,
 ) -> tuple[str, pa.Table, pa.Table, pa.Table] | None:
     """The comparison as one slice of the changed rows only, when extraction's record allows it.
 
@@ -360,6 +466,8 @@ def _changed_only(
     known = _changed_ledger_rows(store, registry_id, group["member_id"].to_pylist(), unmatched)
     out.group += group.num_rows + reuse.reused
     out.unchanged += reuse.reused_sent
+    counting.count(store, staged, "", group, None, out)  # the hashed rows
+    counting.count_reused(store, registry_id, unmatched, out)
     return "", group, known, _joined(group, known, out)
 
 
@@ -463,9 +571,13 @@ def _ledger_size(store: StateStore, registry_id: int) -> int:
         )
 
 
-def _ledger_rows(store: StateStore, registry_id: int, *where: sa.ColumnElement[bool]) -> pa.Table:
+def _ledger_rows(
+    store: StateStore, registry_id: int, *where: sa.ColumnElement[bool], present: Sequence[str] = ()
+) -> pa.Table:
     """member_id, row_hash, status, whether hashes were sent, op and fingerprint of one audience's
-    ledger rows that match ``where``."""
+    ledger rows that match ``where``; with ``present``, per key whether the payload holds a value under
+    it (:func:`_flag`, tested in SQL: the payloads themselves are not read out)."""
+    flags = [sa.case((has_value(ledger.c.payload, k), 1), else_=0) for k in present]
     q = sa.select(
         ledger.c.member_id,
         ledger.c.row_hash,
@@ -473,8 +585,9 @@ def _ledger_rows(store: StateStore, registry_id: int, *where: sa.ColumnElement[b
         ledger.c.sent_payload.is_not(None).label("has_sent"),
         ledger.c.op,
         ledger.c.fingerprint,
+        *flags,
     ).where(ledger.c.registry_id == registry_id, *where)
-    columns = fetch_columns(store.engine, q, 6)
+    columns = fetch_columns(store.engine, q, 6 + len(flags))
     return pa.table(
         {
             "member_id": pa.array(columns[0], pa.string()),
@@ -483,6 +596,10 @@ def _ledger_rows(store: StateStore, registry_id: int, *where: sa.ColumnElement[b
             "has_sent": pa.array([bool(v) for v in columns[3]], pa.bool_()),
             "op": pa.array(columns[4], pa.string()),
             "fingerprint": pa.array(columns[5], pa.string()),  # fingerprint_ledger once joined
+            **{
+                _flag(k): pa.array([bool(v) for v in columns[6 + i]], pa.bool_())
+                for i, k in enumerate(present)
+            },
         }
     )
 

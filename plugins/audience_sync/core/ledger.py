@@ -982,6 +982,20 @@ def fetch_text(engine: Engine, column: sa.ColumnElement[str], *where: sa.ColumnE
         return conn.execute(sa.select(joined).where(*where)).scalar() or ""
 
 
+def has_value(payload: sa.ColumnElement[str], key: str) -> sa.ColumnElement[bool]:
+    """Whether a stored payload holds a non-empty value under ``key``, tested in SQL on both databases.
+
+    Payloads are the canonical JSON of ``keys.payload_json`` (no spaces; every value a string without
+    quotes: a hash, a sealed token or ``""``), so ``"KEY":"`` not followed by ``"`` is a value. LIKE rather
+    than the databases' different JSON functions (SQLite's LIKE ignores ASCII case: one payload never
+    holds two keys that differ only by case); ``_`` and ``%`` in the key are escaped.
+    """
+    escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return sa.and_(
+        payload.like(f'%"{escaped}":"%', escape="\\"), sa.not_(payload.like(f'%"{escaped}":""%', escape="\\"))
+    )
+
+
 def _may_be_on_platform() -> sa.ColumnElement[bool]:
     """Ledger rows the platform may hold: confirmed, in flight, or with hashes sent earlier."""
     return sa.or_(ledger.c.status.in_(("sent", "in_progress")), ledger.c.sent_payload.is_not(None))

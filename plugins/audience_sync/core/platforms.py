@@ -35,7 +35,21 @@ _DOTTED_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
-def _no_warnings(segment_name: str, group_size: int) -> list[str]:
+@dataclass(frozen=True)
+class GroupShape:
+    """What the dry-run plan knows of the group beside its size, for a platform's :attr:`Platform.warnings`.
+
+    :param mode: the sync mode the run would use (``mirror``, ``add_only``, ``replace``; a backfill adds).
+    :param identifiers: per payload key of the platform's schema, how many members of the group hold a
+        value under it after normalisation (hashed this run, or reused from the ledger by fingerprint).
+        Counted only for a platform that sets :attr:`Platform.count_identifiers`; empty otherwise.
+    """
+
+    mode: str = "mirror"
+    identifiers: Mapping[str, int] = field(default_factory=dict)
+
+
+def _no_warnings(segment_name: str, group_size: int, shape: GroupShape) -> list[str]:
     """The default: a platform without warnings of its own."""
     return []
 
@@ -59,7 +73,10 @@ class Platform:
     :param destination: ``"module:callable"``, a factory ``(conn_id, account) -> Destination`` that the
         Airflow side imports when a task runs (so this registry never imports a platform SDK).
     :param min_useful_size: below this many members an audience is unlikely to deliver (0: no minimum).
-    :param warnings: ``(segment_name, group_size) -> [warning]``, the platform's own dry-run warnings.
+    :param warnings: ``(segment_name, group_size, shape) -> [warning]``, the platform's own dry-run
+        warnings; ``shape`` is a :class:`GroupShape`.
+    :param count_identifiers: the plan counts the group's values per payload key for ``warnings``
+        (:attr:`GroupShape.identifiers`; it reads the staged values, so only platforms that use it ask).
     """
 
     name: str
@@ -74,7 +91,8 @@ class Platform:
     campaign_model: type[DestinationBase]
     destination: str
     min_useful_size: int = 0
-    warnings: Callable[[str, int], list[str]] = field(default=_no_warnings)
+    warnings: Callable[[str, int, GroupShape], list[str]] = field(default=_no_warnings)
+    count_identifiers: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -101,7 +119,7 @@ class Platform:
             )
         self.normalise_account(self.account_example)  # the example must itself be valid
 
-    def plan_warnings(self, segment_name: str, group_size: int) -> list[str]:
+    def plan_warnings(self, segment_name: str, group_size: int, shape: GroupShape | None = None) -> list[str]:
         """What the dry-run plan warns about: a group below the useful minimum, then the platform's own."""
         found: list[str] = []
         if self.min_useful_size and group_size < self.min_useful_size:
@@ -109,7 +127,7 @@ class Platform:
                 f"group of {group_size} is below {self.title}'s useful minimum (~{self.min_useful_size} "
                 "matched members); the audience may be too small to deliver"
             )
-        return found + list(self.warnings(segment_name, group_size))
+        return found + list(self.warnings(segment_name, group_size, shape or GroupShape()))
 
 
 class UnknownPlatformError(AudienceSyncError, ValueError):

@@ -23,7 +23,7 @@ from audience_sync.core.contract import Destination, ProcessingStatus, upload_ke
 from audience_sync.core.delta import Exclusion, StagedGroup, compare, stage_changes
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import RegistryEntry, StateStore, lease_owner
-from audience_sync.core.platforms import get_platform
+from audience_sync.core.platforms import GroupShape, get_platform
 from audience_sync.core.settings import Settings, settings
 from audience_sync.core.uploads import UploadLog, UploadRecord, WorkRow
 
@@ -412,6 +412,7 @@ def plan_sync(
     backfill = is_backfill(req, entry)
     mode = "add_only" if backfill else req.mode
     known = entry.id if entry is not None and audience["id"] else None
+    spec = get_platform(req.platform)
     c = compare(
         store,
         known,
@@ -419,6 +420,8 @@ def plan_sync(
         removals=mode in ("mirror", "replace"),
         revoked=list(revoked) if mode != "replace" else (),
         exclude=Exclusion(req.platform, dest.account, req.exclude_segments),
+        identifiers=req.schema if spec.count_identifiers else (),
+        ledger_id=entry.id if entry is not None else None,
     )
     group, excluded = c.group, c.excluded
     adds, removes, unchanged, changed = c.adds, c.removes, c.unchanged, c.changed
@@ -428,6 +431,7 @@ def plan_sync(
         adds, unchanged = group, 0
     elif backfill:  # a backfill adds members new to the audience only
         adds, removes, changed, unchanged = c.new, 0, 0, group - c.new
+    counted = {k: c.identifiers[k] for k in req.schema} if spec.count_identifiers else {}
     return {
         "platform": req.platform,
         "account": dest.account,
@@ -441,8 +445,10 @@ def plan_sync(
         "changed": changed,
         "removes": removes,
         "unchanged": unchanged,
-        # the platform's own: its useful minimum and warnings (Meta: names it may flag)
-        "warnings": get_platform(req.platform).plan_warnings(req.segment_name, group),
+        # with count_identifiers, the group's members holding each identifier (TikTok's audiences per type)
+        **({"identifiers": counted} if spec.count_identifiers else {}),
+        # the platform's own: its useful minimum and warnings (Meta: names it may flag; TikTok: too small)
+        "warnings": spec.plan_warnings(req.segment_name, group, GroupShape(mode, counted)),
     }
 
 
@@ -455,6 +461,8 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         f"invalid {plan.get('invalid', 0)}, excluded: no consent {plan.get('excluded_no_consent', 0)}, "
         f"by segments {plan['excluded_by_segments']}"
     )
+    if plan.get("identifiers"):
+        text += "; members per identifier: " + ", ".join(f"{k} {n}" for k, n in plan["identifiers"].items())
     for w in plan["warnings"]:
         text += f"\n  warning: {w}"
     return text

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from audience_sync.core.campaign.base import Invalid, NonEmptyStr, StrictModel
 from audience_sync.core.campaign.destinations import Account, DestinationBase
 from audience_sync.core.normalize.platforms import GOOGLE_ADS as GOOGLE_ADS_RULES
-from audience_sync.core.platforms import Platform
+from audience_sync.core.platforms import GroupShape, Platform
 from audience_sync.platforms.google_common import MAX_MEMBERSHIP_DAYS, normalise_customer_id
 
 ConsentValue = Literal["GRANTED", "UNSPECIFIED"]
@@ -41,7 +41,7 @@ class GoogleAdsConsent(StrictModel):
         return value.strip().upper() if isinstance(value, str) else value
 
 
-def allowlist_warning(segment_name: str, group_size: int) -> list[str]:
+def allowlist_warning(segment_name: str, group_size: int, shape: GroupShape) -> list[str]:
     """The dry-run plan says once per destination that this path needs Google's allowlist."""
     return [
         "Customer Match through the Google Ads API works only for developers Google allowlisted (closed to "

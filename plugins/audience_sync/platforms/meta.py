@@ -10,7 +10,7 @@ from typing import Any, Literal
 from audience_sync.core.campaign.base import Invalid
 from audience_sync.core.campaign.destinations import Account, DestinationBase
 from audience_sync.core.normalize.platforms import META as META_RULES
-from audience_sync.core.platforms import Platform
+from audience_sync.core.platforms import GroupShape, Platform
 
 _ACCOUNT_FIX = 'write the numeric ad account id, e.g. "act_1234567890" or "1234567890"'
 
@@ -65,7 +65,7 @@ def normalise_ad_account_id(value: Any) -> str:
     return f"act_{digits}"
 
 
-def sensitive_name_warnings(segment_name: str, group_size: int) -> list[str]:
+def sensitive_name_warnings(segment_name: str, group_size: int, shape: GroupShape) -> list[str]:
     """Warn when the segment name suggests health or financial status, which Meta may flag."""
     name = segment_name.lower()
     words = name.replace("-", "_").replace(" ", "_").split("_")
