@@ -21,7 +21,7 @@ test suite runs against each one and its sandbox. A destination raises
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
@@ -114,9 +114,16 @@ class ProcessingStatus:
     #: percent processed, when the platform says
     progress: int | None = None
     detail: str = ""
-    #: with ``failed``: the platform refused to apply the upload for a reason no retry fixes, as a short
-    #: code (TikTok: ``segment_too_small``); the engine reports it as the run's outcome instead of an error
+    #: the platform refused to apply the upload, or with ``keys_applied`` a part of it, for a reason no
+    #: retry fixes, as a short code (TikTok: ``segment_too_small``); the engine reports it as the run's
+    #: outcome instead of an error
     refused: str = ""
+    #: with ``refused``, when the platform applies an upload in parts by payload key (TikTok: one audience
+    #: per identifier type): per key the upload touched, whether its part was applied. A member the upload
+    #: added is sent when it holds a value under an applied key (it reached the platform), else failed with
+    #: ``refused``; a member it removed is removed unless it holds a value under a refused key (then it
+    #: waits to be removed again). Empty: all of the upload was refused (``failed``) or applied.
+    keys_applied: Mapping[str, bool] = field(default_factory=dict)
 
 
 class Destination(abc.ABC):

@@ -283,11 +283,11 @@ def _sync_locked(
 
     for op in ("replace",) if mode == "replace" else ("remove", "add"):
         uploader.run(op)
-    refusals: list[tuple[UploadRecord, ProcessingStatus]] = []
+    refusals: list[Refusal] = []
     waiting = poll_processing(dest, store, entry, retry, refusals=refusals)
-    for rec, status in refusals:
-        notes.append(status.detail or status.refused)
-        uploader.discount(rec)  # none of it reached the audience
+    for refusal in refusals:
+        notes.append(refusal.note(dest.platform))
+        uploader.discount(refusal)  # what did not reach the platform
     if waiting:
         notes.append(
             f"{waiting} upload(s) still being processed by {dest.platform}; members stay in progress"
@@ -308,8 +308,27 @@ def _sync_locked(
         backfill=backfill,
         run=run,
         waiting=waiting,
-        refused=refusals[0][1].refused if refusals else "",
+        refused=refusals[0].status.refused if refusals else "",
     )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An upload (or part of one) the platform refused to apply, and how many of its members that left
+    off the platform (failed adds, removals still owed)."""
+
+    upload: UploadRecord
+    status: ProcessingStatus
+    undone: int
+
+    def note(self, platform: str) -> str:
+        what = self.status.detail or self.status.refused
+        if not self.status.keys_applied:
+            return what
+        return (
+            f"{what}; {self.undone} member(s) of the {self.upload.op} upload held no identifier {platform} "
+            "applied, and are not on it"
+        )
 
 
 def poll_processing(
@@ -318,12 +337,12 @@ def poll_processing(
     entry: RegistryEntry,
     retry: RetryPolicy | None = None,
     *,
-    refusals: list[tuple[UploadRecord, ProcessingStatus]] | None = None,
+    refusals: list[Refusal] | None = None,
 ) -> int:
     """Ask the platform about every finished upload of the audience; settle the processed ones. On a
     platform with :attr:`~Destination.serial_uploads`, then hand over the next upload waiting for its turn.
 
-    :param refusals: collects each upload the platform refused to apply, with its status
+    :param refusals: collects each upload the platform refused to apply, all of it or a part
         (:attr:`ProcessingStatus.refused`), so the caller reports it as the run's outcome.
 
     :return: how many uploads are not processed yet (being processed, or waiting for their turn).
@@ -350,18 +369,25 @@ def _settle(
     log_: UploadLog,
     entry: RegistryEntry,
     retry: RetryPolicy,
-    refusals: list[tuple[UploadRecord, ProcessingStatus]] | None = None,
+    refusals: list[Refusal] | None = None,
 ) -> int:
     """Settle the audience's finished uploads the platform has processed; how many it is still processing."""
     waiting = 0
     for rec in log_.in_state(entry.id, "finished"):
         status = retry.run(lambda r=rec: dest.upload_status(r.upload()), "read upload status")
         if status.done:
-            log_.processed(rec, status)
-            if status.failed:
-                log.warning("%s upload %s failed on the platform: %s", rec.op, rec.handle, status.detail)
-            if status.failed and status.refused and refusals is not None:
-                refusals.append((rec, status))
+            undone = log_.processed(rec, status)
+            if status.failed or status.refused:
+                log.warning(
+                    "%s upload %s %s on the platform: %s; %d member(s) of it not applied",
+                    rec.op,
+                    rec.handle,
+                    "failed" if status.failed else "was partly refused",
+                    status.detail,
+                    undone,
+                )
+            if status.refused and refusals is not None:
+                refusals.append(Refusal(rec, status, undone))
         else:
             waiting += 1
             log.info("%s upload %s: %s", rec.op, rec.handle, status.detail or "processing")
@@ -653,9 +679,13 @@ class _Uploader:
         return any(r.id < rec.id for r in _queued(self.log, self.entry))
 
     # ------------------------------------------------------------------ reporting
-    def discount(self, rec: UploadRecord) -> None:
-        """The platform refused the upload: what this run sent through it did not happen."""
+    def discount(self, refusal: Refusal) -> None:
+        """The platform refused the upload, or a part of it: what this run sent through it that did not
+        happen (all of it, or the members the refused part alone carried) is not counted as done."""
+        rec = refusal.upload
         took, restated = self._by_upload.pop(rec.id, (0, 0))
+        if refusal.status.keys_applied:  # partly applied: the members it did not apply
+            took, restated = min(took, refusal.undone), 0
         self.accepted[rec.op] -= took
         self.accepted["restated"] -= restated
 

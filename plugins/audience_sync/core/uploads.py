@@ -27,6 +27,7 @@ from audience_sync.core.contract import ProcessingStatus, Upload
 from audience_sync.core.ledger import (
     PendingRow,
     StateStore,
+    has_value,
     ledger,
     ledger_moved,
     upload_receipts,
@@ -340,8 +341,13 @@ class UploadLog:
             )
         return self.get(rec.id)
 
-    def processed(self, rec: UploadRecord, status: ProcessingStatus) -> None:
-        """The platform is done with the upload: its members are ``sent`` / ``removed`` (or back to work)."""
+    def processed(self, rec: UploadRecord, status: ProcessingStatus) -> int:
+        """The platform is done with the upload: its members are ``sent`` / ``removed`` (or back to work).
+
+        When the platform applied only some keys' parts (:attr:`ProcessingStatus.keys_applied`), each
+        member by what it holds: see there. :return: the upload's members the platform did not apply
+        (failed, or back to ``pending`` removal).
+        """
         now = utcnow()
         mine = sa.and_(
             ledger.c.registry_id == rec.registry_id,
@@ -351,23 +357,27 @@ class UploadLog:
         adds = ledger.c.op.in_(("add", "replace"))
         removes = ledger.c.op == "remove"
         cleared = {"upload_id": None, "batch_seq": None, "updated_at": now}
+        # the platform dropped the upload, or the part these members are in: nothing of it is there, and
+        # the next run sends it again
+        not_added, not_removed = _not_applied(status)
+        undone = 0
         with self.engine.begin() as conn:
             ledger_moved(conn, rec.registry_id)
-            if status.failed:
-                # the platform dropped the upload: nothing of it is there; the next run sends it again
-                conn.execute(
-                    ledger.update()
-                    .where(mine, adds)
-                    .values(status="failed", last_error_code=status.refused or "platform_dropped", **cleared)
-                )
-                conn.execute(ledger.update().where(mine, removes).values(status="pending", **cleared))
-            else:
-                conn.execute(ledger.update().where(mine, adds).values(status="sent", op=None, **cleared))
-                conn.execute(
-                    ledger.update()
-                    .where(mine, removes)
-                    .values(status="removed", op=None, sent_payload=None, **cleared)
-                )
+            code = status.refused or "platform_dropped"
+            undone += conn.execute(
+                ledger.update()
+                .where(mine, adds, not_added)
+                .values(status="failed", last_error_code=code, **cleared)
+            ).rowcount
+            undone += conn.execute(
+                ledger.update().where(mine, removes, not_removed).values(status="pending", **cleared)
+            ).rowcount
+            conn.execute(ledger.update().where(mine, adds).values(status="sent", op=None, **cleared))
+            conn.execute(
+                ledger.update()
+                .where(mine, removes)
+                .values(status="removed", op=None, sent_payload=None, **cleared)
+            )
             conn.execute(
                 uploads.update()
                 .where(uploads.c.id == rec.id)
@@ -378,6 +388,7 @@ class UploadLog:
                     invalid=self._greatest(uploads.c.invalid, status.invalid),
                 )
             )
+        return undone
 
     def run_rejected(self, registry_id: int, run_id: str) -> int:
         """Rows the platform rejected in this run's uploads of the audience."""
@@ -408,6 +419,18 @@ class UploadLog:
 
 #: ``last_error_code`` of members in a batch where the platform rejected rows without naming them all
 UNATTRIBUTED = "unattributed_invalid"
+
+
+def _not_applied(status: ProcessingStatus) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """Which of a processed upload's added and removed members the platform did not apply: none, all
+    (``failed``), or by the keys whose part it refused (:attr:`ProcessingStatus.keys_applied`)."""
+    if not status.keys_applied:
+        return (sa.true(), sa.true()) if status.failed else (sa.false(), sa.false())
+    applied = [k for k, ok in status.keys_applied.items() if ok]
+    refused = [k for k, ok in status.keys_applied.items() if not ok]
+    reached = sa.or_(sa.false(), *(has_value(ledger.c.payload, k) for k in applied))
+    kept = sa.or_(sa.false(), *(has_value(ledger.c.sent_payload, k) for k in refused))
+    return sa.not_(reached), kept
 
 
 def _work_filter(registry_id: int, op: str) -> list[sa.ColumnElement[bool]]:

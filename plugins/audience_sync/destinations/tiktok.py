@@ -26,9 +26,19 @@ How the upload lifecycle maps onto customer files:
   with a header-only file. An update is made once per upload in a process; making it again from
   another process (a task that died before recording it) is harmless, because the audience's lease
   keeps any other upload from coming in between and the same files give the same members.
-- **the 1,000 rule**: TikTok refuses an update that leaves an audience under 1,000 members. The refusal
-  is not retried: the upload is reported done and failed with ``refused="segment_too_small"``, which the
-  engine turns into the run's outcome; the other types' updates still go through.
+- **the 1,000 rule**: TikTok refuses an update that leaves an audience under 1,000 members, audience by
+  audience. The refusal is not retried, and the other types' updates still go through. The upload is
+  reported done with ``refused="segment_too_small"`` (the run's outcome; the log and the metrics note
+  name each refused audience with TikTok's message): failed when every audience it touched refused;
+  otherwise with ``keys_applied`` saying which types took it, and the engine counts each member by what
+  it carries. A member whose identifiers reached an audience that took the update is **sent** (it is on
+  TikTok through that audience), even if another of its identifiers was refused: e.g. an e-mail in the
+  updated e-mail audience and a phone in the refused phone audience. Only members that carry nothing
+  but refused types fail (``segment_too_small``) and are sent again next run. The refused identifiers of
+  the members counted sent are not sent again by later runs unless the member's identifiers change or
+  the segment is synced with ``replace``; a removal is kept owed (``pending``) while a refused audience
+  still holds the member's identifier. These refusals are reported at once, without waiting for TikTok
+  to process the audiences that took the update (see :func:`_refusal`).
 - **status**: ``get`` of the family's audiences until every one the upload touched reports
   ``is_valid`` (TikTok takes up to 24-48 h to refresh an audience).
 """
@@ -55,7 +65,7 @@ from audience_sync.core.contract import (
 )
 from audience_sync.core.errors import PermanentDestinationError
 from audience_sync.destinations.tiktok_client import TikTokApiError, TikTokClient
-from audience_sync.platforms.tiktok import MIN_AUDIENCE_SIZE, TIKTOK, normalise_advertiser_id
+from audience_sync.platforms.tiktok import AUDIENCE_TITLES, MIN_AUDIENCE_SIZE, TIKTOK, normalise_advertiser_id
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +137,8 @@ class TikTokDestination(Destination):
         self._receipts: dict[tuple[str, int], Receipt] = {}  # batches answered in this process
         self._updated: dict[str, set[str]] = {}  # handle -> types whose update went through
         self._finished: set[str] = set()
-        self._refused: dict[str, str] = {}  # handle -> why TikTok refused its update
+        # handle -> the types its update touched, and TikTok's message for each it refused
+        self._refused: dict[str, tuple[list[str], dict[str, str]]] = {}
         self._empty: dict[str, str] = {}  # type -> a header-only file's path
         self._creating: dict[str, dict[str, str]] = {}  # name -> types created so far, while creating
         self._uploading: dict[
@@ -243,7 +254,7 @@ class TikTokDestination(Destination):
             )
         touched = list(parts) if upload.op == "replace" else [t for t in TYPES if t in files]
         done = self._updated.setdefault(upload.handle, set())
-        refusals = []
+        refusals: dict[str, str] = {}
         for ctype in touched:
             if ctype in done:
                 continue
@@ -251,23 +262,25 @@ class TikTokDestination(Destination):
             paths = files.get(ctype) or [self._empty_file(ctype)]
             refused = self._update(parts[ctype], ctype, ACTIONS[upload.op], paths)
             if refused:
-                refusals.append(f"{ctype} audience {parts[ctype]}: {refused}")
+                refusals[ctype] = f"{_title(ctype)} audience ({ctype} {parts[ctype]}): {refused}"
             done.add(ctype)
         self._finished.add(upload.handle)
         if refusals:
-            self._refused[upload.handle] = "; ".join(refusals)
+            self._refused[upload.handle] = (touched, refusals)
+            applied = [_title(t) for t in touched if t not in refusals]
             log.warning(
-                "segment too small: TikTok refused the %s upload %s (an audience must keep %s members): %s",
+                "segment too small: TikTok refused the %s upload %s for the %s (an audience must keep %s "
+                "members); %s",
                 upload.op,
                 upload.handle,
+                "; the ".join(refusals.values()),
                 f"{MIN_AUDIENCE_SIZE:,}",
-                self._refused[upload.handle],
+                f"the {', '.join(applied)} audience(s) took it" if applied else "no audience took it",
             )
 
     def upload_status(self, upload: Upload) -> ProcessingStatus:
         if upload.handle in self._refused:
-            detail = f"segment too small: TikTok refused the update: {self._refused[upload.handle]}"
-            return ProcessingStatus(done=True, failed=True, refused=SEGMENT_TOO_SMALL, detail=detail)
+            return _refusal(*self._refused[upload.handle])
         receipts = self._all_receipts(upload)
         lasts = [seq for seq, r in receipts.items() if r.last]
         handed_over = upload.handle in self._finished or any(
@@ -354,6 +367,31 @@ class TikTokDestination(Destination):
         out = {seq: Receipt.parse(text) for seq, text in upload.receipts}
         out.update({seq: r for (handle, seq), r in self._receipts.items() if handle == upload.handle})
         return out
+
+
+def _refusal(touched: Sequence[str], refused: Mapping[str, str]) -> ProcessingStatus:
+    """The status of an upload whose update TikTok refused for some (or all) of the family's audiences.
+
+    Reported done at once, also when other audiences took their update: only the process that made the
+    update saw the refusal, so it reports it before a later process would read the upload as a plain
+    one. Members of the audiences that took it count as sent without waiting for TikTok's processing.
+    """
+    applied = [t for t in touched if t not in refused]
+    detail = f"segment too small: TikTok refused the update of the {'; the '.join(refused.values())}"
+    if not applied:
+        return ProcessingStatus(done=True, failed=True, refused=SEGMENT_TOO_SMALL, detail=detail)
+    took = ", ".join(f"{_title(t)} ({t})" for t in applied)
+    return ProcessingStatus(
+        done=True,
+        progress=100,
+        refused=SEGMENT_TOO_SMALL,
+        detail=f"{detail}; the {took} audience(s) took it",
+        keys_applied={t: t not in refused for t in touched},
+    )
+
+
+def _title(ctype: str) -> str:
+    return AUDIENCE_TITLES.get(ctype, ctype)
 
 
 def _epoch(value: Any) -> int:
