@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pendulum
@@ -15,6 +16,7 @@ import yaml
 
 from audience_sync.core.ledger import StateStore
 from audience_sync.demo_data import write_demo_db
+from audience_sync.destinations.tiktok import family_parts
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"
@@ -87,3 +89,55 @@ def test_a_small_segment_is_reported_too_small_then_sent_once_it_grows(
     assert emails >= 1_000 and phones >= 1_000 and maids == 0
     (row,) = store.read_metrics(DAG_ID, x["run_id"])
     assert row["outcome"] == "success" and row["sent"] == synced["total"]
+
+
+@pytest.mark.timeout(300)
+def test_too_few_phones_refuses_the_phone_audience_alone_and_the_rerun_warns_again(
+    airflow_db, fresh_sandbox, campaign: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    app = fresh_sandbox.app("tiktok")
+    crm(tmp_path, monkeypatch, rows=5_000)
+    with sqlite3.connect(tmp_path / "crm-5000.db") as db:  # one customer in ten keeps a phone, half of
+        db.execute("UPDATE customers SET mobile = NULL WHERE customer_id % 10 != 0")  # those lose the e-mail
+        db.execute("UPDATE customers SET email = NULL WHERE customer_id % 20 = 0")
+    db.close()
+    state, x = run(1)
+    assert state == "success"  # a refusal is an outcome, not a failed task
+    plan, synced = x["plan"]["sync_tiktok"], x["sync_tiktok"]
+    emails, phones = plan["identifiers"]["EMAIL_SHA256"], plan["identifiers"]["PHONE_SHA256"]
+    assert emails >= 1_000 > phones > 0
+    assert (
+        [w for w in plan["warnings"] if "audience" in w]
+        == [
+            w
+            for w in plan["warnings"]
+            if "phone audience (PHONE_SHA256)" in w and f"{phones:,} member(s)" in w
+        ]
+        != []
+    )
+
+    # TikTok: the e-mail audience holds exactly the group's e-mails; the phone audience refused its update
+    store = StateStore(f"sqlite:///{campaign}")  # TikTok payloads hold hashes only: no keys needed
+    entry = store.get_registry("tiktok", "7012345678901234567", "tiktok_dag_users")
+    payloads = store.ledger_members(entry.id).values()
+    parts = family_parts(synced["audience_id"])
+    assert app.members(parts["EMAIL_SHA256"]) == {p["EMAIL_SHA256"] for p in payloads if p["EMAIL_SHA256"]}
+    assert len(app.members(parts["EMAIL_SHA256"])) == emails and app.members(parts["PHONE_SHA256"]) == set()
+    # the counts: members with an e-mail reached TikTok (sent), those with a phone only failed
+    phone_only = sum(1 for p in payloads if not p["EMAIL_SHA256"])
+    assert synced["refused"] == "segment_too_small" and phone_only > 0
+    assert (synced["total"], synced["sent"], synced["failed"]) == (emails + phone_only, emails, phone_only)
+    assert synced["run"]["added"] == emails
+    (row,) = store.read_metrics(DAG_ID, x["run_id"])
+    assert (row["outcome"], row["sent"], row["failed"]) == ("segment_too_small", emails, phone_only)
+    assert "phone audience (PHONE_SHA256" in row["note"] and "less than 1,000" in row["note"]
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("audience_sync")]
+    assert any("phone audience (PHONE_SHA256" in m and "e-mail audience(s) took it" in m for m in logged)
+
+    # the next day, the same group: extraction reuses the sent rows by fingerprint; the plan still warns
+    state, x = run(2)
+    plan = x["plan"]["sync_tiktok"]
+    assert x["extract"]["reused"] == emails
+    assert plan["identifiers"] == {"EMAIL_SHA256": emails, "PHONE_SHA256": phones}
+    assert any("phone audience (PHONE_SHA256)" in w for w in plan["warnings"])
+    assert not any("e-mail audience" in w for w in plan["warnings"])
