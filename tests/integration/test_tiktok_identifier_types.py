@@ -208,3 +208,29 @@ def test_phones_reach_their_audience_once_1000_go_in_one_update(world: World) ->
         **sent(customers),
         "PHONE_SHA256": sent(phone_only)["PHONE_SHA256"],
     }
+
+
+def test_a_refused_removal_stays_owed_only_for_members_the_refused_audience_still_holds(world: World) -> None:
+    def person(i: int) -> dict[str, str]:  # 2,000 e-mails, the first 1,100 with a phone too
+        return {
+            "customer_id": f"cust-{i:05d}",
+            "email": f"member.{i}@example.org",
+            "phone": f"+44 20 7946 {i:04d}" if i < 1_100 else "",
+        }
+
+    everyone = [person(i) for i in range(2_000)]
+    first = world.sync(world.extract(everyone))
+    assert (first.refused, first.counts["sent"]) == ("", 2_000)
+    # 200 members with both identifiers leave, and 100 with an e-mail only: the e-mail audience keeps 1,700,
+    # the phone audience would keep 900, so TikTok refuses the phone removal
+    stay = [person(i) for i in range(200, 1_900)]
+    out = world.sync(world.extract(stay))
+    assert out.refused == SEGMENT_TOO_SMALL
+    assert world.members(first.audience_id) == {**sent(stay), "PHONE_SHA256": sent(everyone)["PHONE_SHA256"]}
+    # the 100 e-mail-only leavers are gone from TikTok: removed; the 200 whose phone the phone audience still
+    # holds stay to be removed (their e-mails are already off the e-mail audience)
+    c = out.counts
+    assert (c["sent"], c["removed"], c["removing"], out.run["removed"]) == (1_700, 100, 200, 100)
+    assert any(
+        "phone audience (PHONE_SHA256" in n and "200 member(s) of the remove upload" in n for n in out.notes
+    )

@@ -236,6 +236,23 @@ def test_the_plan_warns_below_1000_members_and_not_from_1000() -> None:
     assert spec.plan_warnings("cart_users", 1_000) == []
 
 
+def test_the_plan_warns_per_identifier_type_by_the_mode() -> None:
+    from audience_sync.core.platforms import GroupShape, get_platform
+
+    spec = get_platform("tiktok")
+    counts = {"EMAIL_SHA256": 3_000, "PHONE_SHA256": 600, "MAID_SHA256": 0}
+    (phone,) = spec.plan_warnings("cart_users", 3_200, GroupShape("mirror", counts))
+    assert phone.startswith("segment too small for TikTok's phone audience (PHONE_SHA256)")
+    assert "600 member(s)" in phone and "will be refused" in phone
+    (maybe,) = spec.plan_warnings("cart_users", 3_200, GroupShape("add_only", counts))
+    assert "phone audience" in maybe and "may be refused" in maybe and "not read by the plan" in maybe
+    # a replace also empties the MAID audience, which TikTok refuses
+    phone, maid = spec.plan_warnings("cart_users", 3_200, GroupShape("replace", counts))
+    assert "phone audience" in phone and "MAID audience (MAID_SHA256)" in maid and "0 member(s)" in maid
+    big = {"EMAIL_SHA256": 1_000, "PHONE_SHA256": 1_000}
+    assert spec.plan_warnings("cart_users", 1_500, GroupShape("mirror", big)) == []
+
+
 @pytest.mark.parametrize("value", ["act_123", "12 34", "", True, 1.5, "７０１"])
 def test_an_advertiser_id_must_be_digits_and_the_fix_says_so(value: object) -> None:
     from audience_sync.core.campaign.base import Invalid
