@@ -159,7 +159,7 @@ def test_too_few_phones_refuses_the_phone_audience_alone_and_counts_each_member_
     (note,) = [n for n in out.notes if n.startswith("segment too small")]
     assert "phone audience (PHONE_SHA256" in note and "less than 1,000" in note
     assert "e-mail (EMAIL_SHA256) audience(s) took it" in note
-    assert "200 member(s) of the add upload held no identifier tiktok applied" in note
+    assert "200 member(s) of the add upload have only refused identifiers: failed, not on tiktok" in note
     row = metrics_row({"destination": "tiktok"}, out.as_xcom(), out.counts, None, extract_invalid=0)
     assert (row["outcome"], row["sent"], row["failed"], row["run_added"]) == (
         SEGMENT_TOO_SMALL,
@@ -232,5 +232,6 @@ def test_a_refused_removal_stays_owed_only_for_members_the_refused_audience_stil
     c = out.counts
     assert (c["sent"], c["removed"], c["removing"], out.run["removed"]) == (1_700, 100, 200, 100)
     assert any(
-        "phone audience (PHONE_SHA256" in n and "200 member(s) of the remove upload" in n for n in out.notes
+        "phone audience (PHONE_SHA256" in n and "200 member(s) of the remove upload stay to be removed" in n
+        for n in out.notes
     )

@@ -322,12 +322,16 @@ class Refusal:
     undone: int
 
     def note(self, platform: str) -> str:
+        """For the run's notes (and the metrics row): what was refused, and when only a part of the
+        upload was, how many members that left off the platform."""
         what = self.status.detail or self.status.refused
         if not self.status.keys_applied:
             return what
+        if self.upload.op == "remove":
+            return f"{what}; {self.undone} member(s) of the remove upload stay to be removed (a refused part holds them)"
         return (
-            f"{what}; {self.undone} member(s) of the {self.upload.op} upload held no identifier {platform} "
-            "applied, and are not on it"
+            f"{what}; {self.undone} member(s) of the {self.upload.op} upload have only refused identifiers: "
+            f"failed, not on {platform}"
         )
 
 
