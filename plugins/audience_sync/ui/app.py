@@ -16,6 +16,7 @@ import json
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
@@ -64,19 +65,24 @@ def create_app() -> FastAPI:
             raise HTTPException(status_code=403, detail=f"not allowed to read the DAG of campaign {campaign}")
         return doc
 
-    @app.get("/api/progress", name="progress")
+    def api_url(request: Request, campaign: str | None = None) -> str:
+        # the app is mounted under the api-server (and maybe a proxy's prefix): its root path says where;
+        # url_for would look in the api-server's routes
+        url = f"{request.scope.get('root_path', '')}/api/progress"
+        return f"{url}?{urlencode({'campaign': campaign})}" if campaign else url
+
+    @app.get("/api/progress")
     def progress(user: GetUserDep, campaign: str | None = None) -> dict[str, Any]:
         """Every campaign's progress per destination (or one campaign's), as the page shows it."""
         return visible(user, campaign)
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: GetUserDep) -> str:
-        return render_page(request.url_for("progress").path, "Ads Audiences")
+        return render_page(api_url(request), "Ads Audiences")
 
     @app.get("/campaign/{dag_id}", response_class=HTMLResponse)
     def campaign(request: Request, dag_id: str, user: GetUserDep) -> str:
         # a DAG that is no campaign gets the page too (the tab is on every DAG): it shows the endpoint's 404
-        api = request.url_for("progress").include_query_params(campaign=dag_id)
-        return render_page(f"{api.path}?{api.query}", f"Ads Audience · {dag_id}")
+        return render_page(api_url(request, dag_id), f"Ads Audience · {dag_id}")
 
     return app
