@@ -235,6 +235,10 @@ def test_the_page_shows_a_sync_live_and_then_exactly_the_runs_numbers(
             f"{stack.url}/auth/token", json={"username": USER, "password": PASSWORD}, timeout=30
         ).json()["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
+        unknown = requests.get(
+            f"{stack.url}/ads-audiences/api/progress?campaign=nope", headers=auth, timeout=30
+        )
+        assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
         # the plugin's views: in the navigation, and a tab on the campaign's DAG
         plugins = requests.get(f"{stack.url}/api/v2/plugins", headers=auth, timeout=30).json()["plugins"]
         (plugin,) = [p for p in plugins if p["name"] == "audience_sync"]
@@ -245,6 +249,7 @@ def test_the_page_shows_a_sync_live_and_then_exactly_the_runs_numbers(
 
         # a first run, weeks earlier: a smaller group (the CRM's carts were abandoned over months)
         dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).dags[DAG_ID]
+        assert f"(/ads-audiences/campaign/{DAG_ID})" in dag.doc_md  # the DAG's docs link to its view
         first = dag.test(logical_date=pendulum.datetime(2026, 11, 5, tz="UTC"))
         assert first.state == "success"
 

@@ -12,8 +12,7 @@ from typing import Any
 
 from airflow.sdk.plugins_manager import AirflowPlugin
 
-#: where the api-server mounts the app
-URL_PREFIX = "/ads-audiences"
+from audience_sync.ui import URL_PREFIX
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
