@@ -325,6 +325,10 @@ def test_the_page_shows_a_sync_live_and_then_exactly_the_runs_numbers(
     assert [d["counts"] for d in printed["campaigns"][0]["destinations"]] == [
         d["counts"] for d in campaign_json["destinations"]
     ]
+    assert cli.main(["status", STEM]) == 0
+    text = capsys.readouterr().out
+    assert f"{META} audience {rows[META]['audience_id']}: total {group}, sent {group}, in progress 0," in text
+    assert f"platform size {group}; delivery on time" in text
     assert campaign_json["last_run"]["run_id"] == run.run_id
     # the trend: both runs, the platform's size after each
     meta_json = campaign_json["destinations"][0]
