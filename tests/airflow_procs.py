@@ -107,10 +107,19 @@ class AirflowStack:
     :param home: the ``AIRFLOW_HOME`` to create (logs, ``airflow.db``, component output ``*.out``).
     :param extra_env: added to the components' environment (connections, campaign folder, ...).
     :param parallelism: ``[core] parallelism`` of the LocalExecutor (task processes at once).
+    :param scheduler: start the scheduler too (without it: the api-server alone, e.g. to serve a plugin).
     """
 
-    def __init__(self, home: Path, extra_env: Mapping[str, str] | None = None, parallelism: int = 2) -> None:
+    def __init__(
+        self,
+        home: Path,
+        extra_env: Mapping[str, str] | None = None,
+        parallelism: int = 2,
+        *,
+        scheduler: bool = True,
+    ) -> None:
         self.home = Path(home)
+        self.scheduler = scheduler
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -175,13 +184,15 @@ class AirflowStack:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 120) -> AirflowStack:
-        """Migrate the DB, start api-server and scheduler, serialize the DAGs, wait until healthy."""
+        """Migrate the DB, start api-server and (unless left out) scheduler, serialize the DAGs, wait until
+        healthy."""
         try:
             self.cli_ok("db", "migrate", timeout=timeout)
             self._start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.port))
-            self._start("scheduler", "scheduler")
+            if self.scheduler:
+                self._start("scheduler", "scheduler")
             self.cli_ok("dags", "reserialize", timeout=timeout)  # meanwhile the servers boot
-            wait_for("api-server and scheduler to be healthy", self._healthy, timeout)
+            wait_for(f"{' and '.join(self.procs)} to be healthy", self._healthy, timeout)
         except BaseException:
             self.stop()
             raise
@@ -195,7 +206,9 @@ class AirflowStack:
         if r.status_code != 200:
             return None
         body = r.json()
-        ok = body["metadatabase"]["status"] == "healthy" and body["scheduler"]["status"] == "healthy"
+        ok = body["metadatabase"]["status"] == "healthy" and (
+            not self.scheduler or body["scheduler"]["status"] == "healthy"
+        )
         return True if ok else None
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""``audience-sync`` command line: validate, hash, run, sandbox, demo."""
+"""``audience-sync`` command line: validate, hash, run, plan, status, sandbox, demo."""
 
 from __future__ import annotations
 
@@ -106,6 +106,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- status
+def cmd_status(args: argparse.Namespace) -> int:
+    # as for plan: with --json, stdout carries the JSON alone
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        from audience_sync.core.progress import format_progress
+        from audience_sync.runner import prepare_airflow_env
+        from audience_sync.status import UnknownCampaign, read_progress
+
+        prepare_airflow_env()
+        try:
+            progress = read_progress(args.campaign)
+        except UnknownCampaign as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(progress.as_json(), indent=2))
+        return 0
+    print(format_progress(progress.campaigns) or "no valid campaign files")
+    for path in progress.broken:
+        print(f"broken campaign file {path} (audience-sync validate says why)")
+    return 0
+
+
 # ------------------------------------------------------------------------------ sandbox
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from audience_sync.core.settings import settings
@@ -147,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--logical-date", default=None, help="YYYY-MM-DD (default: now)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)
+
+    st = sub.add_parser(
+        "status", help="print each campaign's progress per destination (the Ads Audiences page)"
+    )
+    st.add_argument("campaign", nargs="?", default=None, help="campaign file stem (default: every campaign)")
+    st.add_argument("--json", action="store_true", help="print the progress as JSON (the page's endpoint)")
+    st.set_defaults(func=cmd_status)
 
     s = sub.add_parser("sandbox", help="serve the local platform sandbox until interrupted")
     s.add_argument("--host", default="127.0.0.1")

@@ -29,6 +29,7 @@ from audience_sync.operators.extract import ExtractAudienceOperator, PartitionGr
 from audience_sync.operators.metrics import RecordMetricsOperator
 from audience_sync.operators.processing import PROMISE_TIMEOUT, AwaitProcessingSensor
 from audience_sync.operators.sync import PlanAudienceOperator, SyncAudienceOperator
+from audience_sync.ui import URL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ def build_dag(c: Campaign) -> DAG:
         f"### {c.campaign}\n\nAds campaign **{c.ads_campaign_name}**, segment `{c.segment_name}` "
         f"({c.sync_mode}) to {', '.join(f'{d.platform} {d.account}' for d in c.destinations)}.\n\n"
         f"Campaign file: `{c.path.name}`. Audience group: {group.source} "
-        f"{'(' + str(group.conn_id) + ')' if group.conn_id else ''}."
+        f"{'(' + str(group.conn_id) + ')' if group.conn_id else ''}.\n\n"
+        f"Progress per destination: [Ads Audience]({URL_PREFIX}/campaign/{c.dag_id}) (also this DAG's "
+        "*Ads Audience* tab)."
     )
     with DAG(
         dag_id=c.dag_id,

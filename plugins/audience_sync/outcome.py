@@ -41,7 +41,8 @@ def metrics_row(
 
     :param result: the sync task's result (None when it did not finish). When the platform refused to
         apply an upload (``result["refused"]``, e.g. ``segment_too_small``), that is the outcome.
-    :param waited: the processing wait task's final counts (None when it did not finish).
+    :param waited: the processing wait task's final counts, and the audience's size and match rate as the
+        platform reported them (None when it did not finish).
     :param ledger_counts: the audience's ledger counts, read when a task did not finish.
     """
     row: dict[str, Any] = dict(base)
@@ -60,6 +61,7 @@ def metrics_row(
             row.update(
                 {k: int(waited.get(k, row.get(k, 0))) for k in ("sent", "in_progress", "pending", "failed")}
             )
+            row.update(audience_size=waited.get("audience_size"), match_rate=waited.get("match_rate"))
             row["finished_at"] = utcnow()
             row["outcome"] = "success_backfill" if result.get("backfill") else "success"
         else:

@@ -136,6 +136,8 @@ class Harness(abc.ABC):
     unique_names: ClassVar[bool] = False
     #: the platform reports when an audience was created (``PlatformAudience.created_time``)
     reports_created_time: ClassVar[bool] = True
+    #: the platform reports how many of the uploaded identifiers it matched (``PlatformAudience.match_rate``)
+    reports_match_rate: ClassVar[bool] = False
     #: finding a name lists the account's audiences page by page (a file drop reads the name's folder
     #: instead, so the paging tests do not apply to it)
     lists_audiences_in_pages: ClassVar[bool] = True

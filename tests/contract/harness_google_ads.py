@@ -44,6 +44,7 @@ class GoogleAdsHarness(Harness):
     platform = "google_ads"
     max_batch_rows = 10_000
     list_page_size = 10_000  # Search pages are fixed at 10,000 rows
+    reports_match_rate = True  # user_list.match_rate_percentage
     schema = ("hashed_email", "hashed_phone_number")
     #: first and last name form one address_info identifier
     hashed_keys = ("hashed_email", "hashed_phone_number", "hashed_first_name", "hashed_last_name")

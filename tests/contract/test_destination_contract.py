@@ -226,6 +226,21 @@ def test_get_audience_then_none_after_platform_delete(harness: Harness) -> None:
     assert dest.find_audiences(NAME) == []
 
 
+def test_get_audience_reports_the_size_the_platform_counts(harness: Harness) -> None:
+    """What the wait task records after each run (metrics ``audience_size`` / ``match_rate``)."""
+    dest, schema = harness.destination, harness.schema
+    aud = create(dest)
+    rows = harness.rows(40)
+    send(dest, aud.id, "add", schema, rows, total=40)
+    got = dest.get_audience(aud.id)
+    assert got is not None
+    assert got.size == len(harness.members(aud.id)) == 40
+    if harness.reports_match_rate:
+        assert got.match_rate is not None and 0 <= got.match_rate <= 100
+    else:
+        assert got.match_rate is None
+
+
 # ------------------------------------------------------------------------------ 3. members
 
 

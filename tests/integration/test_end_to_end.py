@@ -106,16 +106,20 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
     assert sync["pending"] == sync["in_progress"] == sync["failed"] == 0
 
     # the requests are the ones Meta documents, in order: look up by name, create, upload in one session,
-    # then read the session until Meta says it is processed
+    # read the session until Meta says it is processed, then read the audience's size for the metrics
     log = sandbox.meta.requests_log()
     calls = [(e["method"], re.sub(r"/\d{6,}/", "/{id}/", e["path"])) for e in log]
     uploads = [e for e in log if e.get("op") == "add"]
-    lookups = len(calls) - 2 - len(uploads)  # the plan task looks up too (read-only)
+    lookups = len(calls) - 3 - len(uploads)  # the plan task looks up too (read-only)
     assert lookups >= 1
     assert calls == [("GET", "/v26.0/act_1234567890/customaudiences")] * lookups + [
         ("POST", "/v26.0/act_1234567890/customaudiences")
-    ] + [("POST", "/v26.0/{id}/users")] * len(uploads) + [("GET", "/v26.0/{id}/sessions")]
-    assert log[-1]["query"]["session_id"] == str(uploads[0]["session"]["session_id"])
+    ] + [("POST", "/v26.0/{id}/users")] * len(uploads) + [
+        ("GET", "/v26.0/{id}/sessions"),
+        ("GET", "/v26.0/{id}/"),
+    ]
+    assert log[-2]["query"]["session_id"] == str(uploads[0]["session"]["session_id"])
+    assert "approximate_count_lower_bound" in log[-1]["query"]["fields"].split(",")
     assert len({e["session"]["session_id"] for e in uploads}) == 1
     assert "name" in log[0]["query"]["fields"].split(",") and log[0]["query"]["access_token"] == "***"
     assert sum(e["num_rows"] for e in uploads) == len(want)
@@ -157,6 +161,8 @@ def test_campaign_syncs_exactly_the_valid_group_and_reruns_create_nothing(
         assert sync[k] == ledger[k] == metrics[k], k
     assert metrics["total"] == sync["total"] and metrics["invalid"] == extract["invalid"]
     assert metrics["outcome"] == "success" and metrics["requests"] == sync["requests"] > 0
+    # the size Meta reported once it processed the upload (the sandbox counts exactly)
+    assert metrics["audience_size"] == x1["wait_meta"]["audience_size"] == len(want)
     # TikTok: one audience per identifier type, each holding its 1,000 members or more
     tiktok = x1["sync_tiktok"]
     (tiktok_row,) = [

@@ -68,8 +68,13 @@ class PlatformAudience:
     id: str
     name: str
     created_time: int = 0  # seconds since the epoch; used to pick the oldest of duplicate names
+    #: the members the platform counts in the audience (Meta: approximate count, Google: list size,
+    #: TikTok: cover count, file drop: rows), None until the platform has counted
     size: int | None = None
     status: str | None = None
+    #: percent of the uploaded identifiers the platform matched to its users, where it reports one
+    #: (Google Ads); None elsewhere
+    match_rate: int | None = None
 
 
 @dataclass(frozen=True)

@@ -266,6 +266,11 @@ metrics = sa.Table(
     sa.Column("note", sa.Text, nullable=True),
     # the plan's group for this destination (valid members): the next run's size guard compares with it
     sa.Column("group_size", sa.Integer, nullable=True),
+    # what the platform reported about the audience once the run's uploads were processed (None: it did
+    # not say, or the run did not get that far): Meta's approximate count, Google's list size, TikTok's
+    # cover count; and the match rate in percent where the platform reports one (Google Ads)
+    sa.Column("audience_size", sa.Integer, nullable=True),
+    sa.Column("match_rate", sa.Integer, nullable=True),
 )
 
 COUNT_KEYS = ("total", "sent", "in_progress", "pending", "failed", "removed", "invalid", "excluded")
@@ -894,6 +899,33 @@ class StateStore:
         )
         with self.engine.connect() as conn:
             return conn.execute(q).scalar()
+
+    def recent_metrics(self, dag_id: str, runs: int) -> list[dict[str, Any]]:
+        """The metrics rows of the campaign's last ``runs`` runs, oldest first (the progress page's trend)."""
+        when = sa.func.coalesce(metrics.c.started_at, metrics.c.finished_at)
+        last = (
+            sa.select(metrics.c.run_id)
+            .where(metrics.c.dag_id == dag_id)
+            .group_by(metrics.c.run_id)
+            .order_by(sa.func.max(when).desc())
+            .limit(runs)
+        )
+        q = sa.select(metrics).where(metrics.c.dag_id == dag_id, metrics.c.run_id.in_(last.scalar_subquery()))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q.order_by(when, metrics.c.destination))]
+
+    def upload_in_flight(self, registry_id: int) -> tuple[str, dt.datetime] | None:
+        """The run and start of the audience's oldest upload not yet processed (open or finished), if any:
+        a sync under way, or one whose uploads the platform is still processing."""
+        q = (
+            sa.select(uploads.c.run_id, uploads.c.created_at)
+            .where(uploads.c.registry_id == registry_id, uploads.c.state.in_(("open", "finished")))
+            .order_by(uploads.c.created_at)
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return (row.run_id, row.created_at) if row else None
 
     def read_metrics(self, dag_id: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(metrics)

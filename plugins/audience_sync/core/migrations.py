@@ -26,6 +26,11 @@ of an audience's ledger rows moves, so a rerun knows whether the rows its extrac
 
 v4 -> v5 (the group-size guard), in place: ``as_run_metrics.group_size``, the plan's group of each run
 and destination (``core/alerts.py``). Existing rows have none: the first v5 run has nothing to compare.
+
+v5 -> v6 (platform sizes), in place: ``as_run_metrics.audience_size`` and ``match_rate``, what the platform
+reported about the audience once the run's uploads were processed (Meta's approximate count, Google's list
+size and match rate, TikTok's cover count), for the progress page's trend (``core/progress.py``). Existing
+rows have none.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from audience_sync.core.keys import StateKeyError, StateKeys
 
 log = logging.getLogger(__name__)
 
-LATEST = 5
+LATEST = 6
 BATCH_ROWS = 5_000
 
 _version = sa.table("as_schema_version", sa.column("version"), sa.column("applied_at"))
@@ -97,6 +102,8 @@ def prepare(engine: Engine, keys: StateKeys | None) -> None:
         upgrade_v3_to_v4(engine)
     if current is not None and current < 5:
         upgrade_v4_to_v5(engine)
+    if current is not None and current < 6:
+        upgrade_v5_to_v6(engine)
     if keys is not None:
         check_keys(engine, keys)
 
@@ -155,6 +162,16 @@ _V5_COLUMNS = {"as_run_metrics": ("group_size INTEGER",)}
 def upgrade_v4_to_v5(engine: Engine) -> bool:
     """Add the metrics' group size to a v4 state database; False when another process already did."""
     return _upgrade_columns(engine, 5, _V5_COLUMNS, "group sizes")
+
+
+#: columns v6 added: the audience size (and match rate) the platform reported after each run
+_V6_COLUMNS = {"as_run_metrics": ("audience_size INTEGER", "match_rate INTEGER")}
+
+
+def upgrade_v5_to_v6(engine: Engine) -> bool:
+    """Add the metrics' platform-reported size and match rate to a v5 state database; False when another
+    process already did."""
+    return _upgrade_columns(engine, 6, _V6_COLUMNS, "platform sizes")
 
 
 def _upgrade_columns(

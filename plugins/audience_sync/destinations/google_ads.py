@@ -401,9 +401,10 @@ def _audience(ul: Any) -> PlatformAudience:
     size = ul.size_for_search if "size_for_search" in ul else None
     if size is None and "size_for_display" in ul:
         size = ul.size_for_display
+    match = ul.match_rate_percentage if "match_rate_percentage" in ul else None
     return PlatformAudience(
         id=str(ul.id), name=str(ul.name), size=int(size) if size is not None else None,
-        status=ul.membership_status.name,
+        status=ul.membership_status.name, match_rate=int(match) if match is not None else None,
     )  # fmt: skip
 
 

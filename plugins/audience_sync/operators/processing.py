@@ -11,6 +11,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
+from audience_sync.core.contract import Destination
 from audience_sync.core.delivery import DeliveryWindow, delivery_window
 from audience_sync.core.errors import PermanentDestinationError, TransientDestinationError
 from audience_sync.core.ledger import utcnow
@@ -47,7 +48,8 @@ class AwaitProcessingSensor(BaseSensorOperator):
     :param segment_name: the audience's segment name (templated).
     :param delivery: ``{"cutoff": "HH:MM", "available_by": "HH:MM", "timezone": IANA name}``, or None.
     :param sync_task_id: the sync task whose start is the release (with ``delivery``).
-    :return: the ledger's counts once everything is processed.
+    :return: the ledger's counts once everything is processed, with the audience's size and match rate as
+        the platform reports them then (``audience_size``, ``match_rate``; None where it does not say).
     """
 
     template_fields: Sequence[str] = ("segment_name",)
@@ -129,4 +131,20 @@ class AwaitProcessingSensor(BaseSensorOperator):
         self.log.info(
             "%s processed every upload: sent %s, removed %s", self.platform, counts["sent"], counts["removed"]
         )
-        return PokeReturnValue(is_done=True, xcom_value=counts)
+        return PokeReturnValue(
+            is_done=True, xcom_value={**counts, **self.reported_size(dest, entry.audience_id)}
+        )
+
+    def reported_size(self, dest: Destination, audience_id: str) -> dict[str, int | None]:
+        """What the platform reports about the audience now that it processed the run's uploads: its size
+        and match rate, which ``record_metrics`` keeps for the trend. Not being able to read them is a
+        warning, not a failure: the members are processed whatever the platform's count says."""
+        try:
+            audience = dest.get_audience(audience_id)
+        except (PermanentDestinationError, TransientDestinationError) as exc:
+            self.log.warning("could not read the audience's size from %s (%s)", self.platform, exc)
+            audience = None
+        if audience is None:
+            return {"audience_size": None, "match_rate": None}
+        self.log.info("%s reports the audience's size: %s", self.platform, audience.size)
+        return {"audience_size": audience.size, "match_rate": audience.match_rate}

@@ -539,6 +539,8 @@ class GoogleAdsSandbox(GrpcApp):
             crm_based_user_list=CrmBasedUserListInfo(upload_key_type=ul["key_type"], app_id=ul["app_id"]),
             size_for_search=size,
             size_for_display=size,
+            # every sandbox identifier "matches" (see _match_range); unset, as sizes, until counted
+            match_rate_percentage=100 if size else None,
         )
 
     def _job_resource(self, job: dict[str, Any]) -> OfflineUserDataJob:
