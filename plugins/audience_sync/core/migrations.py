@@ -23,6 +23,10 @@ once (and sends nothing new: its row hashes are the v2 ones) and records their f
 v3 -> v4 (ledger generations), in place: ``as_audience_registry.ledger_generation``, a number every write
 of an audience's ledger rows moves, so a rerun knows whether the rows its extraction reused are unchanged
 (``core/delta.py``). Existing audiences start at 0.
+
+v4 -> v5 (approval decisions, ``core/approval_log.py``): a new table ``as_approvals``, created like every
+new table by ``metadata.create_all``; the upgrade only records the version. No campaign version was ever
+approved before v5, so every campaign asks for approval once after the upgrade.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from audience_sync.core.keys import StateKeyError, StateKeys
 
 log = logging.getLogger(__name__)
 
-LATEST = 4
+LATEST = 5
 BATCH_ROWS = 5_000
 
 _version = sa.table("as_schema_version", sa.column("version"), sa.column("applied_at"))
@@ -92,6 +96,8 @@ def prepare(engine: Engine, keys: StateKeys | None) -> None:
         upgrade_v2_to_v3(engine)
     if current is not None and current < 4:
         upgrade_v3_to_v4(engine)
+    if current is not None and current < 5:
+        upgrade_v4_to_v5(engine)
     if keys is not None:
         check_keys(engine, keys)
 
@@ -141,6 +147,12 @@ def upgrade_v3_to_v4(engine: Engine) -> bool:
     """Add the ledger generation (and the index of rows without a fingerprint) to a v3 state database;
     False when another process already did."""
     return _upgrade_columns(engine, 4, _V4_COLUMNS, "ledger generations", _V4_INDEX)
+
+
+def upgrade_v4_to_v5(engine: Engine) -> bool:
+    """Record version 5 (the approvals table exists already: ``create_all`` made it); False when another
+    process already did."""
+    return _upgrade_columns(engine, 5, {}, "approval decisions")
 
 
 def _upgrade_columns(

@@ -10,6 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.ledger import COUNT_KEYS, RUN_KEYS
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.operators.approval import not_approved
 from audience_sync.operators.context import run_date
 from audience_sync.operators.staging import location, merge_extracts, remove
 from audience_sync.outcome import metrics_row
@@ -27,7 +28,8 @@ class RecordMetricsOperator(BaseOperator):
     uploads the platform had not processed in time as ``processing``, with the counts the ledger holds;
     this task then fails too, so the run is not shown green. A change the platform refused for a reason
     no retry fixes is recorded with that reason as its outcome (TikTok: ``segment_too_small``) and does
-    not fail the run: the plan warned of it and the next run tries again.
+    not fail the run: the plan warned of it and the next run tries again. A run whose campaign version was
+    not approved is recorded as ``rejected`` (or ``approval_timeout``) and does not fail either.
 
     :param destinations: one dict per sync task: ``task_id``, ``wait_task_id``, ``platform``,
         ``account``, ``segment_name``.
@@ -40,17 +42,20 @@ class RecordMetricsOperator(BaseOperator):
         *,
         destinations: Sequence[dict[str, str]],
         state_conn_id: str = DEFAULT_CONN_ID,
+        approval_task_id: str = "approve",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)
         self.destinations = [dict(d) for d in destinations]
         self.state_conn_id = state_conn_id
+        self.approval_task_id = approval_task_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         store = AudienceSyncStateHook(self.state_conn_id).store
         ti = context["ti"]
         extracted = merge_extracts(ti.xcom_pull(task_ids="extract"))
+        stopped = not_approved(ti.xcom_pull(task_ids=self.approval_task_id))
         unfinished: list[str] = []
         summary: dict[str, Any] = {}
         for d in self.destinations:
@@ -77,6 +82,8 @@ class RecordMetricsOperator(BaseOperator):
                 counts,
                 extract_invalid=int(extracted.get("invalid", 0)),
             )
+            if stopped is not None and not result:  # nothing was sent: the decision is the outcome
+                row["outcome"], row["note"] = stopped
             if row["outcome"] in ("failed", "processing"):
                 unfinished.append(d["wait_task_id"] if result else d["task_id"])
             store.write_metrics(row)

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import croniter
 from pydantic import Field, PrivateAttr, ValidationInfo, create_model, field_validator, model_validator
 
+from audience_sync.core.campaign.approval import CampaignApproval
 from audience_sync.core.campaign.base import (
     Invalid,
     NonEmptyStr,
@@ -229,6 +230,8 @@ class Campaign(StrictModel):
     processing_poke_seconds: int = Field(default=120, ge=1, strict=True)
     # extraction split over mapped tasks by a hash of the member key: 1 (one task), N, or "auto"
     partitions: int | Literal["auto"] = 1
+    # a code-review approval of one campaign version (core/approval.py decides whether it applies)
+    approval: CampaignApproval | None = None
 
     _path: Path | None = PrivateAttr(default=None)
 
