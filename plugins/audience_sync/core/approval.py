@@ -189,7 +189,8 @@ def approval_body(
         where = f"{plan.get('platform')} {plan.get('account')}"
         excluded = int(plan.get("excluded_no_consent") or 0) + int(plan.get("excluded_by_segments") or 0)
         lines.append(
-            f"| {where} | {audience.get('action')} {audience.get('id') or ''} | {plan.get('group')} "
+            f"| {where} | {audience.get('action')} {audience.get('id') or ''}".rstrip()
+            + f" | {plan.get('group')} "
             f"| {plan.get('invalid', 0)} | {excluded} | {plan.get('adds')} (changed {plan.get('changed')}) "
             f"| {plan.get('removes')} | {plan.get('unchanged')} |"
         )

@@ -39,6 +39,9 @@ from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+#: the XCom key of the approval task's decision (``record_metrics`` reads it)
+DECISION_KEY = "decision"
+
 #: the metrics outcome of a run whose version was not approved, by decision
 NOT_APPROVED_OUTCOMES = {REJECTED: "rejected", TIMED_OUT: "approval_timeout"}
 
@@ -102,12 +105,14 @@ class CampaignApprovalOperator(ApprovalOperator):
                 "(for development and tests only)",
                 self.version,
             )
-            return {"approved": True, "decision": "not_required", "version": self.version}
+            result = {"approved": True, "decision": "not_required", "version": self.version}
+            context["ti"].xcom_push(key=DECISION_KEY, value=result)
+            return result
         log = ApprovalLog(AudienceSyncStateHook(self.state_conn_id).store)
         standing = log.approval(self.dag_id, self.version)
         if standing is not None:
             self.log.info("already approved, not asking again: %s", standing.describe())
-            return self._result(standing)
+            return self._result(context, standing)
         from_file, why_not = file_approval(self.file_approval, self.dag_id, self.version)
         if why_not:
             self.log.warning("%s", why_not)
@@ -116,7 +121,7 @@ class CampaignApprovalOperator(ApprovalOperator):
             decision = dataclasses.replace(from_file, run_id=context["run_id"], plan_summary=summary)
             log.record(decision)
             self.log.info("approved by the campaign file's approval block: %s", decision.describe())
-            return self._result(decision)
+            return self._result(context, decision)
         timeout = self.response_timeout or dt.timedelta(0)
         self.body = "\n\n".join(
             filter(
@@ -142,28 +147,34 @@ class CampaignApprovalOperator(ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        answer = super().execute_complete(context, event)  # on Reject: skips the sync tasks
-        approved = answer["chosen_options"] == [self.APPROVE]
-        user = answer.get("responded_by_user") or {}
+        if "error" in event:  # not an answer (e.g. no defaults and no response): the provider raises
+            return super().execute_complete(context, event)
+        approved = event["chosen_options"] == [self.APPROVE]
+        user = event.get("responded_by_user") or {}
         decision = Decision(
             dag_id=self.dag_id,
             version=self.version,
             decision=APPROVED if approved else TIMED_OUT if event.get("timedout") else REJECTED,
             decided_by=(user.get("name") or user.get("id")) if user else None,
-            decided_at=_aware(answer["responded_at"]),
+            decided_at=_aware(event["responded_at"]),
             source=FROM_AIRFLOW,
             run_id=context["run_id"],
             plan_summary=plan_summary(context["ti"].xcom_pull(task_ids=self.plan_task_id)),
         )
         ApprovalLog(AudienceSyncStateHook(self.state_conn_id).store).record(decision)
+        result = self._result(context, decision)
         if approved:
             self.log.info("recorded: %s; later runs of this version run without asking", decision.describe())
         else:
             self.log.warning("recorded: %s; nothing is sent in this run", decision.describe())
-        return self._result(decision)
+        # on Reject the provider skips the sync tasks by raising, so the decision is recorded first
+        super().execute_complete(context, event)
+        return result
 
-    def _result(self, decision: Decision) -> dict[str, Any]:
-        return {
+    def _result(self, context: Context, decision: Decision) -> dict[str, Any]:
+        """The decision as this task's result, also pushed as XCom ``decision``: a rejected run's task
+        ends by skipping its downstream tasks, which leaves no return value."""
+        result = {
             "approved": decision.approved,
             "decision": decision.decision,
             "version": decision.version,
@@ -171,6 +182,8 @@ class CampaignApprovalOperator(ApprovalOperator):
             "decided_at": decision.decided_at.isoformat(),
             "source": decision.source,
         }
+        context["ti"].xcom_push(key=DECISION_KEY, value=result)
+        return result
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.ledger import COUNT_KEYS, RUN_KEYS
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
-from audience_sync.operators.approval import not_approved
+from audience_sync.operators.approval import DECISION_KEY, not_approved
 from audience_sync.operators.context import run_date
 from audience_sync.operators.staging import location, merge_extracts, remove
 from audience_sync.outcome import metrics_row
@@ -55,7 +55,7 @@ class RecordMetricsOperator(BaseOperator):
         store = AudienceSyncStateHook(self.state_conn_id).store
         ti = context["ti"]
         extracted = merge_extracts(ti.xcom_pull(task_ids="extract"))
-        stopped = not_approved(ti.xcom_pull(task_ids=self.approval_task_id))
+        stopped = not_approved(ti.xcom_pull(task_ids=self.approval_task_id, key=DECISION_KEY))
         unfinished: list[str] = []
         summary: dict[str, Any] = {}
         for d in self.destinations:
