@@ -111,10 +111,21 @@ def test_run_executes_the_dag_and_exits_non_zero_on_failure(fresh_sandbox, tmp_p
 @pytest.mark.timeout(300)
 def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> None:
     env = os.environ.copy()
-    for k in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__UNIT_TEST_MODE", "AIRFLOW_HOME"):
+    # as a fresh deployment: syncing off and approval required; the demo enables and approves itself
+    for k in (
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CORE__UNIT_TEST_MODE",
+        "AIRFLOW_HOME",
+        "AUDIENCE_SYNC_ENABLED",
+        "AUDIENCE_SYNC_APPROVAL_REQUIRED",
+    ):
         env.pop(k, None)
     r = cli("demo", "--rows", "500", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    version = cli("version", str(ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"))
+    assert version.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}\n", version.stdout)
+    assert f"approves campaign version {version.stdout.strip()}" in r.stdout
+    assert f"approval: version {version.stdout.strip()} approved by make demo (campaign file)" in r.stdout
     lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:6]
     rows = {line.split()[0]: line.split() for line in lines}
     assert set(rows) == {
