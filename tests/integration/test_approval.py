@@ -205,6 +205,14 @@ def test_a_new_version_waits_for_approval_then_runs_without_asking_until_it_chan
     decisions = ApprovalLog(store).history(world.dag_id)
     assert [(d.decision, d.version) for d in decisions] == [("rejected", changed), ("approved", version)]
 
+    # `audience-sync status` shows it all
+    from audience_sync.status import campaign_status
+
+    text = campaign_status(load_campaign(world.path))
+    assert f"version: {changed}" in text and "not approved: the next run waits" in text
+    assert f"version {changed[:12]} rejected by" in text and f"version {version[:12]} approved by" in text
+    assert f"meta:{ACCOUNT}: rejected, sent 40" in text  # the ledger's count: nothing more was sent
+
 
 @pytest.mark.timeout(300)
 def test_a_rejected_version_sends_nothing_and_the_run_is_recorded_as_rejected(

@@ -252,3 +252,35 @@ def test_plan_renders_the_query_with_the_data_interval_of_the_scheduled_run(
     assert plan["data_interval"] == [start.isoformat(), end.isoformat()]
     assert plan["sql"] == scheduled_sql
     assert plan["group"]["valid"] > 0  # the rendered query ran against the CRM
+
+
+@pytest.mark.timeout(120)
+def test_version_validate_and_status_show_whether_a_version_is_approved(tmp_path: Path) -> None:
+    source = ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"
+    version = cli("version", str(source)).stdout.strip()
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    path = folder / "reviewed.yaml"
+    block = 'approval: {{approved_by: jane, approved_at: 2026-11-30, version: "{v}"}}\n'
+    path.write_text(source.read_text() + block.format(v="ab" * 32))
+    env = os.environ.copy()
+    env.pop("AUDIENCE_SYNC_APPROVAL_REQUIRED", None)
+    env.pop("AIRFLOW_CONN_AUDIENCE_SYNC_DB", None)
+    env["AIRFLOW_HOME"] = str(tmp_path / "home")
+    env["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(folder)
+
+    r = cli("version", "reviewed", env=env)
+    assert r.stdout.strip() == version  # the approval block is not part of the version
+    r = cli("validate", str(path), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr  # a block for another version is no error...
+    assert "does not apply" in r.stdout and f"set approval.version: {version}" in r.stdout  # ...but said
+    r = cli("status", "reviewed", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"version: {version}" in r.stdout and "not approved: the next run waits" in r.stdout
+    assert "decisions: none recorded" in r.stdout
+
+    path.write_text(source.read_text() + block.format(v=version))
+    r = cli("validate", str(path), env=env)
+    assert "approval: its approval block approves this version" in r.stdout and "by jane" in r.stdout
+    r = cli("status", "reviewed", env=env)
+    assert "approval: approved by the campaign file's approval block" in r.stdout
