@@ -76,7 +76,9 @@ def format_run(result: dict[str, Any]) -> str:
             f"{ext.get('excluded_no_consent', 0)} excluded (no consent)"
         )
     if result["tasks"].get("enabled") == "success" and result["tasks"].get("extract") == "skipped":
-        lines.append("  syncing is disabled on this deployment: nothing was read or sent (AUDIENCE_SYNC_ENABLED)")
+        lines.append(
+            "  syncing is disabled on this deployment: nothing was read or sent (AUDIENCE_SYNC_ENABLED)"
+        )
     approval = result["xcom"].get("approve")
     if isinstance(approval, dict):
         by = f" by {approval['decided_by']}" if approval.get("decided_by") else ""
