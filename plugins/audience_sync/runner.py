@@ -55,6 +55,11 @@ def run_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
     if dag is None:
         problems = "\n".join(f"{k}: {v}" for k, v in bag.import_errors.items())
         raise SystemExit(f"No DAG {dag_id} (campaign file '{stem}.yaml').\n{problems}")
+    from audience_sync.status import approval_wait, find_campaign
+
+    waiting = approval_wait(find_campaign(stem))
+    if waiting:  # dag.test() would wait for the answer forever
+        raise SystemExit(waiting)
     dr = dag.test(logical_date=_when(logical_date))
     with create_session() as s:
         xcoms = {

@@ -39,6 +39,27 @@ def file_approval_line(c: Campaign, version: str) -> str | None:
     return why_not
 
 
+def approval_wait(c: Campaign) -> str | None:
+    """Why a run of ``c`` would stop and wait for an approval (None when it would not): for
+    ``audience-sync run``, whose ``dag.test()`` would otherwise wait forever (reads the state database)."""
+    from audience_sync.core.approval_log import ApprovalLog
+    from audience_sync.hooks.state import AudienceSyncStateHook
+
+    s = settings()
+    version = campaign_version(c)
+    if not (s.enabled and s.approval_required) or file_approval(c.approval, c.dag_id, version)[0]:
+        return None
+    if ApprovalLog(AudienceSyncStateHook().store).approval(c.dag_id, version) is not None:
+        return None
+    return (
+        f"version {version} of {c.dag_id} is not approved: its run would wait for an answer in Airflow's "
+        "Required Actions, which a run from the command line cannot give. Approve it by code review (add "
+        f'approval: {{approved_by: <you>, approved_at: <date>, version: "{version}"}} to '
+        f"{display_path(c.path)}), or answer a deployment's run in Required Actions; for local development "
+        "only, AUDIENCE_SYNC_APPROVAL_REQUIRED=0 skips the step."
+    )
+
+
 def campaign_status(c: Campaign) -> str:
     """The campaign's DAG, whether syncing is enabled, its version and whether that version is approved,
     its latest approval decisions and its latest run's metrics (reads the state database)."""

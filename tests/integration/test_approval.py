@@ -156,6 +156,20 @@ def test_a_disabled_deployment_reads_and_sends_nothing_and_enabling_syncs(
     assert len(fresh_sandbox.meta.members(aud["id"])) == 40
 
 
+@pytest.mark.timeout(300)
+def test_a_disabled_partitioned_campaign_stops_before_sizing_its_group(
+    airflow_db, fresh_sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World(tmp_path, monkeypatch, "approval_disabled_parts")
+    world.write(extra="partitions: auto\n")
+    monkeypatch.delenv("AUDIENCE_SYNC_ENABLED")
+    dr = world.run(2)
+    states = world.states(dr)
+    assert str(dr.state) == "success" and states.pop("enabled") == "success"
+    assert {"partition", "extract", "plan", "approve"} <= set(states) and set(states.values()) == {"skipped"}
+    assert fresh_sandbox.meta.requests_log() == [] and not world.state.exists()
+
+
 # ----------------------------------------------------------------------------------------- approval
 @pytest.mark.timeout(300)
 def test_a_new_version_waits_for_approval_then_runs_without_asking_until_it_changes(

@@ -278,6 +278,10 @@ def test_version_validate_and_status_show_whether_a_version_is_approved(tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"version: {version}" in r.stdout and "not approved: the next run waits" in r.stdout
     assert "decisions: none recorded" in r.stdout
+    # a run from the command line cannot be answered: `run` says how to approve instead of waiting forever
+    r = cli("run", "reviewed", env=env)
+    assert r.returncode != 0 and f"version {version} of ads_audience__reviewed is not approved" in r.stderr
+    assert f'version: "{version}"' in r.stderr and "AUDIENCE_SYNC_APPROVAL_REQUIRED=0" in r.stderr
 
     path.write_text(source.read_text() + block.format(v=version))
     r = cli("validate", str(path), env=env)
