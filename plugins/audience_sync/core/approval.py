@@ -18,7 +18,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from audience_sync.core.campaign import Campaign
@@ -113,11 +113,6 @@ class Decision:
     @property
     def approved(self) -> bool:
         return self.decision == APPROVED
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["decided_at"] = self.decided_at.isoformat()
-        return out
 
     def describe(self) -> str:
         by = self.decided_by or "nobody (no answer in time)"

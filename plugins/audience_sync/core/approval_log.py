@@ -8,6 +8,7 @@ recorded; rejections and time-outs count for their own run only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import sqlalchemy as sa
@@ -25,19 +26,10 @@ class ApprovalLog:
     def record(self, decision: Decision) -> None:
         if decision.decision not in DECISIONS:
             raise ValueError(f"unknown decision {decision.decision!r}; one of {', '.join(DECISIONS)}")
+        values = dataclasses.asdict(decision)
+        values["plan_summary"] = json.dumps(decision.plan_summary, sort_keys=True, default=str)
         with self.engine.begin() as conn:
-            conn.execute(
-                approvals.insert().values(
-                    dag_id=decision.dag_id,
-                    version=decision.version,
-                    decision=decision.decision,
-                    decided_by=decision.decided_by,
-                    decided_at=decision.decided_at,
-                    source=decision.source,
-                    run_id=decision.run_id,
-                    plan_summary=json.dumps(decision.plan_summary, sort_keys=True, default=str),
-                )
-            )
+            conn.execute(approvals.insert().values(**values))
 
     def approval(self, dag_id: str, version: str) -> Decision | None:
         """The first recorded approval of ``version`` for this campaign, or None."""
@@ -60,16 +52,10 @@ class ApprovalLog:
         order = approvals.c.id.desc() if newest_first else approvals.c.id.asc()
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(approvals).where(where).order_by(order).limit(limit)).all()
-        return [
-            Decision(
-                dag_id=r.dag_id,
-                version=r.version,
-                decision=r.decision,
-                decided_by=r.decided_by,
-                decided_at=r.decided_at,
-                source=r.source,
-                run_id=r.run_id,
-                plan_summary=json.loads(r.plan_summary) if r.plan_summary else {},
-            )
-            for r in rows
-        ]
+        fields = [f.name for f in dataclasses.fields(Decision)]
+        out = []
+        for row in rows:
+            values = {name: row._mapping[name] for name in fields}
+            values["plan_summary"] = json.loads(values["plan_summary"]) if values["plan_summary"] else {}
+            out.append(Decision(**values))
+        return out
