@@ -29,11 +29,12 @@ from audience_sync.core.approval import campaign_version
 from audience_sync.core.campaign import Campaign, load_campaigns
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.settings import settings
+from audience_sync.operators.alerts import FailureAlert
 from audience_sync.operators.approval import CampaignApprovalOperator
 from audience_sync.operators.enabled import SyncEnabledOperator
 from audience_sync.operators.extract import ExtractAudienceOperator, PartitionGroupOperator
 from audience_sync.operators.metrics import RecordMetricsOperator
-from audience_sync.operators.processing import AwaitProcessingSensor
+from audience_sync.operators.processing import PROMISE_TIMEOUT, AwaitProcessingSensor
 from audience_sync.operators.sync import PlanAudienceOperator, SyncAudienceOperator
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ def build_dag(c: Campaign) -> DAG:
             "retries": c.retries,
             "retry_delay": dt.timedelta(minutes=c.retry_delay_minutes),
             "retry_exponential_backoff": True,
+            # a failed task tells the campaign's alert targets (record_metrics opts out: it only
+            # repeats the failure of the task it reports)
+            "on_failure_callback": FailureAlert(c.campaign, c.alerts),
         },
         doc_md=doc,
         params={},
@@ -106,11 +110,22 @@ def build_dag(c: Campaign) -> DAG:
                 exclude_segments=group.exclude_segments,
                 description=f"{c.ads_campaign_name} (audience-sync campaign {c.stem})",
             )
-            # the platform processes uploads after accepting them: wait for it without holding a slot
+            # the platform processes uploads after accepting them: wait for it without holding a slot,
+            # until the delivery promise of the window the sync was released in (or the campaign's cap)
             wait = AwaitProcessingSensor(
                 task_id=wait_id,
                 **target,
-                timeout=dt.timedelta(minutes=c.processing_timeout_minutes),
+                delivery={
+                    "cutoff": c.delivery.cutoff.isoformat(),
+                    "available_by": c.delivery.available_by.isoformat(),
+                    "timezone": c.timezone,
+                },
+                sync_task_id=task_id,
+                timeout=(
+                    dt.timedelta(minutes=c.processing_timeout_minutes)
+                    if c.processing_timeout_minutes
+                    else PROMISE_TIMEOUT
+                ),
                 poke_interval=dt.timedelta(seconds=c.processing_poke_seconds),
             )
             sync >> wait
@@ -122,13 +137,17 @@ def build_dag(c: Campaign) -> DAG:
             segment_name=c.segment_name,
             sync_mode=c.sync_mode,
             exclude_segments=group.exclude_segments,
+            campaign=c.campaign,
+            alerts=c.alerts,
+        )
+        metrics = RecordMetricsOperator(
+            task_id="record_metrics", destinations=dests, on_failure_callback=None
         )
         approve = CampaignApprovalOperator(
             campaign=c.campaign,
             version=campaign_version(c),
             file_approval=c.approval.model_dump(mode="json") if c.approval else None,
         )
-        metrics = RecordMetricsOperator(task_id="record_metrics", destinations=dests)
         extract >> plan >> approve
         for sync, wait in syncs:
             approve >> sync

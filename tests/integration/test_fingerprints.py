@@ -312,13 +312,14 @@ def test_fingerprints_reveal_no_raw_value(world: World) -> None:
 
 
 def v2_metadata() -> sa.MetaData:
-    """The tables as v2 created them: today's, less the v3 fingerprint columns, the v4 generation and the
-    v5 approvals table."""
+    """The tables as v2 created them: today's, less the v3 fingerprint columns, the v4 generation, the
+    v5 group size and the v6 approvals table."""
     md = sa.MetaData()
     later = {
         ("as_member_ledger", "fingerprint"),
         ("as_stage", "fingerprint"),
         ("as_audience_registry", "ledger_generation"),
+        ("as_run_metrics", "group_size"),
     }
     for t in metadata.sorted_tables:
         if t.name == "as_approvals":
@@ -330,7 +331,7 @@ def v2_metadata() -> sa.MetaData:
     return md
 
 
-def test_a_v2_state_upgrades_to_v4_in_place_and_the_next_run_sends_nothing(
+def test_a_v2_state_upgrades_to_the_latest_in_place_and_the_next_run_sends_nothing(
     fresh_sandbox, state_url: str, tmp_path: Path
 ) -> None:
     engine = sa.create_engine(state_url)  # the tables as v2 created them, version 2
@@ -342,7 +343,8 @@ def test_a_v2_state_upgrades_to_v4_in_place_and_the_next_run_sends_nothing(
     world = World(fresh_sandbox, state_url, tmp_path)  # opening the store upgrades it
     try:
         with world.store.engine.connect() as c:
-            assert sorted(c.execute(sa.select(schema_version.c.version)).scalars()) == [2, 3, 4, 5]
+            assert sorted(c.execute(sa.select(schema_version.c.version)).scalars()) == [2, 3, 4, 5, 6]
+            assert "group_size" in {col["name"] for col in sa.inspect(c).get_columns("as_run_metrics")}
             assert "as_approvals" in sa.inspect(c).get_table_names()
             assert "ledger_generation" in {
                 col["name"] for col in sa.inspect(c).get_columns("as_audience_registry")
@@ -359,6 +361,7 @@ def test_a_v2_state_upgrades_to_v4_in_place_and_the_next_run_sends_nothing(
         assert migrations.upgrade_v2_to_v3(world.store.engine) is False  # idempotent
         assert migrations.upgrade_v3_to_v4(world.store.engine) is False
         assert migrations.upgrade_v4_to_v5(world.store.engine) is False
+        assert migrations.upgrade_v5_to_v6(world.store.engine) is False
         rows = [customer(i) for i in GROUP]
         _, out = world.run(rows)
         with world.store.engine.begin() as c:  # as a v2 ledger holds them: rows without fingerprints

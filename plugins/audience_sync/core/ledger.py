@@ -58,7 +58,7 @@ from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeyError, StateKeys
 log = logging.getLogger(__name__)
 
 #: 2: keyed member ids and row hashes, unhashed identifiers encrypted; 3: row fingerprints; 4: ledger
-#: generations; 5: approval decisions (``migrations.py`` upgrades older versions)
+#: generations; 5: group sizes in the metrics; 6: approval decisions (``migrations.py`` upgrades older versions)
 SCHEMA_VERSION = migrations.LATEST
 
 #: key of the PostgreSQL advisory lock that serialises schema creation between workers
@@ -266,9 +266,11 @@ metrics = sa.Table(
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("note", sa.Text, nullable=True),
+    # the plan's group for this destination (valid members): the next run's size guard compares with it
+    sa.Column("group_size", sa.Integer, nullable=True),
 )
 
-#: one row per approval decision about a campaign version (core/approval_log.py); added in schema v5
+#: one row per approval decision about a campaign version (core/approval_log.py); added in schema v6
 approvals = sa.Table(
     "as_approvals",
     metadata,
@@ -890,6 +892,26 @@ class StateStore:
             ).rowcount
             if not updated:
                 conn.execute(metrics.insert().values(**values))
+
+    def last_group_size(self, dag_id: str, destination: str, run_id: str) -> int | None:
+        """The group size another run of ``dag_id`` last recorded for ``destination`` (None: none did).
+
+        A run held by the size guard records none (``group_size`` NULL), so the next run is compared with
+        the size before the collapse, not with the collapsed group, and is held again.
+        """
+        q = (
+            sa.select(metrics.c.group_size)
+            .where(
+                metrics.c.dag_id == dag_id,
+                metrics.c.destination == destination,
+                metrics.c.run_id != run_id,
+                metrics.c.group_size.is_not(None),
+            )
+            .order_by(metrics.c.finished_at.desc(), metrics.c.started_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar()
 
     def read_metrics(self, dag_id: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(metrics)

@@ -24,9 +24,12 @@ v3 -> v4 (ledger generations), in place: ``as_audience_registry.ledger_generatio
 of an audience's ledger rows moves, so a rerun knows whether the rows its extraction reused are unchanged
 (``core/delta.py``). Existing audiences start at 0.
 
-v4 -> v5 (approval decisions, ``core/approval_log.py``): a new table ``as_approvals``, created like every
+v4 -> v5 (the group-size guard), in place: ``as_run_metrics.group_size``, the plan's group of each run
+and destination (``core/alerts.py``). Existing rows have none: the first v5 run has nothing to compare.
+
+v5 -> v6 (approval decisions, ``core/approval_log.py``): a new table ``as_approvals``, created like every
 new table by ``metadata.create_all``; the upgrade only records the version. No campaign version was ever
-approved before v5, so every campaign asks for approval once after the upgrade.
+approved before v6, so every campaign asks for approval once after the upgrade.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from audience_sync.core.keys import StateKeyError, StateKeys
 
 log = logging.getLogger(__name__)
 
-LATEST = 5
+LATEST = 6
 BATCH_ROWS = 5_000
 
 _version = sa.table("as_schema_version", sa.column("version"), sa.column("applied_at"))
@@ -98,6 +101,8 @@ def prepare(engine: Engine, keys: StateKeys | None) -> None:
         upgrade_v3_to_v4(engine)
     if current is not None and current < 5:
         upgrade_v4_to_v5(engine)
+    if current is not None and current < 6:
+        upgrade_v5_to_v6(engine)
     if keys is not None:
         check_keys(engine, keys)
 
@@ -149,10 +154,19 @@ def upgrade_v3_to_v4(engine: Engine) -> bool:
     return _upgrade_columns(engine, 4, _V4_COLUMNS, "ledger generations", _V4_INDEX)
 
 
+#: columns v5 added: each run's group size per destination, for the next run's size guard
+_V5_COLUMNS = {"as_run_metrics": ("group_size INTEGER",)}
+
+
 def upgrade_v4_to_v5(engine: Engine) -> bool:
-    """Record version 5 (the approvals table exists already: ``create_all`` made it); False when another
+    """Add the metrics' group size to a v4 state database; False when another process already did."""
+    return _upgrade_columns(engine, 5, _V5_COLUMNS, "group sizes")
+
+
+def upgrade_v5_to_v6(engine: Engine) -> bool:
+    """Record version 6 (the approvals table exists already: ``create_all`` made it); False when another
     process already did."""
-    return _upgrade_columns(engine, 5, {}, "approval decisions")
+    return _upgrade_columns(engine, 6, {}, "approval decisions")
 
 
 def _upgrade_columns(

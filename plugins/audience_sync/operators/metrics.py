@@ -28,8 +28,10 @@ class RecordMetricsOperator(BaseOperator):
     uploads the platform had not processed in time as ``processing``, with the counts the ledger holds;
     this task then fails too, so the run is not shown green. A change the platform refused for a reason
     no retry fixes is recorded with that reason as its outcome (TikTok: ``segment_too_small``) and does
-    not fail the run: the plan warned of it and the next run tries again. A run whose campaign version was
-    not approved is recorded as ``rejected`` (or ``approval_timeout``) and does not fail either.
+    not fail the run: the plan warned of it and the next run tries again. A sync the plan held (the
+    group-size guard) is recorded as ``held``, without a group size, and fails this task too. A run whose
+    campaign version was not approved is recorded as ``rejected`` (or ``approval_timeout``) and does not
+    fail.
 
     :param destinations: one dict per sync task: ``task_id``, ``wait_task_id``, ``platform``,
         ``account``, ``segment_name``.
@@ -55,8 +57,10 @@ class RecordMetricsOperator(BaseOperator):
         store = AudienceSyncStateHook(self.state_conn_id).store
         ti = context["ti"]
         extracted = merge_extracts(ti.xcom_pull(task_ids="extract"))
+        plans = ti.xcom_pull(task_ids="plan") or {}
         stopped = not_approved(ti.xcom_pull(task_ids=self.approval_task_id, key=DECISION_KEY))
         unfinished: list[str] = []
+        held: list[str] = []
         summary: dict[str, Any] = {}
         for d in self.destinations:
             result = ti.xcom_pull(task_ids=d["task_id"])
@@ -82,9 +86,16 @@ class RecordMetricsOperator(BaseOperator):
                 counts,
                 extract_invalid=int(extracted.get("invalid", 0)),
             )
+            plan = plans.get(d["task_id"]) or {}
+            if plan.get("hold"):  # the size guard stopped it: not a failure to retry, nor a size to keep
+                row.update(outcome="held", note=plan["hold"])
+            elif "group" in plan:
+                row["group_size"] = int(plan["group"])
             if stopped is not None and not result:  # nothing was sent: the decision is the outcome
                 row["outcome"], row["note"] = stopped
-            if row["outcome"] in ("failed", "processing"):
+            if row["outcome"] == "held":
+                held.append(d["task_id"])
+            elif row["outcome"] in ("failed", "processing"):
                 unfinished.append(d["wait_task_id"] if result else d["task_id"])
             store.write_metrics(row)
             summary[dest_key] = {
@@ -92,11 +103,19 @@ class RecordMetricsOperator(BaseOperator):
                 for k in (*COUNT_KEYS, *(f"run_{k}" for k in RUN_KEYS), "requests", "outcome", "audience_id")
             }
             self.log.info("metrics %s: %s", dest_key, summary[dest_key])
+        problems = []
+        if held:
+            problems.append(
+                f"Task(s) {', '.join(held)} were held by the group-size guard and sent nothing; their "
+                "metrics were recorded as 'held'. The plan task's log says why and what to do."
+            )
         if unfinished:
-            raise AirflowFailException(
+            problems.append(
                 f"Task(s) {', '.join(unfinished)} did not finish; their metrics were recorded as 'failed' or "
                 "'processing'. See those tasks' logs for the platform error and what to do."
             )
+        if problems:
+            raise AirflowFailException(" ".join(problems))
         self._drop_staging(extracted)
         return summary
 

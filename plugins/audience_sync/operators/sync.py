@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from audience_sync.core.alerts import Alert, hold_reason, size_change
+from audience_sync.core.campaign.delivery import Alerts
 from audience_sync.core.delta import StagedGroup
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.extract import read_member_ids
@@ -15,12 +17,20 @@ from audience_sync.core.ledger import utcnow
 from audience_sync.core.sync import RetryPolicy, SyncRequest, format_plan, plan_sync, sync_audience
 from audience_sync.destinations import build_destination, resolve_target
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.operators.alerts import RunHeld, send_alert
 from audience_sync.operators.context import run_date
 from audience_sync.operators.staging import location, merge_extracts, open_staged, require_urls
 from audience_sync.outcome import as_airflow_error
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+
+#: what to do about a run held by the group-size guard
+HOLD_FIX = (
+    "If the smaller group is intended, raise the campaign's alerts.group_change_percent above the change "
+    "for one run (or fix the audience group's query if it is not), then trigger the DAG again"
+)
 
 
 def require_staged(extracted: Any, platform: str) -> Mapping[str, Any]:
@@ -103,11 +113,13 @@ class SyncAudienceOperator(BaseOperator):
         exclude_segments: Sequence[str] = (),
         description: str = "",
         extract_task_id: str = "extract",
+        plan_task_id: str = "plan",
         state_conn_id: str = DEFAULT_CONN_ID,
         retry_policy: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.plan_task_id = plan_task_id
         self.platform, self.conn_id = resolve_target(platform, conn_id)
         self.account = account
         #: the campaign destination's own settings, for the platform's destination factory
@@ -122,6 +134,11 @@ class SyncAudienceOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         started = utcnow()
+        held = ((context["ti"].xcom_pull(task_ids=self.plan_task_id) or {}).get(self.task_id) or {}).get(
+            "hold"
+        )
+        if held:
+            raise RunHeld(f"not sent: {held}. {HOLD_FIX}")
         extracted = merge_extracts(context["ti"].xcom_pull(task_ids=self.extract_task_id))
         staged = require_staged(extracted, self.platform)
         dest = build_destination(self.platform, self.conn_id, self.account, self.options)
@@ -212,7 +229,13 @@ class SyncAudienceOperator(BaseOperator):
 class PlanAudienceOperator(BaseOperator):
     """Compute, without sending anything, what each destination's sync would do (the dry-run plan).
 
+    Also compares each destination's group with the size the last run recorded: a move beyond the
+    campaign's ``alerts.group_change_percent`` is a warning and a ``group_size_moved`` alert, and a mirror
+    run that would then remove members is held (``plan["hold"]``): its sync stops before sending.
+
     :param destinations: one dict per sync task: ``task_id``, ``platform``, ``account``, ``conn_id``.
+    :param campaign: the campaign's name, for alerts.
+    :param alerts: the campaign's alerts section (its thresholds apply even when nobody is told).
     :return: ``{sync task id: plan}`` with the audience it would use, adds, removes, unchanged, warnings.
     """
 
@@ -228,9 +251,13 @@ class PlanAudienceOperator(BaseOperator):
         exclude_segments: Sequence[str] = (),
         extract_task_id: str = "extract",
         state_conn_id: str = DEFAULT_CONN_ID,
+        campaign: str = "",
+        alerts: Alerts | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.campaign = campaign
+        self.alerts = alerts or Alerts()
         self.destinations = [dict(d) for d in destinations]
         self.segment_name = segment_name
         self.sync_mode = sync_mode
@@ -261,6 +288,25 @@ class PlanAudienceOperator(BaseOperator):
                 raise as_airflow_error(exc) from None
             plan["invalid"] = int(extracted.get("invalid", 0))
             plan["excluded_no_consent"] = int(extracted.get("excluded_no_consent", 0))
+            self._guard_size(context, store, plan)
             plans[d["task_id"]] = plan
             self.log.info("plan %s: %s", d["task_id"], format_plan(plan))
         return plans
+
+    def _guard_size(self, context: Context, store: Any, plan: dict[str, Any]) -> None:
+        """Compare the group with the last run's: warn, alert and, for a collapsing mirror run, hold."""
+        destination = f"{plan['platform']}:{plan['account']}"
+        previous = store.last_group_size(self.dag_id, destination, context["run_id"])
+        change = size_change(previous, plan["group"])
+        limit = self.alerts.group_change_percent
+        if change is None or not change.beyond(limit):
+            return
+        plan["warnings"].append(f"group size moved by more than {limit:g} %: {change.describe()}")
+        hold = hold_reason(change, limit, plan["mode"], plan["removes"])
+        if hold:
+            plan["hold"] = hold
+        detail = f"{destination} segment {plan['segment_name']}: {change.describe()}." + (
+            f" The run is held: {hold}." if hold else ""
+        )
+        alert = Alert("group_size_moved", self.campaign, self.dag_id, context["run_id"], self.task_id, detail)
+        send_alert(self.alerts, alert, context)

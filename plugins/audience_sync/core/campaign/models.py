@@ -24,6 +24,7 @@ from audience_sync.core.campaign.base import (
     is_sql_file_ref,
     source_problems,
 )
+from audience_sync.core.campaign.delivery import Alerts, Delivery
 from audience_sync.core.campaign.destinations import (
     DestinationBase,
     destination_models,
@@ -225,11 +226,15 @@ class Campaign(StrictModel):
     destinations: tuple[DestinationBase, ...] = Field(min_length=1)
     retries: int = Field(default=3, ge=0, strict=True)
     retry_delay_minutes: int = Field(default=5, ge=0, strict=True)
-    # how long the wait task lets a platform process the uploads (Meta: up to 24 h) and how often it asks
-    processing_timeout_minutes: int = Field(default=360, ge=1, strict=True)
+    # how often the wait task asks the platform whether it processed the uploads, and an optional cap on
+    # the wait (without one, the wait lasts until the delivery promise, ``delivery.available_by``)
+    processing_timeout_minutes: int | None = Field(default=None, ge=1, strict=True)
     processing_poke_seconds: int = Field(default=120, ge=1, strict=True)
     # extraction split over mapped tasks by a hash of the member key: 1 (one task), N, or "auto"
     partitions: int | Literal["auto"] = 1
+    # when approved data is promised on the platforms, and who hears when something goes wrong
+    delivery: Delivery = Delivery()
+    alerts: Alerts = Alerts()
     # a code-review approval of one campaign version (core/approval.py decides whether it applies)
     approval: CampaignApproval | None = None
 
