@@ -25,6 +25,7 @@ from audience_sync.core.fingerprints import known_in_background, rules_version
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, ledger_moved, metadata, schema_version, stage
 from audience_sync.core.normalize import RowHasher, get_rules
+from audience_sync.core.partitions import partition_of
 from audience_sync.core.sync import RetryPolicy, SyncRequest, plan_sync, sync_audience
 from audience_sync.destinations.meta import MetaDestination, make_meta_api
 from tests.conftest import SANDBOX_TOKEN
@@ -245,8 +246,9 @@ def _ledger_rows_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return read
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
 def test_a_rerun_compares_only_the_changed_rows_and_finds_what_comparing_every_row_finds(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: World, monkeypatch: pytest.MonkeyPatch, partitions: int
 ) -> None:
     rows = [customer(i) for i in GROUP]
     world.run(rows)
@@ -260,10 +262,15 @@ def test_a_rerun_compares_only_the_changed_rows_and_finds_what_comparing_every_r
         ledger_moved(c, rid)
     # 3 changes e-mail, 7 and 12 leave, 99 joins, 2 withdraws consent (revoked)
     rows2 = [customer(i, version=1 if i == 3 else 0) for i in GROUP if i not in (2, 7, 12)] + [customer(99)]
-    counts = world.extract(rows2)
-    staged = StagedGroup(counts.staged["meta"]["path"])
+    # extracted whole, or in disjoint partitions by member key as mapped extract tasks do
+    parts = [[r for r in rows2 if partition_of(r["customer_id"], partitions) == i] for i in range(partitions)]
+    assert all(parts)
+    extracted = [world.extract(part) for part in parts]
+    staged = StagedGroup([counts.staged["meta"]["path"] for counts in extracted])
     assert staged.reuse is not None and staged.reuse.generation == world.store.ledger_generation(rid)
-    assert (staged.reuse.registry_id, staged.reuse.reused) == (rid, counts.reused)
+    assert (staged.reuse.registry_id, staged.reuse.reused) == (rid, sum(c.reused for c in extracted))
+    # 2, 7 and 12 had fingerprints no row matched; 3's changed (11 and 13 wait, and are hashed again)
+    assert len(staged.reuse.unmatched_hex()) == 3
     read = _ledger_rows_read(monkeypatch)
 
     changed_only = _outcomes(world, staged)

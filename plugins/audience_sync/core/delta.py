@@ -88,8 +88,8 @@ class StagedGroup:
                 for p in files
             )
             self.schema = staged_schema(source[0], filesystem)
-            if len(source) == 1:  # partitions each matched a part of the known fingerprints: no record
-                self.reuse = Reuse.read(source[0], filesystem)
+            # partitions each matched a part of the known fingerprints: their records combined
+            self.reuse = Reuse.merge([Reuse.read(folder, filesystem) for folder in source])
         else:
             columns: tuple[list[str], list[str], list[str]] = ([], [], [])
             for row in source:

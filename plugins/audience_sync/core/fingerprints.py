@@ -412,6 +412,35 @@ class Reuse:
         width = 2 * PRINT_BYTES
         return [data[i : i + width] for i in range(0, len(data), width)]
 
+    @classmethod
+    def merge(cls, records: Sequence[Reuse | None]) -> Reuse | None:
+        """One record for a group extracted in disjoint partitions, or None unless every partition wrote
+        one against the same audience and ledger generation.
+
+        Every partition read the same known fingerprints (the generation says the ledger did not move),
+        and a ledger row is matched by at most one partition, the one its member's key hashes to: so the
+        fingerprints no row matched are those every partition left unmatched.
+        """
+        found = [r for r in records if r is not None]
+        if not found or len(found) != len(records):
+            return None
+        first = found[0]
+        if any((r.registry_id, r.generation) != (first.registry_id, first.generation) for r in found):
+            return None
+        if len(found) == 1:
+            return first
+        common: set[bytes] | None = None
+        for r in found:
+            prints = {r.unmatched[i : i + PRINT_BYTES] for i in range(0, len(r.unmatched), PRINT_BYTES)}
+            common = prints if common is None else common & prints
+        return cls(
+            first.registry_id,
+            first.generation,
+            sum(r.reused for r in found),
+            sum(r.reused_sent for r in found),
+            b"".join(sorted(common or ())),
+        )
+
     def write(self, fs: pafs.FileSystem, folder: str) -> None:
         text = json.dumps(
             {
