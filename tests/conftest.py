@@ -42,6 +42,10 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
 os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_hex(64)
 os.environ["AUDIENCE_SYNC_STRICT"] = "1"  # any broken campaign file fails the suite
+# syncing is off by default: the suite's DAG runs enable it here (tests of a disabled deployment unset it);
+# the approval step passes without asking (the approval tests turn it back on)
+os.environ["AUDIENCE_SYNC_ENABLED"] = "1"
+os.environ["AUDIENCE_SYNC_APPROVAL_REQUIRED"] = "0"
 os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(ROOT / "include" / "demo" / "campaigns")  # the suite's DAGs
 os.environ.pop("AIRFLOW_CONN_AUDIENCE_SYNC_DB", None)
 # the demo campaign's file drop writes under the session's Airflow home (tests that read it set their own)

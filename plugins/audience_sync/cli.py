@@ -1,4 +1,4 @@
-"""``audience-sync`` command line: validate, hash, run, plan, status, sandbox, demo."""
+"""``audience-sync`` command line: validate, hash, run, plan, version, approval, status, sandbox, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from audience_sync.core.campaign import Campaign
 
 
 # ----------------------------------------------------------------------------- validate
@@ -33,9 +37,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(
             f"OK      {_shown(f)}: DAG {c.dag_id}, segment {c.segment_name}, {len(c.destinations)} destination(s)"
         )
+        _print_approval(c)
     if bad:
         print(f"{bad} of {len(files)} campaign file(s) invalid", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _print_approval(c: Campaign) -> None:
+    """A file's ``approval:`` block for another version is no error, but it does not apply: say so."""
+    from audience_sync.approval_status import file_approval_line
+    from audience_sync.core.approval import campaign_version
+
+    if c.approval is not None:
+        print(f"        approval: {file_approval_line(c, campaign_version(c))}")
+
+
+# ------------------------------------------------------------------------------ version, status
+def cmd_version(args: argparse.Namespace) -> int:
+    from audience_sync.approval_status import find_campaign
+    from audience_sync.core.approval import campaign_version
+
+    print(campaign_version(find_campaign(args.campaign)))
+    return 0
+
+
+def cmd_approval(args: argparse.Namespace) -> int:
+    from audience_sync.approval_status import campaign_status, find_campaign
+    from audience_sync.runner import prepare_airflow_env
+
+    c = find_campaign(args.campaign)
+    prepare_airflow_env()  # the state database's connection is an Airflow connection
+    print(campaign_status(c))
+    return 0
 
 
 def _shown(path: Path) -> str:
@@ -170,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--logical-date", default=None, help="YYYY-MM-DD (default: now)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)
+
+    ve = sub.add_parser("version", help="print a campaign's version (what an approval approves)")
+    ve.add_argument("campaign", help="campaign file stem, or the path of a campaign file")
+    ve.set_defaults(func=cmd_version)
+
+    ap = sub.add_parser(
+        "approval", help="a campaign's version, whether it is approved, its decisions and its last run"
+    )
+    ap.add_argument("campaign", help="campaign file stem, or the path of a campaign file")
+    ap.set_defaults(func=cmd_approval)
 
     st = sub.add_parser(
         "status", help="print each campaign's progress per destination (the Ads Audiences page)"

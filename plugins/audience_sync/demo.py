@@ -3,11 +3,13 @@ TikTok sandboxes and a local file drop, then a truthful summary."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import secrets
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from audience_sync.core.campaign import project_root
@@ -44,7 +46,14 @@ def run_demo(rows: int = DEMO_ROWS) -> int:
             f"APIs on {srv.grpc_target}"
         )
         os.environ["AIRFLOW_HOME"] = str(work / "airflow")
-        os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(DEMO_CAMPAIGNS_DIR)
+        # syncing is off until a deployment enables it: the demo does, for its own process only
+        os.environ["AUDIENCE_SYNC_ENABLED"] = "1"
+        campaigns, version = approved_copy(work)
+        os.environ["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(campaigns)
+        print(
+            f"approval: {(campaigns / (DEMO_CAMPAIGN + '.yaml')).relative_to(root)} approves campaign version "
+            f"{version} (an approval block the demo wrote, as a code review would)"
+        )
         os.environ["AIRFLOW_CONN_CRM_DB"] = json.dumps({"conn_type": "sqlite", "host": str(crm)})
         for conn in ("META_DEFAULT", "TIKTOK_DEFAULT"):  # both on the sandbox's HTTP port
             os.environ[f"AIRFLOW_CONN_{conn}"] = json.dumps(
@@ -67,6 +76,25 @@ def run_demo(rows: int = DEMO_ROWS) -> int:
         print(summary(result, srv))
     print("sandbox stopped")
     return 0 if result["state"] == "success" else 1
+
+
+def approved_copy(work: Path) -> tuple[Path, str]:
+    """A copy of the demo campaign folder whose campaign file approves its current version, as a team
+    approving by code review writes it, so the demo runs unattended; the folder and the version."""
+    from audience_sync.core.approval import campaign_version
+    from audience_sync.core.campaign import load_campaign
+
+    folder = work / "campaigns"
+    folder.mkdir()
+    source = DEMO_CAMPAIGNS_DIR / f"{DEMO_CAMPAIGN}.yaml"
+    version = campaign_version(load_campaign(source))
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    block = (
+        "\n# written by `make demo`: approves exactly this version of the campaign (audience-sync version)\n"
+        f'approval: {{approved_by: make demo, approved_at: "{now}", version: "{version}"}}\n'
+    )
+    (folder / source.name).write_text(source.read_text(encoding="utf-8") + block, encoding="utf-8")
+    return folder, version
 
 
 def summary(result: dict, srv: Any) -> str:

@@ -1,4 +1,8 @@
-"""Build one Airflow DAG per campaign file: extract >> plan >> (sync >> wait) per destination >> metrics.
+"""Build one Airflow DAG per campaign file:
+enabled >> extract >> plan >> approve >> (sync >> wait) per destination >> metrics.
+
+``enabled`` stops every run while the deployment has not enabled syncing (``operators/enabled.py``);
+``approve`` waits for a human to approve a campaign version not approved before (``operators/approval.py``).
 
 With ``partitions: N`` the extract task is mapped over N partitions of the group (dynamic task
 mapping); with ``partitions: auto`` a ``partition`` task sizes the group first and the extract task is
@@ -21,10 +25,13 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG
 
+from audience_sync.core.approval import campaign_version
 from audience_sync.core.campaign import Campaign, load_campaigns
 from audience_sync.core.errors import AudienceSyncError
 from audience_sync.core.settings import settings
 from audience_sync.operators.alerts import FailureAlert
+from audience_sync.operators.approval import CampaignApprovalOperator
+from audience_sync.operators.enabled import SyncEnabledOperator
 from audience_sync.operators.extract import ExtractAudienceOperator, PartitionGroupOperator
 from audience_sync.operators.metrics import RecordMetricsOperator
 from audience_sync.operators.processing import PROMISE_TIMEOUT, AwaitProcessingSensor
@@ -83,6 +90,7 @@ def build_dag(c: Campaign) -> DAG:
         doc_md=doc,
         params={},
     ) as dag:
+        enabled = SyncEnabledOperator()
         extract = extract_tasks(c, platforms)
         dests: list[dict[str, str]] = []
         syncs = []
@@ -138,10 +146,16 @@ def build_dag(c: Campaign) -> DAG:
         metrics = RecordMetricsOperator(
             task_id="record_metrics", destinations=dests, on_failure_callback=None
         )
-        extract >> plan
+        approve = CampaignApprovalOperator(
+            campaign=c.campaign,
+            version=campaign_version(c),
+            file_approval=c.approval.model_dump(mode="json") if c.approval else None,
+        )
+        extract >> plan >> approve
         for sync, wait in syncs:
-            plan >> sync
+            approve >> sync
             wait >> metrics
+        enabled >> [t for t in dag.roots if t is not enabled]  # before the extraction's first task
     return dag
 
 

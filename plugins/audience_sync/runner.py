@@ -55,6 +55,11 @@ def run_campaign(stem: str, logical_date: str | None = None) -> dict[str, Any]:
     if dag is None:
         problems = "\n".join(f"{k}: {v}" for k, v in bag.import_errors.items())
         raise SystemExit(f"No DAG {dag_id} (campaign file '{stem}.yaml').\n{problems}")
+    from audience_sync.approval_status import approval_wait, find_campaign
+
+    waiting = approval_wait(find_campaign(stem))
+    if waiting:  # dag.test() would wait for the answer forever
+        raise SystemExit(waiting)
     dr = dag.test(logical_date=_when(logical_date))
     with create_session() as s:
         xcoms = {
@@ -75,6 +80,15 @@ def format_run(result: dict[str, Any]) -> str:
             f"{ext.get('invalid_by_reason') or ''}, {ext.get('duplicates', 0)} duplicate keys, "
             f"{ext.get('excluded_no_consent', 0)} excluded (no consent)"
         )
+    if result["tasks"].get("enabled") == "success" and result["tasks"].get("extract") == "skipped":
+        lines.append(
+            "  syncing is disabled on this deployment: nothing was read or sent (AUDIENCE_SYNC_ENABLED)"
+        )
+    approval = result["xcom"].get("approve")
+    if isinstance(approval, dict):
+        by = f" by {approval['decided_by']}" if approval.get("decided_by") else ""
+        source = f" ({str(approval['source']).replace('_', ' ')})" if approval.get("source") else ""
+        lines.append(f"  approval: version {approval['version']} {approval['decision']}{by}{source}")
     for task, state in sorted(result["tasks"].items()):
         x = result["xcom"].get(task)
         if task.startswith("sync_"):

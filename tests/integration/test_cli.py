@@ -111,10 +111,21 @@ def test_run_executes_the_dag_and_exits_non_zero_on_failure(fresh_sandbox, tmp_p
 @pytest.mark.timeout(300)
 def test_demo_runs_end_to_end_and_prints_a_truthful_summary(tmp_path: Path) -> None:
     env = os.environ.copy()
-    for k in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__UNIT_TEST_MODE", "AIRFLOW_HOME"):
+    # as a fresh deployment: syncing off and approval required; the demo enables and approves itself
+    for k in (
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CORE__UNIT_TEST_MODE",
+        "AIRFLOW_HOME",
+        "AUDIENCE_SYNC_ENABLED",
+        "AUDIENCE_SYNC_APPROVAL_REQUIRED",
+    ):
         env.pop(k, None)
     r = cli("demo", "--rows", "500", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    version = cli("version", str(ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"))
+    assert version.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}\n", version.stdout)
+    assert f"approves campaign version {version.stdout.strip()}" in r.stdout
+    assert f"approval: version {version.stdout.strip()} approved by make demo (campaign file)" in r.stdout
     lines = r.stdout.split("\nplatform ", 1)[1].splitlines()[1:6]
     rows = {line.split()[0]: line.split() for line in lines}
     assert set(rows) == {
@@ -241,3 +252,39 @@ def test_plan_renders_the_query_with_the_data_interval_of_the_scheduled_run(
     assert plan["data_interval"] == [start.isoformat(), end.isoformat()]
     assert plan["sql"] == scheduled_sql
     assert plan["group"]["valid"] > 0  # the rendered query ran against the CRM
+
+
+@pytest.mark.timeout(120)
+def test_version_validate_and_status_show_whether_a_version_is_approved(tmp_path: Path) -> None:
+    source = ROOT / "include" / "demo" / "campaigns" / "demo_abandoned_cart.yaml"
+    version = cli("version", str(source)).stdout.strip()
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    path = folder / "reviewed.yaml"
+    block = 'approval: {{approved_by: jane, approved_at: 2026-11-30, version: "{v}"}}\n'
+    path.write_text(source.read_text() + block.format(v="ab" * 32))
+    env = os.environ.copy()
+    env.pop("AUDIENCE_SYNC_APPROVAL_REQUIRED", None)
+    env.pop("AIRFLOW_CONN_AUDIENCE_SYNC_DB", None)
+    env["AIRFLOW_HOME"] = str(tmp_path / "home")
+    env["AUDIENCE_SYNC_CAMPAIGNS_DIR"] = str(folder)
+
+    r = cli("version", "reviewed", env=env)
+    assert r.stdout.strip() == version  # the approval block is not part of the version
+    r = cli("validate", str(path), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr  # a block for another version is no error...
+    assert "does not apply" in r.stdout and f"set approval.version: {version}" in r.stdout  # ...but said
+    r = cli("approval", "reviewed", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"version: {version}" in r.stdout and "not approved: the next run waits" in r.stdout
+    assert "decisions: none recorded" in r.stdout
+    # a run from the command line cannot be answered: `run` says how to approve instead of waiting forever
+    r = cli("run", "reviewed", env=env)
+    assert r.returncode != 0 and f"version {version} of ads_audience__reviewed is not approved" in r.stderr
+    assert f'version: "{version}"' in r.stderr and "AUDIENCE_SYNC_APPROVAL_REQUIRED=0" in r.stderr
+
+    path.write_text(source.read_text() + block.format(v=version))
+    r = cli("validate", str(path), env=env)
+    assert "approval: its approval block approves this version" in r.stdout and "by jane" in r.stdout
+    r = cli("approval", "reviewed", env=env)
+    assert "approval: approved by the campaign file's approval block" in r.stdout

@@ -41,8 +41,11 @@ def test_dag_shape_tags_and_retries(path: Path) -> None:
     assert syncs
     for task in dag.tasks:
         assert task.retries >= 2, task.task_id
+    assert dag.get_task("enabled").downstream_task_ids == {"extract"}
+    assert [t.task_id for t in dag.roots] == ["enabled"]
     assert dag.get_task("extract").downstream_task_ids == {"plan"}
-    assert dag.get_task("plan").downstream_task_ids == set(syncs)
+    assert dag.get_task("plan").downstream_task_ids == {"approve"}
+    assert dag.get_task("approve").downstream_task_ids == set(syncs)
     assert dag.get_task("record_metrics").trigger_rule == "all_done"
 
 
@@ -131,6 +134,8 @@ def test_partitioned_dags_map_the_extract_task_without_touching_a_connection(
 
     assert type(sized.get_task("extract")).__name__ == "MappedOperator"
     assert sized.get_task("partition").downstream_task_ids == {"extract"}
+    assert sized.get_task("enabled").downstream_task_ids == {"partition"}
+    assert fixed.get_task("enabled").downstream_task_ids == {"extract"}
     assert sized.get_task("extract").downstream_task_ids == {"plan"}
 
     # one partition is today's DAG: one plain extract task, the same task ids

@@ -319,8 +319,8 @@ def test_fingerprints_reveal_no_raw_value(world: World) -> None:
 
 
 def v2_metadata() -> sa.MetaData:
-    """The tables as v2 created them: today's, less the v3 fingerprint columns, the v4 generation and
-    the v5 group size and the v6 platform sizes."""
+    """The tables as v2 created them: today's, less the v3 fingerprint columns, the v4 generation, the
+    v5 group size, the v6 platform sizes and the v7 approvals table."""
     md = sa.MetaData()
     later = {
         ("as_member_ledger", "fingerprint"),
@@ -331,6 +331,8 @@ def v2_metadata() -> sa.MetaData:
         ("as_run_metrics", "match_rate"),
     }
     for t in metadata.sorted_tables:
+        if t.name == "as_approvals":
+            continue
         columns = [c._copy() for c in t.columns if (t.name, c.name) not in later]
         sa.Table(t.name, md, *columns)
     ledger_v2 = md.tables["as_member_ledger"].c
@@ -350,9 +352,10 @@ def test_a_v2_state_upgrades_to_the_latest_in_place_and_the_next_run_sends_nothi
     world = World(fresh_sandbox, state_url, tmp_path)  # opening the store upgrades it
     try:
         with world.store.engine.connect() as c:
-            assert sorted(c.execute(sa.select(schema_version.c.version)).scalars()) == [2, 3, 4, 5, 6]
+            assert sorted(c.execute(sa.select(schema_version.c.version)).scalars()) == [2, 3, 4, 5, 6, 7]
             metrics_columns = {col["name"] for col in sa.inspect(c).get_columns("as_run_metrics")}
             assert {"group_size", "audience_size", "match_rate"} <= metrics_columns
+            assert "as_approvals" in sa.inspect(c).get_table_names()
             assert "ledger_generation" in {
                 col["name"] for col in sa.inspect(c).get_columns("as_audience_registry")
             }
@@ -369,6 +372,7 @@ def test_a_v2_state_upgrades_to_the_latest_in_place_and_the_next_run_sends_nothi
         assert migrations.upgrade_v3_to_v4(world.store.engine) is False
         assert migrations.upgrade_v4_to_v5(world.store.engine) is False
         assert migrations.upgrade_v5_to_v6(world.store.engine) is False
+        assert migrations.upgrade_v6_to_v7(world.store.engine) is False
         rows = [customer(i) for i in GROUP]
         _, out = world.run(rows)
         with world.store.engine.begin() as c:  # as a v2 ledger holds them: rows without fingerprints

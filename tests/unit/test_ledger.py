@@ -52,7 +52,7 @@ def test_schema_is_created_once_and_versioned(store: StateStore) -> None:
 
     with store.engine.connect() as c:
         assert c.execute(sa.text("SELECT COUNT(*) FROM as_schema_version")).scalar() == 1
-        assert c.execute(sa.text("SELECT version FROM as_schema_version")).scalar() == 6
+        assert c.execute(sa.text("SELECT version FROM as_schema_version")).scalar() == 7
         fingerprints = dict(c.execute(sa.text("SELECT name, fingerprint FROM as_state_keys")).all())
     assert fingerprints == KEYS.fingerprints()  # the keys the state is written with, recorded on first use
 

@@ -24,6 +24,8 @@ Tables (created on first use, versioned in ``as_schema_version``):
   what a killed run left behind.
 - ``as_state_keys``: a fingerprint of each key the state was written with, so a wrong key fails fast
   instead of making every member look new.
+- ``as_approvals``: one row per approval decision (approved, rejected, timed out) about a campaign
+  version, with who decided, when, and the dry-run plan's summary (:mod:`audience_sync.core.approval_log`).
 - ``as_locks``: one row per audience being synced (platform, account, segment), with a lease, so no two
   runs upload to one audience at once. The owner is ``dag|run|task|try``: a later try of the same task
   takes the lease over at once, anyone else waits for it to expire; a holder that lost it gets
@@ -55,8 +57,8 @@ from audience_sync.core.keys import ENCRYPTED_KEYS, StateKeyError, StateKeys
 
 log = logging.getLogger(__name__)
 
-#: 2: keyed member ids and row hashes, unhashed identifiers encrypted; 3: row fingerprints
-#: (``migrations.py`` upgrades v1 and v2)
+#: 2: keyed member ids and row hashes, unhashed identifiers encrypted; 3: row fingerprints; 4: ledger
+#: generations; 5: group sizes in the metrics; 6: approval decisions (``migrations.py`` upgrades older versions)
 SCHEMA_VERSION = migrations.LATEST
 
 #: key of the PostgreSQL advisory lock that serialises schema creation between workers
@@ -272,6 +274,22 @@ metrics = sa.Table(
     sa.Column("audience_size", sa.Integer, nullable=True),
     sa.Column("match_rate", sa.Integer, nullable=True),
 )
+
+#: one row per approval decision about a campaign version (core/approval_log.py); added in schema v6
+approvals = sa.Table(
+    "as_approvals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # approved | rejected | timed_out
+    sa.Column("decided_by", sa.String(250), nullable=True),  # None: nobody answered in time
+    sa.Column("decided_at", UTCDateTime(), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),  # airflow | campaign_file
+    sa.Column("run_id", sa.String(250), nullable=True),
+    sa.Column("plan_summary", sa.Text, nullable=True),  # JSON: counts and audiences, never a member
+)
+sa.Index("ix_as_approvals_version", approvals.c.dag_id, approvals.c.version, approvals.c.decision)
 
 COUNT_KEYS = ("total", "sent", "in_progress", "pending", "failed", "removed", "invalid", "excluded")
 #: what one run did, beside the snapshot: metrics column ``run_<key>``

@@ -31,6 +31,10 @@ v5 -> v6 (platform sizes), in place: ``as_run_metrics.audience_size`` and ``matc
 reported about the audience once the run's uploads were processed (Meta's approximate count, Google's list
 size and match rate, TikTok's cover count), for the progress page's trend (``core/progress.py``). Existing
 rows have none.
+
+v6 -> v7 (approval decisions, ``core/approval_log.py``): a new table ``as_approvals``, created like every
+new table by ``metadata.create_all``; the upgrade only records the version. No campaign version was ever
+approved before v7, so every campaign asks for approval once after the upgrade.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from audience_sync.core.keys import StateKeyError, StateKeys
 
 log = logging.getLogger(__name__)
 
-LATEST = 6
+LATEST = 7
 BATCH_ROWS = 5_000
 
 _version = sa.table("as_schema_version", sa.column("version"), sa.column("applied_at"))
@@ -104,6 +108,8 @@ def prepare(engine: Engine, keys: StateKeys | None) -> None:
         upgrade_v4_to_v5(engine)
     if current is not None and current < 6:
         upgrade_v5_to_v6(engine)
+    if current is not None and current < 7:
+        upgrade_v6_to_v7(engine)
     if keys is not None:
         check_keys(engine, keys)
 
@@ -172,6 +178,12 @@ def upgrade_v5_to_v6(engine: Engine) -> bool:
     """Add the metrics' platform-reported size and match rate to a v5 state database; False when another
     process already did."""
     return _upgrade_columns(engine, 6, _V6_COLUMNS, "platform sizes")
+
+
+def upgrade_v6_to_v7(engine: Engine) -> bool:
+    """Record version 7 (the approvals table exists already: ``create_all`` made it); False when another
+    process already did."""
+    return _upgrade_columns(engine, 7, {}, "approval decisions")
 
 
 def _upgrade_columns(

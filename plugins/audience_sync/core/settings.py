@@ -109,6 +109,16 @@ def _url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _hours(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # also refuses NaN
+        raise SettingsError(name, raw, "a number of hours greater than 0", "24")
+    return value
+
+
 def _count(minimum: int) -> Callable[[str, str], int]:
     def parse(name: str, raw: str) -> int:
         try:
@@ -134,6 +144,33 @@ def _seconds(name: str, raw: str) -> float:
 
 #: Every variable audience-sync reads. Order = the README table's order.
 VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "AUDIENCE_SYNC_ENABLED",
+        "enabled",
+        "flag",
+        "off",
+        "Off: every campaign DAG still loads, but its first task (`enabled`) stops each run before any "
+        "data is read or sent. Set it to `1` on every Airflow component to sync (see *Enabling syncs*).",
+        _flag,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_APPROVAL_REQUIRED",
+        "approval_required",
+        "flag",
+        "on",
+        "Off: runs skip the approval step (development and tests only; each run logs a warning). "
+        "See *Approval*.",
+        _flag,
+    ),
+    Variable(
+        "AUDIENCE_SYNC_APPROVAL_TIMEOUT_HOURS",
+        "approval_timeout_hours",
+        "hours > 0",
+        "24",
+        "How long an approval request waits for an answer; unanswered, it counts as not approved for "
+        "that run (the scheduler applies it).",
+        _hours,
+    ),
     Variable(
         "AUDIENCE_SYNC_CAMPAIGNS_DIR",
         "campaigns_dir",
@@ -268,6 +305,9 @@ VARIABLES: tuple[Variable, ...] = (
 class Settings:
     """The parsed environment. Defaults apply to unset or empty variables."""
 
+    enabled: bool = False
+    approval_required: bool = True
+    approval_timeout_hours: float = 24.0
     campaigns_dir: Path | None = None
     segment_name_rule: SegmentNameRule = "strict"
     strict: bool = False

@@ -10,6 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from audience_sync.core.ledger import COUNT_KEYS, RUN_KEYS
 from audience_sync.hooks.state import DEFAULT_CONN_ID, AudienceSyncStateHook
+from audience_sync.operators.approval import DECISION_KEY, not_approved
 from audience_sync.operators.context import run_date
 from audience_sync.operators.staging import location, merge_extracts, remove
 from audience_sync.outcome import metrics_row
@@ -28,7 +29,9 @@ class RecordMetricsOperator(BaseOperator):
     this task then fails too, so the run is not shown green. A change the platform refused for a reason
     no retry fixes is recorded with that reason as its outcome (TikTok: ``segment_too_small``) and does
     not fail the run: the plan warned of it and the next run tries again. A sync the plan held (the
-    group-size guard) is recorded as ``held``, without a group size, and fails this task too.
+    group-size guard) is recorded as ``held``, without a group size, and fails this task too. A run whose
+    campaign version was not approved is recorded as ``rejected`` (or ``approval_timeout``) and does not
+    fail.
 
     :param destinations: one dict per sync task: ``task_id``, ``wait_task_id``, ``platform``,
         ``account``, ``segment_name``.
@@ -41,18 +44,21 @@ class RecordMetricsOperator(BaseOperator):
         *,
         destinations: Sequence[dict[str, str]],
         state_conn_id: str = DEFAULT_CONN_ID,
+        approval_task_id: str = "approve",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)
         self.destinations = [dict(d) for d in destinations]
         self.state_conn_id = state_conn_id
+        self.approval_task_id = approval_task_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         store = AudienceSyncStateHook(self.state_conn_id).store
         ti = context["ti"]
         extracted = merge_extracts(ti.xcom_pull(task_ids="extract"))
         plans = ti.xcom_pull(task_ids="plan") or {}
+        stopped = not_approved(ti.xcom_pull(task_ids=self.approval_task_id, key=DECISION_KEY))
         unfinished: list[str] = []
         held: list[str] = []
         summary: dict[str, Any] = {}
@@ -85,6 +91,8 @@ class RecordMetricsOperator(BaseOperator):
                 row.update(outcome="held", note=plan["hold"])
             elif "group" in plan:
                 row["group_size"] = int(plan["group"])
+            if stopped is not None and not result:  # nothing was sent: the decision is the outcome
+                row["outcome"], row["note"] = stopped
             if row["outcome"] == "held":
                 held.append(d["task_id"])
             elif row["outcome"] in ("failed", "processing"):

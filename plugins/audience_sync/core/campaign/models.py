@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import croniter
 from pydantic import Field, PrivateAttr, ValidationInfo, create_model, field_validator, model_validator
 
+from audience_sync.core.campaign.approval import CampaignApproval
 from audience_sync.core.campaign.base import (
     Invalid,
     NonEmptyStr,
@@ -234,6 +235,8 @@ class Campaign(StrictModel):
     # when approved data is promised on the platforms, and who hears when something goes wrong
     delivery: Delivery = Delivery()
     alerts: Alerts = Alerts()
+    # a code-review approval of one campaign version (core/approval.py decides whether it applies)
+    approval: CampaignApproval | None = None
 
     _path: Path | None = PrivateAttr(default=None)
 
