@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from audience_sync.core.approval import APPROVED, FROM_AIRFLOW, Decision, campaign_version
+from audience_sync.core.approval_log import ApprovalLog
 from audience_sync.core.campaign import Campaign, load_campaign
 from audience_sync.core.keys import StateKeys
 from audience_sync.core.ledger import StateStore, ledger, uploads
@@ -136,7 +138,14 @@ def test_counts_are_the_ledgers_now_and_invalid_excluded_sizes_the_last_runs(
     assert drop.audience_id is None and drop.counts["total"] == 0 and drop.delivery is None
     assert not drop.syncing and drop.history == []
     # the seams of the approval work
-    assert p.version is None and p.approval is None
+    # the version an approval would approve, not approved yet; once recorded, who and when
+    assert p.version == campaign_version(c) and p.approval is None
+    decided = dt.datetime(2026, 12, 1, 9, 30, tzinfo=dt.UTC)
+    ApprovalLog(store).record(
+        Decision(c.dag_id, p.version, APPROVED, "ana", decided, FROM_AIRFLOW, run_id="r1")
+    )
+    (again,) = campaign_progress(store, [c], day)
+    assert again.approval == {"by": "ana", "at": decided.isoformat(), "source": FROM_AIRFLOW}
 
     doc = as_json([p], day)
     assert doc["campaigns"][0]["destinations"][0]["counts"]["in_progress"] == 5

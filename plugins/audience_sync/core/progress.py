@@ -25,6 +25,8 @@ from typing import Any
 
 from croniter import croniter
 
+from audience_sync.core.approval import campaign_version, short
+from audience_sync.core.approval_log import ApprovalLog
 from audience_sync.core.campaign import Campaign
 from audience_sync.core.delivery import delivery_window
 from audience_sync.core.ledger import StateStore
@@ -95,7 +97,8 @@ class CampaignProgress:
     sync_mode: str
     schedule: str
     timezone: str
-    #: seam: the campaign version and its approval come with the approval work (issue 11 shows "—")
+    #: the campaign version (core/approval.py) and its recorded approval: ``{by, at, source}``, or None
+    #: while the version waits for one
     version: str | None
     approval: dict[str, Any] | None
     last_run: dict[str, Any] | None
@@ -117,6 +120,8 @@ def _campaign(store: StateStore, c: Campaign, now: dt.datetime, runs: int) -> Ca
     rows = store.recent_metrics(c.dag_id, runs)
     dests = [_destination(store, c, d.platform, d.account, rows, now) for d in c.destinations]
     last = rows[-1] if rows else None
+    version = campaign_version(c)
+    standing = ApprovalLog(store).approval(c.dag_id, version)
     return CampaignProgress(
         campaign=c.campaign,
         stem=c.stem,
@@ -125,8 +130,12 @@ def _campaign(store: StateStore, c: Campaign, now: dt.datetime, runs: int) -> Ca
         sync_mode=c.sync_mode,
         schedule=c.schedule,
         timezone=c.timezone,
-        version=None,
-        approval=None,
+        version=version,
+        approval=(
+            {"by": standing.decided_by, "at": _iso(standing.decided_at), "source": standing.source}
+            if standing is not None
+            else None
+        ),
         last_run=_run(last, [r for r in rows if last and r["run_id"] == last["run_id"]]) if last else None,
         next_run=_iso(next_run(c, now)),
         destinations=dests,
@@ -259,7 +268,8 @@ def format_progress(progress: Iterable[CampaignProgress]) -> str:
         ran = f"last run {last['run_id']} {last['outcome']}" if last else "no run yet"
         lines.append(
             f"{p.campaign} ({p.dag_id}, segment {p.segment_name}): {ran}; next run {p.next_run or '—'}; "
-            f"version {p.version or '—'}, approval {'—' if p.approval is None else p.approval}"
+            f"version {short(p.version) if p.version else '—'}, approval "
+            f"{'— (waiting)' if p.approval is None else str(p.approval['by']) + ' at ' + str(p.approval['at'])}"
         )
         for d in p.destinations:
             k = d.counts
